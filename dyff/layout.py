@@ -1,0 +1,44 @@
+"""Where things live in the blob store. Everything is under the owning account's
+prefix, and what can be reused is named by content (sha256)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def account_prefix(account: str) -> str:
+    return f"accounts/{account}"
+
+
+def upload_key(account: str, kind: str, name: str, sha256: str) -> str:
+    """An uploaded archive or file, before ingestion."""
+    return f"{account_prefix(account)}/uploads/{kind.lower()}s/{name}/{sha256}"
+
+
+def bento_key(account: str, digest: str) -> str:
+    """A packaged model (a `bentoml export` archive) named by its digest."""
+    return f"{account_prefix(account)}/bentos/{digest}.bento"
+
+
+def shard_key(account: str, sha256: str) -> str:
+    """A dataset shard (Parquet) named by the sha256 of its bytes."""
+    return f"{account_prefix(account)}/shards/{sha256}.parquet"
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """A stable digest of a JSON-able configuration."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def prediction_key(account: str, model_digest: str, inference_digest: str, shard: str) -> str:
+    """Cached predictions of one shard: (model digest, inference config, shard digest)."""
+    return (
+        f"{account_prefix(account)}/predictions/{model_digest}/{inference_digest}/{shard}.parquet"
+    )
+
+
+def evaluation_prefix(account: str, name: str, uid: str) -> str:
+    """An evaluation's own results (metrics.json, the list of its prediction shards)."""
+    return f"{account_prefix(account)}/evaluations/{name}/{uid}"

@@ -1,0 +1,630 @@
+"""The one definition of dyff's entities.
+
+Model, Dataset and Evaluation have the shape of Kubernetes objects
+(apiVersion, kind, metadata, spec, status), so one document is at once a
+custom resource, a Datastore/SQLite record and an HTTP response. The CRDs in
+`crds/` are generated from these classes (`dyff.crdgen`); the cross-field and
+immutability rules are declared once here as `Rule`s, which both pydantic
+(at every edge) and the API server (as CEL) enforce.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "dyff.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+SHA256_PATTERN = r"^[a-f0-9]{64}$"
+IMAGE_DIGEST_PATTERN = r"@sha256:[a-f0-9]{64}$"
+URI_PATTERN = r"^(gs|file)://.+"
+# A Kubernetes object name (RFC 1123 DNS subdomain, kept to a label so it can
+# also name namespaces, Jobs and blob prefixes).
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A validation rule declared once: CEL for the API server, Python for every other edge.
+
+    `check` receives the object's JSON form (camelCase keys, absent fields
+    missing) so it sees exactly what CEL's `self` sees. Transition rules
+    (`oldSelf`) are enforced by the API server and by the record store on
+    update, through `immutable`.
+    """
+
+    cel: str
+    message: str
+    check: Callable[[dict[str, Any]], bool] | None = None
+    field_path: str | None = None
+
+
+class Schema(BaseModel):
+    """Base for every schema class: camelCase on the wire, snake_case in Python."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=False,
+    )
+    # Rules that must hold of one value of this class.
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Schema:
+        if self.rules:
+            doc = self.model_dump(by_alias=True, exclude_none=True, mode="json")
+            for rule in self.rules:
+                if rule.check is not None and not rule.check(doc):
+                    raise ValueError(rule.message)
+        return self
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON document of this value, as stored and served."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _exactly_one(doc: dict[str, Any], *names: str) -> bool:
+    return sum(1 for n in names if n in doc) == 1
+
+
+# ---------------------------------------------------------------- conditions
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(Schema):
+    """One aspect of an object's state, after the Kubernetes API conventions."""
+
+    type: str = Field(description="Type of the condition; `Ready` summarises the object.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        description="One-word CamelCase reason for the last transition.",
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        max_length=1024,
+    )
+    message: str = Field(default="", description="Human-readable detail of the transition.")
+    last_transition_time: datetime = Field(
+        default_factory=utcnow,
+        description="When the condition last changed status.",
+    )
+    observed_generation: int = Field(
+        default=0, ge=0, description="The .metadata.generation this condition was set for."
+    )
+
+
+class Status(Schema):
+    """What all three kinds report: phase, conditions, observedGeneration."""
+
+    phase: str | None = Field(default=None, description="Lifecycle phase, for humans.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Current conditions; `Ready` is the summary.",
+    )
+    observed_generation: int = Field(
+        default=0, ge=0, description="The .metadata.generation the controller last acted on."
+    )
+    message: str | None = Field(default=None, description="Detail of the current phase.")
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def set_condition(
+        self, type_: str, status: ConditionStatus, reason: str, message: str, generation: int
+    ) -> None:
+        """Set a condition, keeping lastTransitionTime unless the status changes."""
+        old = self.condition(type_)
+        if old is not None and old.status == status:
+            old.reason, old.message, old.observed_generation = reason, message, generation
+            return
+        new = Condition(
+            type=type_, status=status, reason=reason, message=message, observed_generation=generation
+        )
+        self.conditions = [c for c in self.conditions if c.type != type_] + [new]
+
+
+# ------------------------------------------------------------------ metadata
+
+
+class ObjectMeta(Schema):
+    """The part of Kubernetes ObjectMeta that dyff keeps in its records."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(
+        description="Name, unique per kind in the account.",
+        pattern=NAME_PATTERN,
+        max_length=63,
+    )
+    namespace: str = Field(
+        description="The owning account; its entities live in the namespace of that name.",
+        pattern=NAME_PATTERN,
+        max_length=63,
+    )
+    uid: str | None = Field(default=None, description="Unique id, set at creation.")
+    generation: int = Field(default=1, ge=1, description="Bumped on every change of spec.")
+    resource_version: str | None = Field(
+        default=None, description="Opaque version for optimistic concurrency."
+    )
+    creation_timestamp: datetime | None = Field(default=None, description="When it was created.")
+    deletion_timestamp: datetime | None = Field(
+        default=None, description="Set when deletion was requested; the controller cleans up."
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels, for filtering.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
+
+
+# --------------------------------------------------------------------- sources
+
+
+class UploadSource(Schema):
+    """An archive or file the user uploads through the shim's upload URL."""
+
+    sha256: str = Field(description="sha256 of the upload, hex.", pattern=SHA256_PATTERN)
+    size_bytes: int = Field(description="Size of the upload in bytes.", ge=1)
+    filename: str | None = Field(
+        default=None, description="Original file name; its extension tells the archive format."
+    )
+
+
+class UriSource(Schema):
+    """An existing object in a blob store, named by URI and pinned by content."""
+
+    rules = (Rule(cel="has(self.sha256)", message="a uri source needs a sha256",
+                  check=lambda d: "sha256" in d),)
+
+    uri: str = Field(description="gs:// or file:// URI of the object.", pattern=URI_PATTERN)
+    sha256: str | None = Field(
+        default=None, description="sha256 of the object, hex; required.", pattern=SHA256_PATTERN
+    )
+    size_bytes: int | None = Field(default=None, description="Size in bytes, if known.", ge=1)
+
+
+class ImageSource(Schema):
+    """A container image running a BentoML service, pinned by digest."""
+
+    rules = (
+        Rule(
+            cel=f"self.reference.matches('{IMAGE_DIGEST_PATTERN}')",
+            message="an image source must be pinned by digest (…@sha256:<64 hex>)",
+            check=lambda d: re.search(IMAGE_DIGEST_PATTERN, d["reference"]) is not None,
+        ),
+    )
+
+    reference: str = Field(
+        description="Image reference, e.g. registry.example/m@sha256:….", min_length=1
+    )
+    port: int = Field(default=3000, ge=1, le=65535, description="Port the BentoML service serves.")
+
+
+ModelForm = Literal["transformers", "bento", "image"]
+DatasetForm = Literal["parquet", "imagefolder"]
+Task = Literal["image-classification"]
+
+
+class ModelSource(Schema):
+    """Where a model comes from; exactly one of upload, uri, image."""
+
+    rules = (
+        Rule(
+            cel="[has(self.upload), has(self.uri), has(self.image)].filter(x, x).size() == 1",
+            message="exactly one of upload, uri, image must be set",
+            check=lambda d: _exactly_one(d, "upload", "uri", "image"),
+        ),
+        Rule(
+            cel="has(self.image) == (self.form == 'image')",
+            message="form 'image' goes with an image source, and only with it",
+            check=lambda d: ("image" in d) == (d["form"] == "image"),
+        ),
+    )
+
+    form: ModelForm = Field(
+        description="transformers (a model folder), bento (a bentoml export) or image."
+    )
+    upload: UploadSource | None = Field(default=None, description="Uploaded through the shim.")
+    uri: UriSource | None = Field(default=None, description="An existing blob.")
+    image: ImageSource | None = Field(default=None, description="A container image.")
+
+
+class DatasetSource(Schema):
+    """Where a dataset comes from; exactly one of upload, uri."""
+
+    rules = (
+        Rule(
+            cel="[has(self.upload), has(self.uri)].filter(x, x).size() == 1",
+            message="exactly one of upload, uri must be set",
+            check=lambda d: _exactly_one(d, "upload", "uri"),
+        ),
+    )
+
+    form: DatasetForm = Field(
+        description="parquet (Hugging Face datasets layout) or imagefolder (an archive)."
+    )
+    upload: UploadSource | None = Field(default=None, description="Uploaded through the shim.")
+    uri: UriSource | None = Field(default=None, description="An existing blob.")
+
+
+# ---------------------------------------------------------------------- Model
+
+
+class Resources(Schema):
+    """Compute resources for a workload container."""
+
+    cpu: str | None = Field(default=None, description="CPU request, e.g. `2`.")
+    memory: str | None = Field(default=None, description="Memory request, e.g. `4Gi`.")
+    gpu: int | None = Field(default=None, ge=0, description="nvidia.com/gpu limit.")
+
+
+class ModelSpec(Schema):
+    """Desired state of a Model."""
+
+    rules = (
+        Rule(
+            cel="self.source == oldSelf.source",
+            message="source is immutable",
+            field_path=".source",
+        ),
+    )
+
+    task: Task = Field(default="image-classification", description="What the model does.")
+    source: ModelSource = Field(description="Where the model comes from; immutable.")
+    public: bool = Field(
+        default=False, description="Readable and usable in evaluations by every account."
+    )
+    resources: Resources | None = Field(
+        default=None, description="Resources for the model server."
+    )
+
+
+class ModelStatus(Status):
+    """Observed state of a Model."""
+
+    digest: str | None = Field(
+        default=None, description="sha256 of the packaged model: its identity for reuse."
+    )
+    bento_uri: str | None = Field(default=None, description="Where the packaged Bento lives.")
+    labels: list[str] | None = Field(default=None, description="Class labels the model predicts.")
+    size_bytes: int | None = Field(default=None, ge=0, description="Size of the packaged model.")
+
+
+# -------------------------------------------------------------------- Dataset
+
+
+class DatasetSpec(Schema):
+    """Desired state of a Dataset."""
+
+    rules = (
+        Rule(
+            cel="self.source == oldSelf.source",
+            message="source is immutable",
+            field_path=".source",
+        ),
+    )
+
+    task: Task = Field(default="image-classification", description="What the data is for.")
+    source: DatasetSource = Field(description="Where the data comes from; immutable.")
+    shard_rows: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Rows per Parquet shard after ingestion."
+    )
+    public: bool = Field(
+        default=False, description="Readable and usable in evaluations by every account."
+    )
+
+
+class Shard(Schema):
+    """One content-addressed Parquet shard of an ingested dataset."""
+
+    sha256: str = Field(description="sha256 of the shard file, hex.", pattern=SHA256_PATTERN)
+    rows: int = Field(ge=0, description="Rows in the shard.")
+    first_row: int = Field(ge=0, description="Row id of the shard's first row.")
+
+
+class DatasetStatus(Status):
+    """Observed state of a Dataset."""
+
+    rows: int | None = Field(default=None, ge=0, description="Number of rows.")
+    shards: list[Shard] | None = Field(default=None, description="The Parquet shards, in order.")
+    labels: list[str] | None = Field(default=None, description="Class labels, in id order.")
+
+
+# ----------------------------------------------------------------- Evaluation
+
+
+class EntityRef(Schema):
+    """A reference to a Model or Dataset by name."""
+
+    name: str = Field(description="Name of the referenced object.", pattern=NAME_PATTERN)
+    account: str | None = Field(
+        default=None,
+        description="Owning account, if not the evaluation's own (the object must be public).",
+        pattern=NAME_PATTERN,
+    )
+
+
+class InferenceConfig(Schema):
+    """How inference runs; part of the reuse key, so only fields that change outputs."""
+
+    top_k: int = Field(default=5, ge=1, le=100, description="Labels kept per prediction.")
+
+
+class RunConfig(Schema):
+    """How the evaluation is executed; does not change the results."""
+
+    batch_size: int = Field(default=32, ge=1, le=4096, description="Images per request.")
+    concurrency: int = Field(default=4, ge=1, le=256, description="Requests in flight.")
+    parallelism: int = Field(
+        default=1, ge=1, le=1000, description="Pods working on shards at once (Indexed Job)."
+    )
+
+
+MetricName = Literal[
+    "accuracy", "top5_accuracy", "precision", "recall", "f1", "confusion_matrix", "ece"
+]
+
+
+class EvaluationSpec(Schema):
+    """Desired state of an Evaluation: a model run over a dataset."""
+
+    rules = (
+        Rule(cel="self.model == oldSelf.model", message="model is immutable",
+             field_path=".model"),
+        Rule(cel="self.dataset == oldSelf.dataset", message="dataset is immutable",
+             field_path=".dataset"),
+    )
+
+    model: EntityRef = Field(description="The model to evaluate; immutable.")
+    dataset: EntityRef = Field(description="The dataset to evaluate on; immutable.")
+    inference: InferenceConfig = Field(
+        default_factory=InferenceConfig, description="Inference settings (part of the reuse key)."
+    )
+    metrics: list[MetricName] = Field(
+        default_factory=lambda: [
+            "accuracy", "top5_accuracy", "precision", "recall", "f1", "confusion_matrix", "ece"
+        ],
+        description="Metrics to compute.",
+    )
+    run: RunConfig = Field(default_factory=RunConfig, description="Execution settings.")
+
+
+class Progress(Schema):
+    """How far an evaluation has come."""
+
+    shards_total: int = Field(default=0, ge=0, description="Shards in the dataset.")
+    shards_done: int = Field(default=0, ge=0, description="Shards with predictions.")
+    shards_reused: int = Field(default=0, ge=0, description="Shards whose predictions were reused.")
+    rows: int = Field(default=0, ge=0, description="Rows predicted so far.")
+
+
+class MetricsSummary(Schema):
+    """Headline metrics, also shown by kubectl; the full set is in metrics.json."""
+
+    accuracy: float | None = Field(default=None, description="Top-1 accuracy.")
+    top5_accuracy: float | None = Field(default=None, description="Top-5 accuracy.")
+    macro_f1: float | None = Field(default=None, description="Macro-averaged F1.")
+    ece: float | None = Field(default=None, description="Expected calibration error.")
+
+
+class EvaluationStatus(Status):
+    """Observed state of an Evaluation."""
+
+    progress: Progress | None = Field(default=None, description="Shards done, reused, rows.")
+    metrics: MetricsSummary | None = Field(default=None, description="Headline metrics.")
+    results_uri: str | None = Field(
+        default=None, description="Prefix holding metrics.json and predictions."
+    )
+    model_digest: str | None = Field(default=None, description="Digest of the model evaluated.")
+
+
+# ------------------------------------------------------------------- entities
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    name: str
+    json_path: str
+    type: str = "string"
+    description: str = ""
+    priority: int = 0
+
+
+READY_COLUMN = PrinterColumn(
+    "Ready", '.status.conditions[?(@.type=="Ready")].status', description="Ready condition"
+)
+PHASE_COLUMN = PrinterColumn("Phase", ".status.phase", description="Lifecycle phase")
+AGE_COLUMN = PrinterColumn("Age", ".metadata.creationTimestamp", type="date")
+
+
+class Entity(Schema):
+    """A dyff object: a custom resource, a record and an API response alike."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind_name: ClassVar[str]
+    plural: ClassVar[str]
+    short_names: ClassVar[tuple[str, ...]]
+    printer_columns: ClassVar[tuple[PrinterColumn, ...]]
+    spec_type: ClassVar[type[Schema]]
+    status_type: ClassVar[type[Status]]
+    # Phases in which a create of the same name restarts the object.
+    restartable_phases: ClassVar[tuple[str, ...]] = ("Failed",)
+
+    api_version: Literal["dyff.io/v1alpha1"] = Field(default=API_VERSION)
+    kind: str
+    metadata: ObjectMeta
+    spec: Any
+    status: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def account(self) -> str:
+        return self.metadata.namespace
+
+    @property
+    def phase(self) -> str | None:
+        return self.status.phase if self.status is not None else None
+
+    @model_validator(mode="after")
+    def _kind_matches(self) -> Entity:
+        if self.kind != self.kind_name:
+            raise ValueError(f"kind must be {self.kind_name!r}, not {self.kind!r}")
+        return self
+
+
+class Model(Entity):
+    """A model to evaluate: uploaded, referenced by URI, or a container image."""
+
+    kind_name = "Model"
+    plural = "models"
+    short_names = ("dm",)
+    printer_columns = (
+        PrinterColumn("Form", ".spec.source.form", description="Model form"),
+        PHASE_COLUMN, READY_COLUMN, AGE_COLUMN,
+    )
+    spec_type = ModelSpec
+    status_type = ModelStatus
+
+    kind: Literal["Model"] = "Model"
+    spec: ModelSpec
+    status: ModelStatus = Field(default_factory=ModelStatus)
+
+
+class Dataset(Entity):
+    """A dataset to evaluate on, ingested into content-addressed Parquet shards."""
+
+    kind_name = "Dataset"
+    plural = "datasets"
+    short_names = ("dds",)
+    printer_columns = (
+        PrinterColumn("Rows", ".status.rows", type="integer", description="Rows"),
+        PHASE_COLUMN, READY_COLUMN, AGE_COLUMN,
+    )
+    spec_type = DatasetSpec
+    status_type = DatasetStatus
+
+    kind: Literal["Dataset"] = "Dataset"
+    spec: DatasetSpec
+    status: DatasetStatus = Field(default_factory=DatasetStatus)
+
+
+class Evaluation(Entity):
+    """A model run over a dataset, with its predictions and metrics."""
+
+    kind_name = "Evaluation"
+    plural = "evaluations"
+    short_names = ("deval",)
+    printer_columns = (
+        PrinterColumn("Model", ".spec.model.name", description="Model evaluated"),
+        PrinterColumn("Dataset", ".spec.dataset.name", description="Dataset evaluated on"),
+        PHASE_COLUMN,
+        PrinterColumn("Accuracy", ".status.metrics.accuracy", type="number",
+                      description="Top-1 accuracy"),
+        READY_COLUMN, AGE_COLUMN,
+    )
+    spec_type = EvaluationSpec
+    status_type = EvaluationStatus
+
+    kind: Literal["Evaluation"] = "Evaluation"
+    spec: EvaluationSpec
+    status: EvaluationStatus = Field(default_factory=EvaluationStatus)
+
+
+# --------------------------------------------------------- accounts and keys
+
+
+class AccountSpec(Schema):
+    """An account: the unit of ownership and isolation."""
+
+    display_name: str | None = Field(default=None, description="Human name of the account.")
+
+
+class Account(Entity):
+    """An account; its name is also the namespace of its entities."""
+
+    kind_name = "Account"
+    plural = "accounts"
+    short_names = ()
+    printer_columns = ()
+    spec_type = AccountSpec
+    status_type = Status
+    restartable_phases = ()
+
+    kind: Literal["Account"] = "Account"
+    spec: AccountSpec = Field(default_factory=AccountSpec)
+    status: Status = Field(default_factory=Status)
+
+
+class ApiKeySpec(Schema):
+    """An API key. Only a hash of the secret is ever stored."""
+
+    secret_hash: str = Field(description="sha256 of the key's secret, hex.", pattern=SHA256_PATTERN)
+    expires: datetime | None = Field(default=None, description="When the key stops working.")
+    revoked: bool = Field(default=False, description="Revoked keys never work again.")
+    admin: bool = Field(default=False, description="May manage accounts and keys.")
+
+
+class ApiKey(Entity):
+    """An API key of an account."""
+
+    kind_name = "ApiKey"
+    plural = "apikeys"
+    short_names = ()
+    printer_columns = ()
+    spec_type = ApiKeySpec
+    status_type = Status
+    restartable_phases = ()
+
+    kind: Literal["ApiKey"] = "ApiKey"
+    spec: ApiKeySpec
+    status: Status = Field(default_factory=Status)
+
+
+ENTITY_TYPES: dict[str, type[Entity]] = {
+    t.kind_name: t for t in (Model, Dataset, Evaluation, Account, ApiKey)
+}
+# The kinds that are custom resources.
+RESOURCE_TYPES: tuple[type[Entity], ...] = (Model, Dataset, Evaluation)
+
+
+def entity_type(kind: str) -> type[Entity]:
+    try:
+        return ENTITY_TYPES[kind]
+    except KeyError:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(ENTITY_TYPES)}") from None
+
+
+def parse_entity(doc: dict[str, Any]) -> Entity:
+    """Validate a JSON document as the entity its `kind` names."""
+    kind = doc.get("kind")
+    if not isinstance(kind, str):
+        raise ValueError("kind: required, one of " + ", ".join(sorted(ENTITY_TYPES)))
+    return entity_type(kind).model_validate(doc)
+
+
+def immutable_violations(spec_type: type[Schema], old: Schema, new: Schema) -> list[str]:
+    """Messages of the transition rules (`oldSelf`) that `new` breaks; empty when fine."""
+    old_doc, new_doc = old.wire(), new.wire()
+    broken = []
+    for rule in spec_type.rules:
+        if rule.field_path is None:
+            continue
+        key = rule.field_path.lstrip(".")
+        if old_doc.get(key) != new_doc.get(key):
+            broken.append(f"spec.{key}: {rule.message}")
+    return broken

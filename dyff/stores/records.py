@@ -1,0 +1,291 @@
+"""The record store: one interface, the semantics written once, backends that only store.
+
+A backend supplies four primitives — an atomic read-modify-write of one key
+(`_transact`), a read, a scoped query and close — and this module gives every
+backend the same create-if-absent, optimistic-concurrency, validation and
+paging behaviour. Records are entity documents (`Entity.wire()`); the version
+used for optimistic concurrency is kept beside the document and surfaces as
+`metadata.resourceVersion`.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import re
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import ValidationError
+
+from dyff.errors import AlreadyExists, Conflict, Invalid, NotFound, invalid_from_validation
+from dyff.schema import NAME_PATTERN, Entity, immutable_violations, utcnow
+
+E = TypeVar("E", bound=Entity)
+
+MAX_PAGE = 500
+CreateOutcome = Literal["created", "restarted"]
+
+
+@dataclass
+class StoredDoc:
+    """A record as a backend keeps it: the document and its version."""
+
+    doc: dict[str, Any]
+    version: int
+
+
+# What a transaction body returns: the new document, or DELETE, or None for no change.
+DELETE = object()
+TxResult = dict[str, Any] | object | None
+
+
+@dataclass
+class Query:
+    """A scoped, filtered listing; backends translate it to their query language."""
+
+    kind: str
+    account: str
+    phase: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    name_prefix: str | None = None
+    after_name: str | None = None
+    limit: int = 50
+
+
+@dataclass
+class Page(Generic[E]):
+    items: list[E]
+    next_page_token: str | None
+
+
+def encode_token(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> str:
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        name = raw.decode()
+    except (ValueError, UnicodeDecodeError):
+        name = ""
+    if not re.match(NAME_PATTERN, name):
+        raise Invalid("malformed page token", field="pageToken")
+    return name
+
+
+def label_pairs(labels: dict[str, str]) -> list[str]:
+    """Labels as `key=value` strings: one indexed, multi-valued property per record."""
+    return sorted(f"{k}={v}" for k, v in labels.items())
+
+
+class RecordStore(ABC):
+    """Typed, account-scoped storage of entities with the semantics every backend shares."""
+
+    url: str
+
+    # ---- primitives a backend implements
+
+    @abstractmethod
+    def _transact(
+        self, kind: str, account: str, name: str, body: Callable[[StoredDoc | None], TxResult]
+    ) -> StoredDoc | None:
+        """Run `body` on the current record atomically; write what it returns.
+
+        Backends retry `body` on contention with a fresh transaction, so
+        `body` must be a pure function of its argument. Returns the stored
+        record afterwards (None when deleted or absent and unchanged).
+        """
+
+    @abstractmethod
+    def _read(self, kind: str, account: str, name: str) -> StoredDoc | None: ...
+
+    @abstractmethod
+    def _query(self, query: Query) -> list[StoredDoc]:
+        """Records of one kind and account matching the filters, ordered by name,
+        strictly after `after_name`, at most `limit`."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends
+        pass
+
+    # ---- the shared semantics
+
+    def create(self, entity: E) -> tuple[E, CreateOutcome]:
+        """Create if absent; a record in a restartable phase (Failed) is restarted.
+
+        Restarting keeps the uid and creation time, takes the new spec and
+        labels, resets status and bumps the generation.
+        """
+        entity = _revalidate(entity)
+        outcome: list[CreateOutcome] = []
+
+        def body(current: StoredDoc | None) -> TxResult:
+            outcome.clear()
+            fresh = entity.model_copy(deep=True)
+            fresh.status = type(entity).status_type()
+            if current is None:
+                fresh.metadata.uid = str(uuid.uuid4())
+                fresh.metadata.creation_timestamp = utcnow()
+                fresh.metadata.generation = 1
+                fresh.metadata.deletion_timestamp = None
+                outcome.append("created")
+                return _doc(fresh)
+            old = _parse(type(entity), current)
+            if old.phase not in type(entity).restartable_phases or old.metadata.deletion_timestamp:
+                raise AlreadyExists(
+                    f"{entity.kind} {entity.name!r} already exists (phase {old.phase or 'new'})",
+                    field="metadata.name",
+                )
+            fresh.metadata.uid = old.metadata.uid
+            fresh.metadata.creation_timestamp = old.metadata.creation_timestamp
+            fresh.metadata.generation = old.metadata.generation + 1
+            outcome.append("restarted")
+            return _doc(fresh)
+
+        stored = self._transact(entity.kind, entity.account, entity.name, body)
+        assert stored is not None
+        return _parse(type(entity), stored), outcome[0]
+
+    def get(self, kind: type[E], account: str, name: str) -> E:
+        stored = self._read(kind.kind_name, account, name)
+        if stored is None:
+            raise NotFound(f"{kind.kind_name} {name!r} not found")
+        return _parse(kind, stored)
+
+    def find(self, kind: type[E], account: str, name: str) -> E | None:
+        stored = self._read(kind.kind_name, account, name)
+        return None if stored is None else _parse(kind, stored)
+
+    def update(self, entity: E) -> E:
+        """Write `entity` if nobody wrote since it was read (its resourceVersion).
+
+        A change of spec bumps the generation and must keep immutable fields.
+        """
+        entity = _revalidate(entity)
+        expected = entity.metadata.resource_version
+        if expected is None:
+            raise Conflict("update needs metadata.resourceVersion", field="metadata.resourceVersion")
+        kind = type(entity)
+
+        def body(current: StoredDoc | None) -> TxResult:
+            if current is None:
+                raise NotFound(f"{entity.kind} {entity.name!r} not found")
+            if str(current.version) != expected:
+                raise Conflict(
+                    f"{entity.kind} {entity.name!r} was modified (version {current.version}, "
+                    f"write based on {expected}); read it again",
+                    field="metadata.resourceVersion",
+                )
+            old = _parse(kind, current)
+            new = entity.model_copy(deep=True)
+            new.metadata.uid = old.metadata.uid
+            new.metadata.creation_timestamp = old.metadata.creation_timestamp
+            if new.spec != old.spec:
+                broken = immutable_violations(kind.spec_type, old.spec, new.spec)
+                if broken:
+                    raise Invalid("; ".join(broken), field=broken[0].split(":")[0])
+                new.metadata.generation = old.metadata.generation + 1
+            else:
+                new.metadata.generation = old.metadata.generation
+            return _doc(new)
+
+        stored = self._transact(entity.kind, entity.account, entity.name, body)
+        assert stored is not None
+        return _parse(kind, stored)
+
+    def mutate(self, kind: type[E], account: str, name: str, change: Callable[[E], None]) -> E:
+        """Read, apply `change`, write; retried on conflict. For writers that own
+        the fields they change (the controller's status, a deletion mark)."""
+        for attempt in range(100):
+            current = self.get(kind, account, name)
+            change(current)
+            try:
+                return self.update(current)
+            except Conflict as exc:
+                if exc.field != "metadata.resourceVersion":
+                    raise
+                time.sleep(random.uniform(0, 0.002 * min(attempt, 25)))
+        raise Conflict(f"{kind.kind_name} {name!r} kept changing; gave up")
+
+    def delete(
+        self, kind: type[Entity], account: str, name: str, *, resource_version: str | None = None
+    ) -> None:
+        def body(current: StoredDoc | None) -> TxResult:
+            if current is None:
+                raise NotFound(f"{kind.kind_name} {name!r} not found")
+            if resource_version is not None and str(current.version) != resource_version:
+                raise Conflict(
+                    f"{kind.kind_name} {name!r} was modified; read it again",
+                    field="metadata.resourceVersion",
+                )
+            return DELETE
+
+        self._transact(kind.kind_name, account, name, body)
+
+    def list(
+        self,
+        kind: type[E],
+        account: str,
+        *,
+        phase: str | None = None,
+        labels: dict[str, str] | None = None,
+        name_prefix: str | None = None,
+        limit: int = 50,
+        page_token: str | None = None,
+    ) -> Page[E]:
+        if not 1 <= limit <= MAX_PAGE:
+            raise Invalid(f"limit must be between 1 and {MAX_PAGE}", field="limit")
+        query = Query(
+            kind=kind.kind_name,
+            account=account,
+            phase=phase,
+            labels=dict(labels or {}),
+            name_prefix=name_prefix,
+            after_name=decode_token(page_token) if page_token else None,
+            limit=limit + 1,
+        )
+        rows = self._query(query)
+        items = [_parse(kind, r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(items=items, next_page_token=encode_token(items[-1].name) if more else None)
+
+    def list_all(self, kind: type[E], account: str, **filters: Any) -> list[E]:
+        """Every matching record, following pages."""
+        out: list[E] = []
+        token = None
+        while True:
+            page = self.list(kind, account, limit=MAX_PAGE, page_token=token, **filters)
+            out.extend(page.items)
+            token = page.next_page_token
+            if token is None:
+                return out
+
+
+def _revalidate(entity: E) -> E:
+    """Validate again at the store's edge: a record that fails the schema is never written."""
+    try:
+        return type(entity).model_validate(entity.wire())
+    except ValidationError as exc:
+        raise invalid_from_validation(exc) from None
+
+
+def _doc(entity: Entity) -> dict[str, Any]:
+    doc = entity.wire()
+    doc["metadata"].pop("resourceVersion", None)
+    return doc
+
+
+def _parse(kind: type[E], stored: StoredDoc) -> E:
+    doc = dict(stored.doc)
+    doc["metadata"] = {**doc["metadata"], "resourceVersion": str(stored.version)}
+    return kind.model_validate(doc)
+
+
+def phase_of(doc: dict[str, Any]) -> str | None:
+    status = doc.get("status") or {}
+    phase = status.get("phase")
+    return phase if isinstance(phase, str) else None

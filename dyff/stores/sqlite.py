@@ -1,0 +1,140 @@
+"""Record store backend: SQLite, the embedded default for one machine (`sqlite:///PATH`)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dyff.stores.records import (
+    DELETE,
+    Query,
+    RecordStore,
+    StoredDoc,
+    TxResult,
+    label_pairs,
+    phase_of,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL,
+    account TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    phase TEXT,
+    labels TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (kind, account, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS records_phase ON records (kind, account, phase, name);
+"""
+
+
+class SqliteRecordStore(RecordStore):
+    """One file, one connection per thread, writes serialised by `BEGIN IMMEDIATE`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN ourselves.
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _write_tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        for attempt in range(50):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:  # database is locked past busy_timeout
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.05)
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def _transact(
+        self, kind: str, account: str, name: str, body: Callable[[StoredDoc | None], TxResult]
+    ) -> StoredDoc | None:
+        with self._write_tx() as conn:
+            current = self._select(conn, kind, account, name)
+            result = body(current)
+            if result is None:
+                return current
+            if result is DELETE:
+                conn.execute(
+                    "DELETE FROM records WHERE kind=? AND account=? AND name=?",
+                    (kind, account, name),
+                )
+                return None
+            assert isinstance(result, dict)
+            version = (current.version if current else 0) + 1
+            labels = result.get("metadata", {}).get("labels", {})
+            conn.execute(
+                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    kind, account, name, version, phase_of(result),
+                    json.dumps(label_pairs(labels)), json.dumps(result),
+                ),
+            )
+            return StoredDoc(result, version)
+
+    @staticmethod
+    def _select(conn: sqlite3.Connection, kind: str, account: str, name: str) -> StoredDoc | None:
+        row = conn.execute(
+            "SELECT body, version FROM records WHERE kind=? AND account=? AND name=?",
+            (kind, account, name),
+        ).fetchone()
+        return None if row is None else StoredDoc(json.loads(row[0]), row[1])
+
+    def _read(self, kind: str, account: str, name: str) -> StoredDoc | None:
+        return self._select(self._conn(), kind, account, name)
+
+    def _query(self, query: Query) -> list[StoredDoc]:
+        sql = "SELECT body, version FROM records WHERE kind=? AND account=?"
+        args: list[object] = [query.kind, query.account]
+        if query.phase is not None:
+            sql += " AND phase=?"
+            args.append(query.phase)
+        for pair in label_pairs(query.labels):
+            sql += " AND EXISTS (SELECT 1 FROM json_each(records.labels) WHERE value=?)"
+            args.append(pair)
+        if query.name_prefix:
+            sql += " AND name >= ? AND name < ?"
+            args += [query.name_prefix, query.name_prefix + "\uffff"]
+        if query.after_name is not None:
+            sql += " AND name > ?"
+            args.append(query.after_name)
+        sql += " ORDER BY name LIMIT ?"
+        args.append(query.limit)
+        rows = self._conn().execute(sql, args).fetchall()
+        return [StoredDoc(json.loads(body), version) for body, version in rows]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

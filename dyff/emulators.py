@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -34,8 +35,11 @@ def gcloud_sdk_root() -> Path | None:
     """The google-cloud-cli installation, found without running gcloud where possible."""
     env = os.environ.get("CLOUDSDK_ROOT_DIR")
     candidates = [Path(env)] if env else []
-    candidates += [Path("/usr/lib/google-cloud-sdk"), Path("/usr/share/google-cloud-sdk"),
-                   Path("/opt/google-cloud-sdk")]
+    candidates += [
+        Path("/usr/lib/google-cloud-sdk"),
+        Path("/usr/share/google-cloud-sdk"),
+        Path("/opt/google-cloud-sdk"),
+    ]
     gcloud = shutil.which("gcloud")
     if gcloud:
         candidates.append(Path(gcloud).resolve().parent.parent)
@@ -46,8 +50,10 @@ def datastore_emulator_missing() -> str | None:
     """Why the Datastore emulator cannot run here, or None if it can."""
     root = gcloud_sdk_root()
     if root is None:
-        return ("Cloud Datastore emulator not found: install google-cloud-cli with its "
-                "cloud-datastore-emulator component (looked for " + str(DATASTORE_SCRIPT) + ")")
+        return (
+            "Cloud Datastore emulator not found: install google-cloud-cli with its "
+            "cloud-datastore-emulator component (looked for " + str(DATASTORE_SCRIPT) + ")"
+        )
     if shutil.which("java") is None:
         return "Cloud Datastore emulator needs Java 17+, and `java` is not on PATH"
     return None
@@ -100,26 +106,31 @@ def datastore_emulator(
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="dyff-datastore-") as data:
         log = Path(data) / "emulator.log"
-        args = [str(root / DATASTORE_SCRIPT), "start", "--host=127.0.0.1", f"--port={port}",
-                "--store_on_disk=False", "--consistency=1.0"]
+        args = [
+            str(root / DATASTORE_SCRIPT),
+            "start",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--store_on_disk=False",
+            "--consistency=1.0",
+        ]
         if index_file is not None:
             args += [f"--index_file={index_file}", "--require_indexes"]
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [*args, data],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             _wait_http(f"http://127.0.0.1:{port}/", proc, 60, log)
             host = f"127.0.0.1:{port}"
-            yield Emulator(host, {"DATASTORE_EMULATOR_HOST": host,
-                                  "DATASTORE_PROJECT_ID": project})
+            yield Emulator(host, {"DATASTORE_EMULATOR_HOST": host, "DATASTORE_PROJECT_ID": project})
         finally:
             # The script starts java as a child: stop the whole group.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 15)
-            except ProcessLookupError:
-                pass
             _stop(proc)
 
 
@@ -133,7 +144,8 @@ def gcs_emulator() -> Iterator[Emulator]:
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [str(exe), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
-                stdout=out, stderr=subprocess.STDOUT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         try:
             _wait_http(f"http://127.0.0.1:{port}/storage/v1/b", proc, 30, log)

@@ -114,6 +114,10 @@ class Status(Schema):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Current conditions; `Ready` is the summary.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
     )
     observed_generation: int = Field(
         default=0, ge=0, description="The .metadata.generation the controller last acted on."
@@ -132,7 +136,11 @@ class Status(Schema):
             old.reason, old.message, old.observed_generation = reason, message, generation
             return
         new = Condition(
-            type=type_, status=status, reason=reason, message=message, observed_generation=generation
+            type=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            observed_generation=generation,
         )
         self.conditions = [c for c in self.conditions if c.type != type_] + [new]
 
@@ -184,10 +192,17 @@ class UploadSource(Schema):
 class UriSource(Schema):
     """An existing object in a blob store, named by URI and pinned by content."""
 
-    rules = (Rule(cel="has(self.sha256)", message="a uri source needs a sha256",
-                  check=lambda d: "sha256" in d),)
+    rules = (
+        Rule(
+            cel="has(self.sha256)",
+            message="a uri source needs a sha256",
+            check=lambda d: "sha256" in d,
+        ),
+    )
 
-    uri: str = Field(description="gs:// or file:// URI of the object.", pattern=URI_PATTERN)
+    uri: str = Field(
+        description="gs:// or file:// URI of the object.", pattern=URI_PATTERN, max_length=2048
+    )
     sha256: str | None = Field(
         default=None, description="sha256 of the object, hex; required.", pattern=SHA256_PATTERN
     )
@@ -200,13 +215,15 @@ class ImageSource(Schema):
     rules = (
         Rule(
             cel=f"self.reference.matches('{IMAGE_DIGEST_PATTERN}')",
-            message="an image source must be pinned by digest (…@sha256:<64 hex>)",
+            message="an image source must be pinned by digest (...@sha256:<64 hex>)",
             check=lambda d: re.search(IMAGE_DIGEST_PATTERN, d["reference"]) is not None,
         ),
     )
 
     reference: str = Field(
-        description="Image reference, e.g. registry.example/m@sha256:….", min_length=1
+        description="Image reference, e.g. registry.example/m@sha256:<digest>.",
+        min_length=1,
+        max_length=512,
     )
     port: int = Field(default=3000, ge=1, le=65535, description="Port the BentoML service serves.")
 
@@ -285,9 +302,7 @@ class ModelSpec(Schema):
     public: bool = Field(
         default=False, description="Readable and usable in evaluations by every account."
     )
-    resources: Resources | None = Field(
-        default=None, description="Resources for the model server."
-    )
+    resources: Resources | None = Field(default=None, description="Resources for the model server.")
 
 
 class ModelStatus(Status):
@@ -374,16 +389,27 @@ class RunConfig(Schema):
 MetricName = Literal[
     "accuracy", "top5_accuracy", "precision", "recall", "f1", "confusion_matrix", "ece"
 ]
+ALL_METRICS: list[MetricName] = [
+    "accuracy",
+    "top5_accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "confusion_matrix",
+    "ece",
+]
 
 
 class EvaluationSpec(Schema):
     """Desired state of an Evaluation: a model run over a dataset."""
 
     rules = (
-        Rule(cel="self.model == oldSelf.model", message="model is immutable",
-             field_path=".model"),
-        Rule(cel="self.dataset == oldSelf.dataset", message="dataset is immutable",
-             field_path=".dataset"),
+        Rule(cel="self.model == oldSelf.model", message="model is immutable", field_path=".model"),
+        Rule(
+            cel="self.dataset == oldSelf.dataset",
+            message="dataset is immutable",
+            field_path=".dataset",
+        ),
     )
 
     model: EntityRef = Field(description="The model to evaluate; immutable.")
@@ -392,9 +418,7 @@ class EvaluationSpec(Schema):
         default_factory=InferenceConfig, description="Inference settings (part of the reuse key)."
     )
     metrics: list[MetricName] = Field(
-        default_factory=lambda: [
-            "accuracy", "top5_accuracy", "precision", "recall", "f1", "confusion_matrix", "ece"
-        ],
+        default_factory=lambda: list(ALL_METRICS),
         description="Metrics to compute.",
     )
     run: RunConfig = Field(default_factory=RunConfig, description="Execution settings.")
@@ -462,7 +486,7 @@ class Entity(Schema):
     # Phases in which a create of the same name restarts the object.
     restartable_phases: ClassVar[tuple[str, ...]] = ("Failed",)
 
-    api_version: Literal["dyff.io/v1alpha1"] = Field(default=API_VERSION)
+    api_version: Literal["dyff.io/v1alpha1"] = Field(default="dyff.io/v1alpha1")
     kind: str
     metadata: ObjectMeta
     spec: Any
@@ -495,7 +519,9 @@ class Model(Entity):
     short_names = ("dm",)
     printer_columns = (
         PrinterColumn("Form", ".spec.source.form", description="Model form"),
-        PHASE_COLUMN, READY_COLUMN, AGE_COLUMN,
+        PHASE_COLUMN,
+        READY_COLUMN,
+        AGE_COLUMN,
     )
     spec_type = ModelSpec
     status_type = ModelStatus
@@ -513,7 +539,9 @@ class Dataset(Entity):
     short_names = ("dds",)
     printer_columns = (
         PrinterColumn("Rows", ".status.rows", type="integer", description="Rows"),
-        PHASE_COLUMN, READY_COLUMN, AGE_COLUMN,
+        PHASE_COLUMN,
+        READY_COLUMN,
+        AGE_COLUMN,
     )
     spec_type = DatasetSpec
     status_type = DatasetStatus
@@ -533,9 +561,11 @@ class Evaluation(Entity):
         PrinterColumn("Model", ".spec.model.name", description="Model evaluated"),
         PrinterColumn("Dataset", ".spec.dataset.name", description="Dataset evaluated on"),
         PHASE_COLUMN,
-        PrinterColumn("Accuracy", ".status.metrics.accuracy", type="number",
-                      description="Top-1 accuracy"),
-        READY_COLUMN, AGE_COLUMN,
+        PrinterColumn(
+            "Accuracy", ".status.metrics.accuracy", type="number", description="Top-1 accuracy"
+        ),
+        READY_COLUMN,
+        AGE_COLUMN,
     )
     spec_type = EvaluationSpec
     status_type = EvaluationStatus

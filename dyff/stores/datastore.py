@@ -33,8 +33,14 @@ from dyff.stores.records import (
 TENANT = "Tenant"
 # Contention shows up as ABORTED on Datastore; some emulator versions say UNKNOWN
 # or answer 409 CONFLICT ("too much contention").
-RETRYABLE = (gexc.Aborted, gexc.Conflict, gexc.Unknown, gexc.ServiceUnavailable,
-             gexc.DeadlineExceeded, gexc.InternalServerError)
+RETRYABLE = (
+    gexc.Aborted,
+    gexc.Conflict,
+    gexc.Unknown,
+    gexc.ServiceUnavailable,
+    gexc.DeadlineExceeded,
+    gexc.InternalServerError,
+)
 MAX_ATTEMPTS = 60
 MAX_BACKOFF_S = 1.0
 
@@ -110,13 +116,24 @@ class DatastoreRecordStore(RecordStore):
         for pair in label_pairs(query.labels):
             q.add_filter(filter=PropertyFilter("labels", "=", pair))
         if query.name_prefix:
-            q.add_filter(filter=PropertyFilter(
-                "__key__", ">=", self._key(query.kind, query.account, query.name_prefix)))
-            q.add_filter(filter=PropertyFilter(
-                "__key__", "<", self._key(query.kind, query.account, query.name_prefix + "\uffff")))
+            q.add_filter(
+                filter=PropertyFilter(
+                    "__key__", ">=", self._key(query.kind, query.account, query.name_prefix)
+                )
+            )
+            q.add_filter(
+                filter=PropertyFilter(
+                    "__key__",
+                    "<",
+                    self._key(query.kind, query.account, query.name_prefix + "\uffff"),
+                )
+            )
         if query.after_name is not None:
-            q.add_filter(filter=PropertyFilter(
-                "__key__", ">", self._key(query.kind, query.account, query.after_name)))
+            q.add_filter(
+                filter=PropertyFilter(
+                    "__key__", ">", self._key(query.kind, query.account, query.after_name)
+                )
+            )
         q.order = ["__key__"]
         out = []
         for entity in q.fetch(limit=query.limit):

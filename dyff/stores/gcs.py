@@ -8,6 +8,7 @@ mismatch never replaces what was there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import BinaryIO, cast
 
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import storage
+from google.cloud import storage  # type: ignore[attr-defined]
 
 from dyff.errors import NotFound
 from dyff.stores.blobs import (
@@ -75,10 +76,8 @@ class GcsBlobStore(BlobStore):
             staging.patch()
             self.bucket.copy_blob(staging, self.bucket, target)
         finally:
-            try:
+            with contextlib.suppress(gexc.NotFound):
                 staging.delete()
-            except gexc.NotFound:
-                pass
         return BlobInfo(key=key, size=reader.size, sha256=digest)
 
     def open(self, key: str) -> BinaryIO:
@@ -108,7 +107,9 @@ class GcsBlobStore(BlobStore):
         blob = self.bucket.get_blob(self._name(key))
         if blob is None:
             return None
-        return BlobInfo(key=key, size=int(blob.size or 0), sha256=(blob.metadata or {}).get("sha256"))
+        return BlobInfo(
+            key=key, size=int(blob.size or 0), sha256=(blob.metadata or {}).get("sha256")
+        )
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         check_prefix(prefix)

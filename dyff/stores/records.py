@@ -11,6 +11,7 @@ used for optimistic concurrency is kept beside the document and surfaces as
 from __future__ import annotations
 
 import base64
+import builtins
 import random
 import re
 import time
@@ -168,7 +169,9 @@ class RecordStore(ABC):
         entity = _revalidate(entity)
         expected = entity.metadata.resource_version
         if expected is None:
-            raise Conflict("update needs metadata.resourceVersion", field="metadata.resourceVersion")
+            raise Conflict(
+                "update needs metadata.resourceVersion", field="metadata.resourceVersion"
+            )
         kind = type(entity)
 
         def body(current: StoredDoc | None) -> TxResult:
@@ -253,9 +256,9 @@ class RecordStore(ABC):
         more = len(rows) > limit
         return Page(items=items, next_page_token=encode_token(items[-1].name) if more else None)
 
-    def list_all(self, kind: type[E], account: str, **filters: Any) -> list[E]:
+    def list_all(self, kind: type[E], account: str, **filters: Any) -> builtins.list[E]:
         """Every matching record, following pages."""
-        out: list[E] = []
+        out: builtins.list[E] = []
         token = None
         while True:
             page = self.list(kind, account, limit=MAX_PAGE, page_token=token, **filters)

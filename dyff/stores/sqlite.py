@@ -96,8 +96,13 @@ class SqliteRecordStore(RecordStore):
             conn.execute(
                 "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    kind, account, name, version, phase_of(result),
-                    json.dumps(label_pairs(labels)), json.dumps(result),
+                    kind,
+                    account,
+                    name,
+                    version,
+                    phase_of(result),
+                    json.dumps(label_pairs(labels)),
+                    json.dumps(result),
                 ),
             )
             return StoredDoc(result, version)

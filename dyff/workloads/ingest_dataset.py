@@ -1,0 +1,199 @@
+"""Ingest a Dataset: `python -m dyff.workloads.ingest_dataset --config FILE`.
+
+Reads the Dataset record, fetches its source into scratch space (checking the
+declared sha256 and size), cuts it into content-addressed Parquet shards
+(`dyff.datasets`), stores the shards that are not stored yet, and reports on
+the record: phase Ready with rows, shards and labels, or phase Failed with
+Ready=False and the reason. A failed ingestion leaves no shard behind that it
+wrote itself (shards that were already stored, shared with other datasets,
+stay).
+
+Where the source comes from:
+- `upload`: the blob `layout.upload_key(account, "Dataset", name, sha256)`.
+- `uri`: only objects inside the configured blob store are read, through the
+  store: the URI must start with the store's own URL (`blobs.url`, e.g.
+  `file:///srv/dyff/blobs/…` or `gs://bucket/prefix/…`) and the rest is the
+  key. Any other `file://` or `gs://` URI is refused (reason
+  `UnsupportedSource`): a workload must not read files of its host or buckets
+  its service account happens to reach on a user's behalf.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from dyff import layout
+from dyff.datasets import iter_shards, open_dataset
+from dyff.errors import NotFound
+from dyff.schema import Dataset, Shard
+from dyff.stores.blobs import CHUNK, BlobStore, check_key
+from dyff.stores.records import RecordStore
+from dyff.workloads.common import WorkloadConfig, WorkloadFailed, run_main
+
+log = logging.getLogger("dyff.workloads.ingest_dataset")
+
+SOURCE_NOT_FOUND = "SourceNotFound"
+SOURCE_MISMATCH = "SourceMismatch"
+UNSUPPORTED_SOURCE = "UnsupportedSource"
+
+
+def source_key(dataset: Dataset, blobs: BlobStore) -> tuple[str, str, int | None]:
+    """(blob key, declared sha256, declared size) of the dataset's source."""
+    src = dataset.spec.source
+    if src.upload is not None:
+        key = layout.upload_key(dataset.account, "Dataset", dataset.name, src.upload.sha256)
+        return key, src.upload.sha256, src.upload.size_bytes
+    assert src.uri is not None and src.uri.sha256 is not None
+    root = blobs.url.rstrip("/") + "/"
+    if not src.uri.uri.startswith(root):
+        raise WorkloadFailed(
+            UNSUPPORTED_SOURCE,
+            f"uri {src.uri.uri!r} is outside the platform's blob store ({root}); "
+            "upload the dataset or copy it there",
+        )
+    key = src.uri.uri[len(root) :]
+    try:
+        check_key(key)
+    except Exception:
+        raise WorkloadFailed(
+            UNSUPPORTED_SOURCE, f"uri {src.uri.uri!r} is not a valid blob"
+        ) from None
+    return key, src.uri.sha256, src.uri.size_bytes
+
+
+def fetch_source(dataset: Dataset, blobs: BlobStore, dest: Path) -> Path:
+    """Copy the source to `dest`, verifying its declared sha256 and size."""
+    key, sha256, size = source_key(dataset, blobs)
+    digest = hashlib.sha256()
+    n = 0
+    try:
+        stream = blobs.open(key)
+    except NotFound:
+        raise WorkloadFailed(SOURCE_NOT_FOUND, f"source blob {key!r} not found") from None
+    with stream, open(dest, "wb") as out:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+            n += len(chunk)
+            if size is not None and n > size:
+                break
+            out.write(chunk)
+    if size is not None and n != size:
+        raise WorkloadFailed(SOURCE_MISMATCH, f"source is not the declared {size} bytes")
+    if digest.hexdigest() != sha256:
+        raise WorkloadFailed(
+            SOURCE_MISMATCH, f"source sha256 is {digest.hexdigest()}, declared {sha256}"
+        )
+    return dest
+
+
+def referenced_shards(records: RecordStore, account: str, exclude: str) -> set[str]:
+    """sha256 of every shard some other Dataset of the account lists."""
+    out: set[str] = set()
+    for ds in records.list_all(Dataset, account):
+        if ds.name != exclude and ds.status.shards:
+            out.update(s.sha256 for s in ds.status.shards)
+    return out
+
+
+def discard(
+    records: RecordStore, blobs: BlobStore, account: str, name: str, keys: dict[str, str]
+) -> None:
+    """Delete the shards this run wrote (sha256 -> key) unless another dataset lists them."""
+    if not keys:
+        return
+    keep = referenced_shards(records, account, exclude=name)
+    for sha, key in keys.items():
+        if sha not in keep:
+            blobs.delete(key)
+
+
+def ingest(
+    dataset: Dataset, blobs: BlobStore, scratch: Path, written: dict[str, str]
+) -> tuple[int, list[Shard], list[str]]:
+    """Ingest into the blob store; record each newly stored shard in `written`."""
+    source = fetch_source(dataset, blobs, scratch / "source")
+    opened = open_dataset(dataset.spec.source.form, source, scratch)
+    shards = []
+    for shard in iter_shards(opened, dataset.spec.shard_rows):
+        key = layout.shard_key(dataset.account, shard.sha256)
+        if blobs.stat(key) is None:
+            blobs.put(key, shard.data, sha256=shard.sha256)
+            written[shard.sha256] = key
+        shards.append(shard.shard())
+    log.info(
+        "%s/%s: %d rows, %d shards (%d new)",
+        dataset.account,
+        dataset.name,
+        opened.rows,
+        len(shards),
+        len(written),
+    )
+    return opened.rows, shards, opened.labels
+
+
+def mark_failed(
+    records: RecordStore, account: str, name: str, exc: WorkloadFailed, generation: int
+) -> None:
+    """Phase Failed, Ready=False with the reason; nothing of a result is left on the status."""
+    reason, message = exc.reason, exc.message
+
+    def failed(ds: Dataset) -> None:
+        st = ds.status
+        st.phase, st.message = "Failed", message
+        st.rows, st.shards, st.labels = None, None, None
+        st.observed_generation = generation
+        st.set_condition("Ready", "False", reason, message, generation)
+
+    try:
+        records.mutate(Dataset, account, name, failed)
+    except NotFound:
+        log.info("%s/%s was deleted during ingestion", account, name)
+
+
+def run(config: WorkloadConfig) -> None:
+    records, blobs = config.stores()
+    account, name = config.account, config.name
+    dataset = records.get(Dataset, account, name)
+    if dataset.metadata.deletion_timestamp is not None:
+        log.info("%s/%s is being deleted; nothing to do", account, name)
+        return
+    generation = dataset.metadata.generation
+    written: dict[str, str] = {}
+    if config.scratch_dir:
+        Path(config.scratch_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=config.scratch_dir, prefix="ingest-") as tmp:
+            rows, shards, labels = ingest(dataset, blobs, Path(tmp), written)
+    except WorkloadFailed as exc:
+        discard(records, blobs, account, name, written)
+        mark_failed(records, account, name, exc, generation)
+        raise
+
+    def ready(ds: Dataset) -> None:
+        if ds.metadata.deletion_timestamp is not None:
+            raise NotFound(f"Dataset {name!r} is being deleted")
+        st = ds.status
+        st.phase, st.message = "Ready", None
+        st.rows, st.shards, st.labels = rows, shards, labels
+        st.observed_generation = generation
+        msg = f"{rows} rows in {len(shards)} shards ({len(written)} new)"
+        st.set_condition("Ready", "True", "Ingested", msg, generation)
+
+    try:
+        records.mutate(Dataset, account, name, ready)
+    except NotFound:
+        # Deleted while we worked: whatever we stored is nobody's.
+        discard(records, blobs, account, name, written)
+        log.info("%s/%s was deleted during ingestion; discarded its shards", account, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

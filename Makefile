@@ -18,7 +18,8 @@ help:
 # pyproject.toml to the CPU wheel that lies on this machine kind's disk.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	set -o pipefail; $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 \
+	  | { grep -v "^WARNING: Location 'file:///opt/" || true; }
 	rm -f $(VENV)/.installed-*
 	touch $@
 

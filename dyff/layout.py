@@ -42,3 +42,13 @@ def prediction_key(account: str, model_digest: str, inference_digest: str, shard
 def evaluation_prefix(account: str, name: str, uid: str) -> str:
     """An evaluation's own results (metrics.json, the list of its prediction shards)."""
     return f"{account_prefix(account)}/evaluations/{name}/{uid}"
+
+
+def metrics_key(account: str, name: str, uid: str) -> str:
+    """The full metrics of an evaluation (JSON)."""
+    return f"{evaluation_prefix(account, name, uid)}/metrics.json"
+
+
+def manifest_key(account: str, name: str, uid: str) -> str:
+    """The prediction files of an evaluation, in shard order: `{"files": [key, ...]}`."""
+    return f"{evaluation_prefix(account, name, uid)}/predictions.json"

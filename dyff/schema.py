@@ -625,8 +625,65 @@ class ApiKey(Entity):
     status: Status = Field(default_factory=Status)
 
 
+# ------------------------------------------------ shim bookkeeping records
+
+
+class UploadTicketSpec(Schema):
+    """Permission to upload one declared file for one Model or Dataset, once."""
+
+    target_kind: Literal["Model", "Dataset"] = Field(description="Kind of the entity.")
+    target_name: str = Field(description="Name of the entity.", pattern=NAME_PATTERN)
+    key: str = Field(description="Blob key the upload is written to.")
+    sha256: str = Field(description="Declared sha256 of the upload.", pattern=SHA256_PATTERN)
+    size_bytes: int = Field(ge=1, description="Declared size of the upload.")
+    token_hash: str = Field(description="sha256 of the upload token.", pattern=SHA256_PATTERN)
+    expires: datetime = Field(description="When the ticket stops working.")
+
+
+class UploadTicket(Entity):
+    """An upload ticket: open (no phase) -> Claimed -> Used, or back to Open on failure."""
+
+    kind_name = "UploadTicket"
+    plural = "uploadtickets"
+    short_names = ()
+    printer_columns = ()
+    spec_type = UploadTicketSpec
+    status_type = Status
+    restartable_phases = ()
+
+    kind: Literal["UploadTicket"] = "UploadTicket"
+    spec: UploadTicketSpec
+    status: Status = Field(default_factory=Status)
+
+
+class IdempotencySpec(Schema):
+    """What a request carrying an Idempotency-Key did, so a retry gets the same answer."""
+
+    request_hash: str = Field(description="sha256 of the request.", pattern=SHA256_PATTERN)
+    target_kind: str = Field(description="Kind of the entity the request created.")
+    target_name: str = Field(description="Name of that entity.")
+    status_code: int = Field(description="HTTP status of the first answer.")
+
+
+class IdempotencyRecord(Entity):
+    """An Idempotency-Key seen from an account (its name is a hash of the key)."""
+
+    kind_name = "Idempotency"
+    plural = "idempotency"
+    short_names = ()
+    printer_columns = ()
+    spec_type = IdempotencySpec
+    status_type = Status
+    restartable_phases = ()
+
+    kind: Literal["Idempotency"] = "Idempotency"
+    spec: IdempotencySpec
+    status: Status = Field(default_factory=Status)
+
+
 ENTITY_TYPES: dict[str, type[Entity]] = {
-    t.kind_name: t for t in (Model, Dataset, Evaluation, Account, ApiKey)
+    t.kind_name: t
+    for t in (Model, Dataset, Evaluation, Account, ApiKey, UploadTicket, IdempotencyRecord)
 }
 # The kinds that are custom resources.
 RESOURCE_TYPES: tuple[type[Entity], ...] = (Model, Dataset, Evaluation)

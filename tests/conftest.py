@@ -86,3 +86,34 @@ def blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobS
         store = GcsBlobStore(bucket.name, prefix="root", client=client)
     yield store
     store.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which backends the contract suites really ran against (not skipped)."""
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if "tests/contract/" not in nodeid or "[" not in nodeid:
+                continue
+            params = nodeid.rsplit("[", 1)[1].rstrip("]").split("-")
+            backend = next((p for p in params if p in BACKENDS), None)
+            if backend and (outcome != "passed" or report.when == "call"):
+                counts.setdefault(backend, {}).setdefault(outcome, 0)
+                counts[backend][outcome] += 1
+    if counts:
+        terminalreporter.section("contract suites by backend")
+        for backend in BACKENDS:
+            c = counts.get(backend, {})
+            terminalreporter.write_line(
+                f"{backend:>10} ({BACKENDS[backend]}): {c.get('passed', 0)} passed, "
+                f"{c.get('failed', 0)} failed, {c.get('skipped', 0)} skipped"
+            )
+
+
+BACKENDS = {
+    "sqlite": "SQLite file",
+    "datastore": "Cloud Datastore emulator",
+    "file": "local folder",
+    "gcs": "GCS emulator",
+}

@@ -1,0 +1,173 @@
+"""An evaluation's results as an in-memory database: predictions in Parquet, queried with polars.
+
+The prediction files are the contract between the evaluation workload, which
+writes them, and every reader. One file per dataset shard, columns:
+
+    row_id       int64         global row id in the dataset
+    label        int32         true class id (index into the dataset's labels)
+    predicted    int32         top-1 class id
+    score        float32       top-1 probability
+    correct      bool          predicted == label
+    topk_labels  list[int32]   class ids, best first
+    topk_scores  list[float32] their probabilities
+
+Queries are structured (`PredictionQuery`), never SQL strings: filters on
+label / predicted / correct / score, ordering, paging, and a few aggregate
+views. Files are scanned lazily, so only the columns and row groups a query
+needs are read (projection and predicate pushdown).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field
+
+from dyff.errors import Invalid
+from dyff.schema import Schema
+from dyff.stores.blobs import BlobStore
+from dyff.stores.file import FileBlobStore
+
+PREDICTION_SCHEMA: dict[str, Any] = {
+    "row_id": pl.Int64,
+    "label": pl.Int32,
+    "predicted": pl.Int32,
+    "score": pl.Float32,
+    "correct": pl.Boolean,
+    "topk_labels": pl.List(pl.Int32),
+    "topk_scores": pl.List(pl.Float32),
+}
+COLUMNS = tuple(PREDICTION_SCHEMA)
+MAX_LIMIT = 10_000
+
+
+class PredictionQuery(Schema):
+    """A structured query over an evaluation's predictions."""
+
+    label: list[int] | None = Field(
+        default=None, description="Keep rows whose true label is one of these."
+    )
+    predicted: list[int] | None = Field(
+        default=None, description="Keep rows predicted as one of these."
+    )
+    correct: bool | None = Field(
+        default=None, description="Keep only right (true) or wrong (false) rows."
+    )
+    min_score: float | None = Field(
+        default=None, ge=0, le=1, description="Top-1 score at least this."
+    )
+    max_score: float | None = Field(
+        default=None, ge=0, le=1, description="Top-1 score at most this."
+    )
+    order: Literal["row_id", "score_desc", "score_asc"] = Field(
+        default="row_id", description="Ordering of the rows."
+    )
+    columns: list[Literal[COLUMNS]] | None = Field(  # type: ignore[valid-type]
+        default=None, description="Columns to return (default all)."
+    )
+    offset: int = Field(default=0, ge=0, description="Rows to skip.")
+    limit: int = Field(default=100, ge=1, le=MAX_LIMIT, description="Rows to return.")
+
+
+def _filters(q: PredictionQuery) -> pl.Expr | None:
+    exprs: list[pl.Expr] = []
+    if q.label is not None:
+        exprs.append(pl.col("label").is_in(q.label))
+    if q.predicted is not None:
+        exprs.append(pl.col("predicted").is_in(q.predicted))
+    if q.correct is not None:
+        exprs.append(pl.col("correct") == q.correct)
+    if q.min_score is not None:
+        exprs.append(pl.col("score") >= q.min_score)
+    if q.max_score is not None:
+        exprs.append(pl.col("score") <= q.max_score)
+    if not exprs:
+        return None
+    combined = exprs[0]
+    for e in exprs[1:]:
+        combined = combined & e
+    return combined
+
+
+class Results:
+    """Lazy access to one evaluation's prediction files."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = [str(p) for p in paths]
+
+    def scan(self) -> pl.LazyFrame:
+        if not self.paths:
+            return pl.LazyFrame(schema=PREDICTION_SCHEMA)
+        return pl.scan_parquet(self.paths)
+
+    def rows(self, q: PredictionQuery) -> pl.DataFrame:
+        lf = self.scan()
+        where = _filters(q)
+        if where is not None:
+            lf = lf.filter(where)
+        if q.order == "score_desc":
+            lf = lf.sort(["score", "row_id"], descending=[True, False])
+        elif q.order == "score_asc":
+            lf = lf.sort(["score", "row_id"])
+        else:
+            lf = lf.sort("row_id")
+        lf = lf.slice(q.offset, q.limit)
+        if q.columns:
+            lf = lf.select(q.columns)
+        return lf.collect()
+
+    def count(self, q: PredictionQuery | None = None) -> int:
+        lf = self.scan()
+        where = _filters(q) if q else None
+        if where is not None:
+            lf = lf.filter(where)
+        return int(lf.select(pl.len()).collect().item())
+
+    def by_label(self) -> pl.DataFrame:
+        """Per true label: rows, correct, accuracy."""
+        return (
+            self.scan()
+            .group_by("label")
+            .agg(rows=pl.len(), correct=pl.col("correct").sum())
+            .with_columns(accuracy=pl.col("correct") / pl.col("rows"))
+            .sort("label")
+            .collect()
+        )
+
+    def confusion(self) -> pl.DataFrame:
+        """Counts of (label, predicted) pairs that occur."""
+        return (
+            self.scan()
+            .group_by("label", "predicted")
+            .agg(count=pl.len())
+            .sort("label", "predicted")
+            .collect()
+        )
+
+    def confident_errors(self, limit: int = 20) -> pl.DataFrame:
+        """The wrong predictions the model was surest of."""
+        if not 1 <= limit <= MAX_LIMIT:
+            raise Invalid(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+        return self.rows(PredictionQuery(correct=False, order="score_desc", limit=limit))
+
+
+def local_paths(blobs: BlobStore, keys: Sequence[str], cache_dir: Path) -> list[Path]:
+    """Local files for the given prediction keys: the files themselves for a local
+    store; otherwise downloaded once into `cache_dir`. Prediction files never
+    change once written (their keys are content-derived), so the cache needs no
+    invalidation."""
+    if isinstance(blobs, FileBlobStore):
+        return [blobs.path(k) for k in keys]
+    out = []
+    for key in keys:
+        local = cache_dir / hashlib.sha256(f"{blobs.url}/{key}".encode()).hexdigest()
+        if not local.exists():
+            tmp = local.with_suffix(".part")
+            blobs.download(key, tmp)
+            tmp.replace(local)
+        out.append(local)
+    return out

@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -176,6 +177,7 @@ def create_app(
     *,
     public_url: str | None = None,
     cache_dir: Path | None = None,
+    upload_ttl: timedelta = uploads.DEFAULT_TTL,
 ) -> FastAPI:
     cache = cache_dir or Path.home() / ".cache" / "dyff" / "results"
 
@@ -275,8 +277,6 @@ def create_app(
     )
     def create_key(body: KeyCreate, who: CallerDep) -> KeyCreated:
         """Mint another key for the caller's account."""
-        from datetime import timedelta
-
         expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
         token, key = accounts.mint_key(records, who.account, expires_in=expires)
         return KeyCreated(token=token, key=_key_info(key))
@@ -314,7 +314,7 @@ def create_app(
         stored, _ = idempotent(who, idempotency_key, body, kind, create)
         ticket = None
         if stored.spec.source.upload is not None and not uploads.upload_present(blobs, stored):
-            ticket = uploads.open_ticket(records, blobs, stored, base_url(request))
+            ticket = uploads.open_ticket(records, blobs, stored, base_url(request), upload_ttl)
         return Created[Any](item=stored, upload=ticket)
 
     @app.post(
@@ -363,10 +363,11 @@ def create_app(
         ticket: NameStr,
         request: Request,
         x_dyff_upload_token: Annotated[str, Header(max_length=256)],
-        content_length: Annotated[int | None, Header(ge=0)] = None,
     ) -> Response:
         """Receive the declared file for an upload ticket: once, checked against the
         declared size and sha256; nothing is stored when it does not match."""
+        # Content-Length belongs to the HTTP layer; a malformed one never reaches us.
+        length = request.headers.get("content-length", "")
         await run_in_threadpool(
             uploads.receive,
             records,
@@ -375,7 +376,7 @@ def create_app(
             ticket,
             x_dyff_upload_token,
             _sync_chunks(request),
-            content_length,
+            int(length) if length.isdigit() else None,
         )
         return Response(status_code=204)
 

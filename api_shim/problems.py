@@ -87,7 +87,9 @@ def install(app: FastAPI) -> None:
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the problem responses an endpoint can give."""
+    """OpenAPI entries for the problem responses an endpoint can give; every endpoint can
+    answer 400 to a request it cannot parse."""
+    statuses = tuple(sorted({400, *statuses}))
     return {
         s: {
             "model": Problem,

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         default=None, description="file:///PATH or gs://BUCKET[/PREFIX]; default DATA_DIR/blobs."
     )
 
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL users reach the shim at, for upload links; default: the request's.",
+    )
+    upload_ttl_seconds: int = Field(
+        default=3600, ge=60, le=7 * 24 * 3600, description="How long an upload URL stays valid."
+    )
+
     @field_validator("records_url")
     @classmethod
     def _check_records(cls, v: str | None) -> str | None:

@@ -12,10 +12,12 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
-from typing import BinaryIO, cast
+from datetime import timedelta
+from typing import Any, BinaryIO, cast
 
+import google.auth.transport.requests
 from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials
+from google.auth.credentials import AnonymousCredentials, Signing
 from google.cloud import storage  # type: ignore[attr-defined]
 
 from dyff.errors import NotFound
@@ -130,6 +132,31 @@ class GcsBlobStore(BlobStore):
         except gexc.NotFound:
             return False
         return True
+
+    def signed_upload_url(self, key: str, ttl: timedelta) -> str | None:
+        """A V4-signed URL that starts a resumable upload of `key` (POST with
+        `x-goog-resumable: start`), so large files bypass the shim. None against an
+        emulator, which cannot check signatures: the shim's own endpoint is used there."""
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            return None
+        blob = self.bucket.blob(self._name(key))
+        credentials = self.client._credentials
+        extra: dict[str, Any] = {}
+        if not isinstance(credentials, Signing):
+            # Metadata-server credentials (Cloud Run, GKE) sign through the IAM API.
+            credentials.refresh(google.auth.transport.requests.Request())
+            extra = {
+                "service_account_email": credentials.service_account_email,
+                "access_token": credentials.token,
+            }
+        url: str = blob.generate_signed_url(
+            version="v4",
+            expiration=ttl,
+            method="POST",
+            headers={"x-goog-resumable": "start"},
+            **extra,
+        )
+        return url
 
     def uri(self, key: str) -> str:
         return f"gs://{self.bucket.name}/{self._name(key)}"

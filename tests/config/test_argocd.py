@@ -1,0 +1,196 @@
+"""Argo CD integration: the Lua health checks (run in Lua 5.1, as Argo CD's gopher-lua),
+their argocd-cm embedding, the Application examples and the samples' sync waves."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dyff import crdgen
+from dyff.schema import RESOURCE_TYPES
+from tests import crd_validation
+from tests.config import argocd_health as ah
+
+pytest.importorskip("lupa", reason="lupa (a Lua runtime) is not installed")
+
+ROOT = ah.ROOT
+CRDS = {t.kind_name: crdgen.crd(t) for t in RESOURCE_TYPES}
+
+
+def health_cases() -> list[Any]:
+    cases = []
+    for kind in ah.KINDS:
+        folder = ah.script_path(kind).parent
+        spec = yaml.safe_load((folder / "health_test.yaml").read_text())
+        for case in spec["tests"]:
+            cases.append(
+                pytest.param(
+                    kind,
+                    folder / case["inputPath"],
+                    case["healthStatus"],
+                    id=f"{kind}-{Path(case['inputPath']).stem}",
+                )
+            )
+    return cases
+
+
+def load(path: Path) -> dict[str, Any]:
+    obj: dict[str, Any] = yaml.safe_load(path.read_text())
+    return obj
+
+
+def script(kind: str) -> str:
+    return ah.script_path(kind).read_text()
+
+
+@pytest.mark.parametrize(("kind", "path", "expected"), health_cases())
+def test_health_check(kind: str, path: Path, expected: dict[str, str]) -> None:
+    obj = load(path)
+    assert obj["kind"] == kind
+    assert ah.health(script(kind), obj) == expected
+
+
+@pytest.mark.parametrize(("kind", "path", "expected"), health_cases())
+def test_testdata_is_what_the_api_server_accepts(
+    kind: str, path: Path, expected: dict[str, str]
+) -> None:
+    assert crd_validation.validate(CRDS[kind], load(path)) == []
+
+
+@pytest.mark.parametrize("kind", ah.KINDS)
+def test_every_testdata_file_is_a_case_and_every_status_is_covered(kind: str) -> None:
+    folder = ah.script_path(kind).parent
+    spec = yaml.safe_load((folder / "health_test.yaml").read_text())
+    listed = {case["inputPath"] for case in spec["tests"]}
+    on_disk = {f"testdata/{p.name}" for p in (folder / "testdata").glob("*.yaml")}
+    assert listed == on_disk
+    statuses = {case["healthStatus"]["status"] for case in spec["tests"]}
+    assert statuses == {"Healthy", "Progressing", "Degraded"}
+    messages = [case["healthStatus"]["message"] for case in spec["tests"]]
+    assert "Waiting for the controller" in messages or any("Pending" in m for m in messages)
+    assert any("observe generation" in m for m in messages), "observedGeneration is covered"
+
+
+@pytest.mark.parametrize("kind", ah.KINDS)
+def test_health_follows_the_object(kind: str) -> None:
+    """The same object moves between statuses as its status changes."""
+    obj: dict[str, Any] = {
+        "apiVersion": "dyff.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "x", "namespace": "demo", "generation": 4},
+        "status": {
+            "phase": "Ready",
+            "observedGeneration": 4,
+            "conditions": [
+                {"type": "Other", "status": "False", "reason": "X", "message": "not me"},
+                {"type": "Ready", "status": "True", "reason": "Done", "message": ""},
+            ],
+        },
+    }
+    assert ah.health(script(kind), obj) == {"status": "Healthy", "message": "Ready"}
+    flipped = copy.deepcopy(obj)
+    flipped["status"]["conditions"][1]["status"] = "Unknown"
+    assert ah.health(script(kind), flipped)["status"] == "Progressing"
+    failed = copy.deepcopy(obj)
+    failed["status"]["phase"] = "Failed"
+    failed["status"]["message"] = "boom"
+    assert ah.health(script(kind), failed) == {"status": "Degraded", "message": "boom"}
+    stale = copy.deepcopy(obj)
+    stale["metadata"]["generation"] = 5
+    assert ah.health(script(kind), stale) == {
+        "status": "Progressing",
+        "message": "Waiting for the controller to observe generation 5",
+    }
+    empty_status = copy.deepcopy(obj)
+    empty_status["status"] = {}
+    assert ah.health(script(kind), empty_status)["status"] == "Progressing"
+
+
+def test_the_runner_rejects_a_script_that_returns_no_health() -> None:
+    with pytest.raises(ValueError, match="not a table"):
+        ah.health("return nil", {})
+    with pytest.raises(ValueError, match="status 'Fine'"):
+        ah.health('return {status = "Fine"}', {})
+    with pytest.raises(Exception, match="nil"):
+        ah.health("return obj.status.phase", {})
+
+
+def test_argocd_cm_patch_embeds_the_lua_scripts() -> None:
+    assert ah.CM_PATCH.read_text() == ah.render_cm_patch(), (
+        "config/argocd/argocd-cm-patch.yaml drifted: "
+        "run .venv/bin/python -m tests.config.argocd_health --write"
+    )
+    cm = yaml.safe_load(ah.CM_PATCH.read_text())
+    assert (cm["apiVersion"], cm["kind"], cm["metadata"]) == (
+        "v1",
+        "ConfigMap",
+        {"name": "argocd-cm", "namespace": "argocd"},
+    )
+    assert set(cm["data"]) == {ah.cm_key(k) for k in ah.KINDS}
+    for kind in ah.KINDS:
+        assert cm["data"][ah.cm_key(kind)] == script(kind), kind
+    assert ah.main([]) == 0
+
+
+def test_health_scripts_exist_for_exactly_the_dyff_kinds() -> None:
+    assert set(ah.KINDS) == {t.kind_name for t in RESOURCE_TYPES}
+    on_disk = {p.parent.name for p in (ah.HEALTH / ah.GROUP).glob("*/health.lua")}
+    assert on_disk == set(ah.KINDS)
+
+
+# ------------------------------------------------------------------ Applications
+
+
+def application(name: str) -> dict[str, Any]:
+    app: dict[str, Any] = yaml.safe_load((ah.ARGOCD / name).read_text())
+    return app
+
+
+@pytest.mark.parametrize("name", ["application.yaml", "application-gitops.yaml"])
+def test_application_shape(name: str) -> None:
+    app = application(name)
+    assert app["apiVersion"] == "argoproj.io/v1alpha1"
+    assert app["kind"] == "Application"
+    assert app["metadata"]["namespace"] == "argocd"
+    spec = app["spec"]
+    assert set(spec) >= {"project", "source", "destination", "syncPolicy"}
+    assert {"repoURL", "path", "targetRevision"} <= set(spec["source"])
+    assert spec["destination"]["server"] == "https://kubernetes.default.svc"
+    assert spec["destination"]["namespace"]
+    options = spec["syncPolicy"]["syncOptions"]
+    assert "ServerSideApply=true" in options
+    assert "CreateNamespace=true" in options
+
+
+def test_control_plane_application_points_at_the_gke_overlay() -> None:
+    app = application("application.yaml")
+    path = app["spec"]["source"]["path"]
+    assert path == "config/overlays/gke"
+    assert (ROOT / path / "kustomization.yaml").exists()
+    assert app["spec"]["destination"]["namespace"] == "dyff-system"
+
+
+def test_gitops_application_syncs_an_account_folder() -> None:
+    app = application("application-gitops.yaml")
+    spec = app["spec"]
+    assert spec["source"]["path"] == f"gitops/{spec['destination']['namespace']}"
+    assert spec["source"]["directory"]["recurse"] is True
+    assert "SkipDryRunOnMissingResource=true" in spec["syncPolicy"]["syncOptions"]
+
+
+# ------------------------------------------------------------------ sync waves
+
+WAVES = {"Model": "0", "Dataset": "0", "Evaluation": "1"}
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "config" / "samples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_samples_carry_their_sync_wave(path: Path) -> None:
+    obj = load(path)
+    annotations = obj["metadata"].get("annotations", {})
+    assert annotations.get("argocd.argoproj.io/sync-wave") == WAVES[obj["kind"]]

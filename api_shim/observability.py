@@ -6,10 +6,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -17,6 +16,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REQUEST_ID_HEADER = "X-Request-Id"
 access_log = logging.getLogger("dyff.shim.access")
@@ -49,6 +49,15 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.propagate = False
 
 
+class _Observe:
+    def __init__(self, app: ASGIApp, observe: Any) -> None:
+        self.app = app
+        self.observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.observe(scope, receive, send, self.app)
+
+
 def install(app: FastAPI) -> CollectorRegistry:
     registry = CollectorRegistry()
     requests = Counter(
@@ -65,33 +74,51 @@ def install(app: FastAPI) -> CollectorRegistry:
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     )
 
-    @app.middleware("http")
-    async def observe(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        request.state.request_id = request_id
+    async def observe(scope: Scope, receive: Receive, send: Send, app_: ASGIApp) -> None:
+        if scope["type"] != "http":
+            await app_(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
         start = time.perf_counter()
-        response = await call_next(request)
-        elapsed = time.perf_counter() - start
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        requests.labels(request.method, route, str(response.status_code)).inc()
-        latency.labels(request.method, route).observe(elapsed)
-        response.headers[REQUEST_ID_HEADER] = request_id
-        access_log.info(
-            "%s %s %s",
-            request.method,
-            route,
-            response.status_code,
-            extra={
-                "request_id": request_id,
-                "method": request.method,
-                "route": route,
-                "status": response.status_code,
-                "duration_ms": round(elapsed * 1000, 2),
-            },
-        )
-        return response
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [
+                    *message["headers"],
+                    (REQUEST_ID_HEADER.lower().encode(), request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            await app_(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            requests.labels(method, route, str(status)).inc()
+            latency.labels(method, route).observe(elapsed)
+            access_log.info(
+                "%s %s %s",
+                method,
+                route,
+                status,
+                extra={
+                    "request_id": request_id,
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
+
+    # A plain ASGI middleware: BaseHTTPMiddleware costs a task and a stream per request.
+    app.add_middleware(_Observe, observe=observe)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

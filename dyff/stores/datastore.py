@@ -14,11 +14,13 @@ import json
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import datastore
+from google.cloud.datastore import helpers
 from google.cloud.datastore.query import PropertyFilter
+from google.cloud.datastore_v1.types.datastore import CommitRequest
 
 from dyff.stores.records import (
     DELETE,
@@ -43,6 +45,23 @@ RETRYABLE = (
 )
 MAX_ATTEMPTS = 60
 MAX_BACKOFF_S = 1.0
+
+
+T = TypeVar("T")
+
+
+def retry_on_contention(attempt: Callable[[], T]) -> T:
+    """Run a transaction, again with a fresh one when Datastore reports contention,
+    after a jittered exponential backoff; bounded, so a hot key fails rather than hangs."""
+    for n in range(MAX_ATTEMPTS):
+        try:
+            return attempt()
+        except RETRYABLE:
+            if n == MAX_ATTEMPTS - 1:
+                raise
+            # Full jitter: contenders spread out instead of colliding again.
+            time.sleep(random.uniform(0, min(MAX_BACKOFF_S, 0.01 * 2**n)))
+    raise AssertionError("unreachable")
 
 
 class DatastoreRecordStore(RecordStore):
@@ -75,38 +94,65 @@ class DatastoreRecordStore(RecordStore):
         self, kind: str, account: str, name: str, body: Callable[[StoredDoc | None], TxResult]
     ) -> StoredDoc | None:
         key = self._key(kind, account, name)
-        for attempt in range(MAX_ATTEMPTS):
+
+        def attempt() -> StoredDoc | None:
+            with self.client.transaction() as tx:
+                current = self._stored(self.client.get(key, transaction=tx))
+                result = body(current)
+                if result is None:
+                    return current
+                if result is DELETE:
+                    tx.delete(key)
+                    return None
+                assert isinstance(result, dict)
+                version = (current.version if current else 0) + 1
+                tx.put(self._entity(key, result, version))
+            return StoredDoc(result, version)
+
+        return retry_on_contention(attempt)
+
+    def _insert(self, kind: str, account: str, name: str, doc: dict[str, Any]) -> StoredDoc | None:
+        """One commit with an `insert` mutation in a single-use transaction: it fails if
+        the key exists, so no read is needed and concurrent creates in one account (one
+        entity group) do not invalidate each other's reads."""
+        entity = self._entity(self._key(kind, account, name), doc, 1)
+        request: dict[str, Any] = {
+            "project_id": self.client.project,
+            "database_id": self.client.database or "",
+            "mode": CommitRequest.Mode.TRANSACTIONAL,
+            "single_use_transaction": {"read_write": {}},
+            "mutations": [{"insert": helpers.entity_to_protobuf(entity)._pb}],
+        }
+
+        def attempt() -> StoredDoc | None:
             try:
-                with self.client.transaction() as tx:
-                    current = self._stored(self.client.get(key, transaction=tx))
-                    result = body(current)
-                    if result is None:
-                        return current
-                    if result is DELETE:
-                        tx.delete(key)
-                        return None
-                    assert isinstance(result, dict)
-                    version = (current.version if current else 0) + 1
-                    entity = datastore.Entity(key=key, exclude_from_indexes=("body",))
-                    entity.update(
-                        {
-                            "body": json.dumps(result),
-                            "version": version,
-                            "phase": phase_of(result),
-                            "labels": label_pairs(result.get("metadata", {}).get("labels", {})),
-                        }
-                    )
-                    tx.put(entity)
-                return StoredDoc(result, version)
-            except RETRYABLE:
-                if attempt == MAX_ATTEMPTS - 1:
-                    raise
-                # Full jitter: contenders spread out instead of colliding again.
-                time.sleep(random.uniform(0, min(MAX_BACKOFF_S, 0.01 * 2**attempt)))
-        raise AssertionError("unreachable")
+                self.client._datastore_api.commit(request=request)
+            except gexc.AlreadyExists:
+                return None
+            return StoredDoc(doc, 1)
+
+        return retry_on_contention(attempt)
+
+    @staticmethod
+    def _entity(key: datastore.Key, doc: dict[str, Any], version: int) -> datastore.Entity:
+        entity = datastore.Entity(key=key, exclude_from_indexes=("body",))
+        entity.update(
+            {
+                "body": json.dumps(doc),
+                "version": version,
+                "phase": phase_of(doc),
+                "labels": label_pairs(doc.get("metadata", {}).get("labels", {})),
+            }
+        )
+        return entity
 
     def _read(self, kind: str, account: str, name: str) -> StoredDoc | None:
         return self._stored(self.client.get(self._key(kind, account, name)))
+
+    def _read_many(self, keys: list[tuple[str, str, str]]) -> list[StoredDoc | None]:
+        ds_keys = [self._key(*key) for key in keys]
+        found = {e.key: e for e in self.client.get_multi(ds_keys)}
+        return [self._stored(found.get(k)) for k in ds_keys]
 
     def _query(self, query: Query) -> list[StoredDoc]:
         parent = self.client.key(TENANT, query.account)

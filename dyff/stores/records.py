@@ -105,10 +105,27 @@ class RecordStore(ABC):
     @abstractmethod
     def _read(self, kind: str, account: str, name: str) -> StoredDoc | None: ...
 
+    def _read_many(self, keys: list[tuple[str, str, str]]) -> list[StoredDoc | None]:
+        """Several (kind, account, name) records at once; backends may batch this."""
+        return [self._read(*key) for key in keys]
+
     @abstractmethod
     def _query(self, query: Query) -> list[StoredDoc]:
         """Records of one kind and account matching the filters, ordered by name,
         strictly after `after_name`, at most `limit`."""
+
+    def _insert(self, kind: str, account: str, name: str, doc: dict[str, Any]) -> StoredDoc | None:
+        """Write `doc` atomically if no record has the key; None if one does. Backends
+        with a native insert override this (it is create's fast path)."""
+        exists = False
+
+        def body(current: StoredDoc | None) -> TxResult:
+            nonlocal exists
+            exists = current is not None
+            return None if exists else doc
+
+        stored = self._transact(kind, account, name, body)
+        return None if exists else stored
 
     def close(self) -> None:  # noqa: B027 - optional for backends
         pass
@@ -122,34 +139,43 @@ class RecordStore(ABC):
         labels, resets status and bumps the generation.
         """
         entity = _revalidate(entity)
+        kind = type(entity)
+        fresh = entity.model_copy(deep=True)
+        fresh.status = kind.status_type()
+        fresh.metadata.uid = str(uuid.uuid4())
+        fresh.metadata.creation_timestamp = utcnow()
+        fresh.metadata.generation = 1
+        fresh.metadata.deletion_timestamp = None
+        stored = self._insert(entity.kind, entity.account, entity.name, _doc(fresh))
+        if stored is not None:
+            # `fresh` is what was written (validated above): no need to parse it back.
+            fresh.metadata.resource_version = str(stored.version)
+            return fresh, "created"
+
+        # The key exists: restart it if it failed, refuse otherwise.
         outcome: list[CreateOutcome] = []
 
         def body(current: StoredDoc | None) -> TxResult:
             outcome.clear()
-            fresh = entity.model_copy(deep=True)
-            fresh.status = type(entity).status_type()
-            if current is None:
-                fresh.metadata.uid = str(uuid.uuid4())
-                fresh.metadata.creation_timestamp = utcnow()
-                fresh.metadata.generation = 1
-                fresh.metadata.deletion_timestamp = None
+            if current is None:  # deleted since the insert failed
                 outcome.append("created")
                 return _doc(fresh)
-            old = _parse(type(entity), current)
-            if old.phase not in type(entity).restartable_phases or old.metadata.deletion_timestamp:
+            old = _parse(kind, current)
+            if old.phase not in kind.restartable_phases or old.metadata.deletion_timestamp:
                 raise AlreadyExists(
                     f"{entity.kind} {entity.name!r} already exists (phase {old.phase or 'new'})",
                     field="metadata.name",
                 )
-            fresh.metadata.uid = old.metadata.uid
-            fresh.metadata.creation_timestamp = old.metadata.creation_timestamp
-            fresh.metadata.generation = old.metadata.generation + 1
+            restarted = fresh.model_copy(deep=True)
+            restarted.metadata.uid = old.metadata.uid
+            restarted.metadata.creation_timestamp = old.metadata.creation_timestamp
+            restarted.metadata.generation = old.metadata.generation + 1
             outcome.append("restarted")
-            return _doc(fresh)
+            return _doc(restarted)
 
         stored = self._transact(entity.kind, entity.account, entity.name, body)
         assert stored is not None
-        return _parse(type(entity), stored), outcome[0]
+        return _parse(kind, stored), outcome[0]
 
     def get(self, kind: type[E], account: str, name: str) -> E:
         stored = self._read(kind.kind_name, account, name)
@@ -160,6 +186,15 @@ class RecordStore(ABC):
     def find(self, kind: type[E], account: str, name: str) -> E | None:
         stored = self._read(kind.kind_name, account, name)
         return None if stored is None else _parse(kind, stored)
+
+    def find_many(self, refs: list[tuple[type[Entity], str, str]]) -> list[Entity | None]:
+        """Several entities by (kind, account, name) in one round trip where the backend
+        can; None for each that does not exist."""
+        stored = self._read_many([(kind.kind_name, account, name) for kind, account, name in refs])
+        return [
+            None if doc is None else _parse(kind, doc)
+            for (kind, _, _), doc in zip(refs, stored, strict=True)
+        ]
 
     def update(self, entity: E) -> E:
         """Write `entity` if nobody wrote since it was read (its resourceVersion).

@@ -154,6 +154,16 @@ class DatastoreRecordStore(RecordStore):
         found = {e.key: e for e in self.client.get_multi(ds_keys)}
         return [self._stored(found.get(k)) for k in ds_keys]
 
+    def _scan(self, kind: str) -> list[StoredDoc]:
+        # Not an ancestor query: eventually consistent in production, which a level-based
+        # controller tolerates (the next pass sees what this one missed).
+        out = []
+        for entity in self.client.query(kind=kind).fetch():
+            stored = self._stored(entity)
+            assert stored is not None
+            out.append(stored)
+        return out
+
     def _query(self, query: Query) -> list[StoredDoc]:
         parent = self.client.key(TENANT, query.account)
         q = self.client.query(kind=query.kind, ancestor=parent)

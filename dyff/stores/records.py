@@ -105,6 +105,10 @@ class RecordStore(ABC):
     @abstractmethod
     def _read(self, kind: str, account: str, name: str) -> StoredDoc | None: ...
 
+    @abstractmethod
+    def _scan(self, kind: str) -> list[StoredDoc]:
+        """Every record of a kind, across accounts (for controllers, never for users)."""
+
     def _read_many(self, keys: list[tuple[str, str, str]]) -> list[StoredDoc | None]:
         """Several (kind, account, name) records at once; backends may batch this."""
         return [self._read(*key) for key in keys]
@@ -290,6 +294,11 @@ class RecordStore(ABC):
         items = [_parse(kind, r) for r in rows[:limit]]
         more = len(rows) > limit
         return Page(items=items, next_page_token=encode_token(items[-1].name) if more else None)
+
+    def scan(self, kind: type[E]) -> builtins.list[E]:
+        """Every record of a kind in every account. For controllers: users only ever see
+        their own account's records through `list`."""
+        return [_parse(kind, doc) for doc in self._scan(kind.kind_name)]
 
     def list_all(self, kind: type[E], account: str, **filters: Any) -> builtins.list[E]:
         """Every matching record, following pages."""

@@ -118,6 +118,12 @@ class SqliteRecordStore(RecordStore):
     def _read(self, kind: str, account: str, name: str) -> StoredDoc | None:
         return self._select(self._conn(), kind, account, name)
 
+    def _scan(self, kind: str) -> list[StoredDoc]:
+        rows = self._conn().execute(
+            "SELECT body, version FROM records WHERE kind=? ORDER BY account, name", (kind,)
+        ).fetchall()
+        return [StoredDoc(json.loads(body), version) for body, version in rows]
+
     def _query(self, query: Query) -> list[StoredDoc]:
         sql = "SELECT body, version FROM records WHERE kind=? AND account=?"
         args: list[object] = [query.kind, query.account]

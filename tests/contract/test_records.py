@@ -196,3 +196,11 @@ def test_concurrent_mutations_lose_no_write(record_store: RecordStore) -> None:
     with ThreadPoolExecutor(max_workers=10) as pool:
         list(pool.map(add_label, range(20)))
     assert len(record_store.get(Model, "acme", "m1").metadata.labels) == 20
+
+
+def test_scan_sees_every_account_for_controllers(record_store: RecordStore) -> None:
+    record_store.create(factories.model("a", account="acme"))
+    record_store.create(factories.model("b", account="globex"))
+    record_store.create(factories.dataset("c", account="acme"))
+    found = {(m.account, m.name) for m in record_store.scan(Model)}
+    assert found == {("acme", "a"), ("globex", "b")}

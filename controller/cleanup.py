@@ -1,0 +1,68 @@
+"""Deleting an object deletes every stored byte it owns, and no byte another object
+of the account still uses (packages, shards and prediction caches are shared by
+content)."""
+
+from __future__ import annotations
+
+import json
+
+from dyff import layout
+from dyff.errors import NotFound
+from dyff.schema import Dataset, Entity, Evaluation, Model
+from dyff.stores.blobs import BlobStore
+from dyff.stores.records import RecordStore
+
+
+def _uploads_prefix(entity: Entity) -> str:
+    return f"{layout.account_prefix(entity.account)}/uploads/{entity.kind.lower()}s/{entity.name}/"
+
+
+def _predictions_prefix(account: str) -> str:
+    return f"{layout.account_prefix(account)}/predictions/"
+
+
+def _manifest_files(blobs: BlobStore, evaluation: Evaluation) -> set[str]:
+    key = layout.manifest_key(evaluation.account, evaluation.name, evaluation.metadata.uid or "")
+    try:
+        return set(json.loads(blobs.get(key)).get("files", []))
+    except NotFound:
+        return set()
+
+
+def cleanup(records: RecordStore, blobs: BlobStore, entity: Entity) -> int:
+    """Delete what `entity` owns; returns how many objects were deleted."""
+    account = entity.account
+    deleted = blobs.delete_prefix(_uploads_prefix(entity))
+    if isinstance(entity, Model):
+        digest = entity.status.digest
+        others = {
+            m.status.digest for m in records.list_all(Model, account) if m.name != entity.name
+        }
+        if digest and digest not in others:
+            deleted += blobs.delete(layout.bento_key(account, digest))
+            deleted += blobs.delete_prefix(f"{_predictions_prefix(account)}{digest}")
+    elif isinstance(entity, Dataset):
+        mine = {s.sha256 for s in entity.status.shards or []}
+        used = {
+            s.sha256
+            for d in records.list_all(Dataset, account)
+            if d.name != entity.name
+            for s in d.status.shards or []
+        }
+        for sha in mine - used:
+            deleted += blobs.delete(layout.shard_key(account, sha))
+        orphans = {f"/{sha}.parquet" for sha in mine - used}
+        for info in list(blobs.list(_predictions_prefix(account))):
+            if any(info.key.endswith(suffix) for suffix in orphans):
+                deleted += blobs.delete(info.key)
+    elif isinstance(entity, Evaluation):
+        mine = _manifest_files(blobs, entity)
+        for other in records.list_all(Evaluation, account):
+            if other.name != entity.name:
+                mine -= _manifest_files(blobs, other)
+        for key in mine:
+            deleted += blobs.delete(key)
+        deleted += blobs.delete_prefix(
+            f"{layout.account_prefix(account)}/evaluations/{entity.name}"
+        )
+    return deleted

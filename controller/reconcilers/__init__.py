@@ -1,0 +1,1 @@
+"""Plain reconcilers, one file per kind."""

@@ -1,0 +1,67 @@
+"""The Model lifecycle: WaitingForUpload -> Packaging -> Ready | Failed.
+
+An `image` model needs no packaging: it is Ready as soon as its reference is
+valid, where the executor can run containers; on one machine without a
+container runtime it fails with ContainerRuntimeUnavailable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.reconcilers.common import (
+    NO_WORK,
+    Outcome,
+    WorkState,
+    deleting,
+    drive_work,
+    finished_for_generation,
+    settle,
+)
+from dyff.schema import Model
+
+
+@dataclass(frozen=True)
+class ModelWorld:
+    upload_present: bool = False
+    work: WorkState = NO_WORK
+    runs_containers: bool = True
+
+
+def reconcile_model(model: Model, world: ModelWorld) -> Outcome:
+    gone = deleting(model, world.work)
+    if gone is not None:
+        return gone
+    status = model.status.model_copy(deep=True)
+    source = model.spec.source
+    if source.image is not None:
+        if not world.runs_containers:
+            settle(
+                model,
+                status,
+                "Failed",
+                "False",
+                "ContainerRuntimeUnavailable",
+                "image models need a container runtime; this executor runs local processes "
+                "(use a Kubernetes cluster, or upload the model as transformers or bento)",
+            )
+            return Outcome(status)
+        status.digest = source.image.reference.rsplit("@sha256:", 1)[1]
+        settle(model, status, "Ready", "True", "ImageReady", source.image.reference)
+        return Outcome(status)
+    if (
+        source.upload is not None
+        and not world.upload_present
+        and world.work.phase == "none"
+        and not finished_for_generation(model, ("Ready", "Failed"))
+    ):
+        settle(
+            model,
+            status,
+            "WaitingForUpload",
+            "False",
+            "WaitingForUpload",
+            f"waiting for the upload of {source.upload.size_bytes} bytes",
+        )
+        return Outcome(status, requeue_after=2.0)
+    return drive_work(model, world.work, "ingest_model", "Packaging", ("Ready",), status)

@@ -1,17 +1,376 @@
-"""The `dyff` command line."""
+"""The `dyff` command line: `dyff up` on one machine, and a client of any dyff server.
+
+Tables by default, `--json` for scripts. The server and key come from
+`--server/--key`, then DYFF_SERVER/DYFF_API_KEY, then the config file that
+`dyff up` writes (DYFF_CONFIG, default ~/.config/dyff/config.json).
+"""
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
+from typing import Any
 
 import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
 
+from dyff.client import ApiError, Client, ClientConfig
 from dyff.config import load_settings
 from dyff.errors import DyffError
 
-app = typer.Typer(no_args_is_help=True, help="dyff: evaluate AI models.")
+app = typer.Typer(no_args_is_help=True, help="dyff: evaluate AI models.", add_completion=False)
+models = typer.Typer(no_args_is_help=True, help="Models: register, list, get, delete.")
+datasets = typer.Typer(no_args_is_help=True, help="Datasets: register, list, get, delete.")
+evaluations = typer.Typer(no_args_is_help=True, help="Evaluations: order, wait, list, delete.")
 admin = typer.Typer(no_args_is_help=True, help="Administration against the stores directly.")
+app.add_typer(models, name="models")
+app.add_typer(datasets, name="datasets")
+app.add_typer(evaluations, name="evaluations")
 app.add_typer(admin, name="admin")
+
+console = Console()
+err = Console(stderr=True)
+
+
+class State:
+    server: str | None = None
+    key: str | None = None
+    json: bool = False
+
+
+state = State()
+
+
+@app.callback()
+def _options(
+    server: str = typer.Option(None, "--server", help="dyff server URL.", envvar="DYFF_SERVER"),
+    key: str = typer.Option(None, "--key", help="API key.", envvar="DYFF_API_KEY"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    state.server, state.key, state.json = server, key, as_json
+
+
+def client() -> Client:
+    return Client(ClientConfig.load(state.server, state.key))
+
+
+# ---------------------------------------------------------------- output
+
+
+def _phase(entity: dict[str, Any]) -> str:
+    return str((entity.get("status") or {}).get("phase") or "Pending")
+
+
+def _ready(entity: dict[str, Any]) -> str:
+    for c in (entity.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return str(c.get("status"))
+    return "Unknown"
+
+
+def _accuracy(entity: dict[str, Any]) -> str:
+    acc = ((entity.get("status") or {}).get("metrics") or {}).get("accuracy")
+    return "" if acc is None else f"{acc:.4f}"
+
+
+def _progress(entity: dict[str, Any]) -> str:
+    p = (entity.get("status") or {}).get("progress") or {}
+    if not p:
+        return ""
+    return f"{p.get('shardsDone', 0)}/{p.get('shardsTotal', 0)} ({p.get('shardsReused', 0)} reused)"
+
+
+COLUMNS = {
+    "models": [
+        ("NAME", lambda e: e["metadata"]["name"]),
+        ("FORM", lambda e: e["spec"]["source"]["form"]),
+        ("PHASE", _phase),
+        ("READY", _ready),
+    ],
+    "datasets": [
+        ("NAME", lambda e: e["metadata"]["name"]),
+        ("ROWS", lambda e: str((e.get("status") or {}).get("rows") or "")),
+        ("PHASE", _phase),
+        ("READY", _ready),
+    ],
+    "evaluations": [
+        ("NAME", lambda e: e["metadata"]["name"]),
+        ("MODEL", lambda e: e["spec"]["model"]["name"]),
+        ("DATASET", lambda e: e["spec"]["dataset"]["name"]),
+        ("PHASE", _phase),
+        ("PROGRESS", _progress),
+        ("ACCURACY", _accuracy),
+    ],
+}
+
+
+def show(plural: str, items: list[dict[str, Any]] | dict[str, Any]) -> None:
+    if state.json:
+        console.print_json(json.dumps(items))
+        return
+    rows = items if isinstance(items, list) else [items]
+    table = Table(box=None, header_style="bold")
+    for title, _ in COLUMNS[plural]:
+        table.add_column(title)
+    for item in rows:
+        table.add_row(*(get(item) for _, get in COLUMNS[plural]))
+    console.print(table)
+    if isinstance(items, dict):
+        message = (items.get("status") or {}).get("message")
+        if message:
+            console.print(f"[dim]{message}[/dim]")
+
+
+def _labels(values: list[str] | None) -> dict[str, str]:
+    out = {}
+    for value in values or []:
+        k, sep, v = value.partition("=")
+        if not sep:
+            raise DyffError(f"label {value!r} is not key=value")
+        out[k] = v
+    return out
+
+
+def _upload_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def _register(
+    plural: str, name: str, form: str, path: Path, labels: dict[str, str], extra: dict[str, Any]
+) -> None:
+    if not path.exists():
+        raise DyffError(f"{path}: no such file or folder")
+    with client() as c, _upload_progress() as bar:
+        task = bar.add_task(f"upload {path.name}", total=None)
+
+        def advance(sent: int, total: int) -> None:
+            bar.update(task, completed=sent, total=total)
+
+        entity = c.register_upload(
+            plural, name, form, path, labels=labels, extra_spec=extra, progress=advance
+        )
+    show(plural, entity)
+
+
+# ---------------------------------------------------------------- models
+
+
+@models.command("create")
+def models_create(
+    name: str,
+    upload: Path = typer.Option(..., "--upload", help="Model folder or archive."),
+    form: str = typer.Option("transformers", help="transformers or bento."),
+    label: list[str] = typer.Option(None, "--label", help="key=value; repeatable."),
+    public: bool = typer.Option(False, help="Let every account use it."),
+) -> None:
+    """Register a model and upload it."""
+    _register("models", name, form, upload, _labels(label), {"public": public})
+
+
+@datasets.command("create")
+def datasets_create(
+    name: str,
+    upload: Path = typer.Option(..., "--upload", help="Parquet file or ImageFolder archive."),
+    form: str = typer.Option(None, help="parquet or imagefolder (default: by extension)."),
+    shard_rows: int = typer.Option(1000, help="Rows per shard."),
+    label: list[str] = typer.Option(None, "--label", help="key=value; repeatable."),
+    public: bool = typer.Option(False, help="Let every account use it."),
+) -> None:
+    """Register a dataset and upload it."""
+    form = form or ("parquet" if upload.suffix == ".parquet" else "imagefolder")
+    _register(
+        "datasets", name, form, upload, _labels(label), {"shardRows": shard_rows, "public": public}
+    )
+
+
+def _crud(group: typer.Typer, plural: str) -> None:
+    @group.command("get")
+    def get(name: str) -> None:
+        """Show one."""
+        with client() as c:
+            show(plural, c.get(plural, name))
+
+    @group.command("list")
+    def list_(
+        phase: str = typer.Option(None, help="Only this phase."),
+        label: list[str] = typer.Option(None, "--label", help="key=value; repeatable."),
+    ) -> None:
+        """List the account's."""
+        with client() as c:
+            items = list(c.list_all(plural, phase=phase, label=label or None))
+        show(plural, items)
+
+    @group.command("delete")
+    def delete(
+        name: str,
+        cascade: bool = typer.Option(False, help="Also delete what uses it."),
+    ) -> None:
+        """Delete it and everything it stored (the controller finishes the job)."""
+        with client() as c:
+            show(plural, c.delete(plural, name, cascade))
+
+
+for _group, _plural in ((models, "models"), (datasets, "datasets"), (evaluations, "evaluations")):
+    _crud(_group, _plural)
+
+
+# ------------------------------------------------------------ evaluations
+
+
+def wait_with_progress(c: Client, name: str, timeout: float) -> dict[str, Any]:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} shards {task.fields[note]}"),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(name, total=None, note="")
+
+        def update(entity: dict[str, Any]) -> None:
+            p = (entity.get("status") or {}).get("progress") or {}
+            note = f"({p.get('shardsReused', 0)} reused) {_phase(entity)}"
+            bar.update(
+                task,
+                completed=p.get("shardsDone", 0),
+                total=p.get("shardsTotal") or None,
+                note=note,
+            )
+
+        return c.wait("evaluations", name, timeout=timeout, on_change=update)
+
+
+@evaluations.command("order")
+def evaluations_order(
+    model: str = typer.Option(..., help="Model name (or ACCOUNT/NAME of a public one)."),
+    dataset: str = typer.Option(..., help="Dataset name (or ACCOUNT/NAME)."),
+    name: str = typer.Option(None, help="Name; derived from the order when omitted."),
+    top_k: int = typer.Option(None, help="Labels kept per prediction."),
+    metric: list[str] = typer.Option(None, "--metric", help="Metric to compute; repeatable."),
+    wait: bool = typer.Option(False, help="Wait until it completes."),
+) -> None:
+    """Order an evaluation (the same order again answers with the first)."""
+    with client() as c:
+        evaluation, new = c.order(model, dataset, name=name, top_k=top_k, metrics=metric)
+        if not state.json:
+            err.print("ordered" if new else "already ordered: reusing it")
+        if wait:
+            evaluation = wait_with_progress(c, evaluation["metadata"]["name"], 3600)
+    show("evaluations", evaluation)
+
+
+@evaluations.command("wait")
+def evaluations_wait(
+    name: str, timeout: float = typer.Option(3600, help="Seconds to wait at most.")
+) -> None:
+    """Wait for an evaluation, with a live progress bar."""
+    with client() as c:
+        show("evaluations", wait_with_progress(c, name, timeout))
+
+
+@app.command("metrics")
+def metrics(name: str) -> None:
+    """The metrics of a complete evaluation."""
+    with client() as c:
+        doc = c.metrics(name)
+    if state.json:
+        console.print_json(json.dumps(doc))
+        return
+    table = Table(box=None, header_style="bold")
+    table.add_column("METRIC")
+    table.add_column("VALUE", justify="right")
+    for key in ("accuracy", "top5Accuracy", "ece"):
+        if doc.get(key) is not None:
+            table.add_row(key, f"{doc[key]:.4f}")
+    for key, value in (doc.get("macro") or {}).items():
+        table.add_row(f"macro {key}", f"{value:.4f}")
+    table.add_row("rows", str(doc.get("rows", "")))
+    console.print(table)
+
+
+@app.command("predictions")
+def predictions(
+    name: str,
+    wrong: bool = typer.Option(False, "--wrong", help="Only wrong predictions."),
+    right: bool = typer.Option(False, "--right", help="Only right predictions."),
+    label: list[int] = typer.Option(None, "--label", help="True label id; repeatable."),
+    predicted: list[int] = typer.Option(None, "--predicted", help="Predicted id; repeatable."),
+    min_score: float = typer.Option(None, help="Top-1 score at least."),
+    max_score: float = typer.Option(None, help="Top-1 score at most."),
+    order: str = typer.Option("row_id", help="row_id, score_desc or score_asc."),
+    limit: int = typer.Option(20, help="Rows to show."),
+    offset: int = typer.Option(0, help="Rows to skip."),
+) -> None:
+    """Query predictions with structured filters."""
+    correct = False if wrong else (True if right else None)
+    with client() as c:
+        page = c.predictions(
+            name,
+            correct=correct,
+            label=label or None,
+            predicted=predicted or None,
+            minScore=min_score,
+            maxScore=max_score,
+            order=order,
+            limit=limit,
+            offset=offset,
+        )
+    if state.json:
+        console.print_json(json.dumps(page))
+        return
+    table = Table(
+        box=None, header_style="bold", title=f"{len(page['rows'])} of {page['total']} rows"
+    )
+    for col in ("row_id", "label", "predicted", "score", "correct"):
+        table.add_column(col.upper())
+    for row in page["rows"]:
+        table.add_row(
+            str(row["row_id"]),
+            str(row["label"]),
+            str(row["predicted"]),
+            f"{row['score']:.4f}",
+            str(row["correct"]),
+        )
+    console.print(table)
+
+
+@app.command("report")
+def report(
+    name: str,
+    output: Path = typer.Option(None, "-o", "--output", help="Where to write the HTML."),
+) -> None:
+    """Write an evaluation's self-contained HTML report."""
+    with client() as c:
+        html = c.report(name)
+    output = output or Path(f"{name}.html")
+    output.write_text(html)
+    console.print(str(output.resolve()))
+
+
+@app.command("apply")
+def apply(
+    filename: Path = typer.Option(..., "-f", "--filename", help="YAML of dyff resources."),
+) -> None:
+    """Create what a YAML file describes: the same custom-resource YAML kubectl applies."""
+    docs = [d for d in yaml.safe_load_all(filename.read_text()) if d]
+    with client() as c:
+        for doc in docs:
+            outcome, _ = c.apply(doc)
+            console.print(f"{doc.get('kind', '?').lower()}/{doc['metadata']['name']} {outcome}")
+
+
+# ------------------------------------------------------------------ admin
 
 
 @admin.command("bootstrap")
@@ -30,11 +389,28 @@ def bootstrap(
     typer.echo(token)
 
 
+@app.command("up")
+def up(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8765, help="Port to listen on."),
+    workers: int = typer.Option(2, help="Workloads running at once."),
+) -> None:
+    """Run dyff on this machine: the API, the controller and local workloads, with SQLite
+    and a blob folder under DYFF_DATA_DIR. Ctrl-C stops it; starting again resumes."""
+    from dyff.up import run
+
+    run(load_settings(), host=host, port=port, max_parallel=workers)
+
+
 def main() -> None:
     try:
         app()
+    except ApiError as exc:
+        field = f" ({exc.field})" if exc.field else ""
+        err.print(f"[red]dyff: {exc.status}: {exc}{field}[/red]")
+        sys.exit(1)
     except DyffError as exc:
-        typer.echo(f"dyff: {exc}", err=True)
+        err.print(f"[red]dyff: {exc}[/red]")
         sys.exit(2)
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field
 
@@ -492,6 +492,20 @@ def create_app(
         _, res = evaluation_results(who, name)
         frame = res.rows(q)
         return PredictionRows(total=res.count(q), rows=frame.to_dicts())
+
+    @app.get(
+        "/v1/evaluations/{name}/report",
+        response_class=HTMLResponse,
+        tags=["results"],
+        responses=responses(401, 404, 409, 422),
+    )
+    def get_report(name: NameStr, who: CallerDep) -> HTMLResponse:
+        """A self-contained HTML report of a complete evaluation: metrics, confusion matrix,
+        per-class scores, reliability diagram and the most confident errors."""
+        from dyff.report import build_report
+
+        readable(Evaluation, who, name, None)  # 404 for other accounts' evaluations
+        return HTMLResponse(build_report(records, blobs, who.account, name, cache))
 
     # --------------------------------------------- get, list, delete per kind
 

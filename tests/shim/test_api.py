@@ -316,6 +316,7 @@ def test_cross_account_matrix_is_404_everywhere(shim: Shim) -> None:
             assert c.get(f"/v1/{plural}").json()["items"] == []
         assert_problem(c.get(f"/v1/evaluations/{eval_name}/metrics"), 404)
         assert_problem(c.get(f"/v1/evaluations/{eval_name}/predictions"), 404)
+        assert_problem(c.get(f"/v1/evaluations/{eval_name}/report"), 404)
         cross = {
             "spec": {
                 "model": {"name": "m", "account": owner},
@@ -393,6 +394,9 @@ def test_metrics_and_structured_prediction_queries(shim: Shim) -> None:
         assert_problem(c.get(f"/v1/evaluations/{name}/metrics"), 409, "status.phase")
         complete_with_results(shim, account, name)
         assert c.get(f"/v1/evaluations/{name}/metrics").json() == {"accuracy": 0.2}
+        report = c.get(f"/v1/evaluations/{name}/report")
+        assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+        assert 'id="metrics-table"' in report.text and "<script" not in report.text
         wrong = c.get(
             f"/v1/evaluations/{name}/predictions",
             params={"correct": "false", "label": 3, "limit": 5},

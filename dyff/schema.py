@@ -578,26 +578,33 @@ class Evaluation(Entity):
 # --------------------------------------------------------- accounts and keys
 
 
+class InternalRecord(Entity):
+    """A record that is never a custom resource (accounts, keys, the shim's bookkeeping):
+    no printer columns, a plain status, and a create of an existing one is refused."""
+
+    short_names = ()
+    printer_columns = ()
+    status_type = Status
+    restartable_phases = ()
+
+    status: Status = Field(default_factory=Status)
+
+
 class AccountSpec(Schema):
     """An account: the unit of ownership and isolation."""
 
     display_name: str | None = Field(default=None, description="Human name of the account.")
 
 
-class Account(Entity):
+class Account(InternalRecord):
     """An account; its name is also the namespace of its entities."""
 
     kind_name = "Account"
     plural = "accounts"
-    short_names = ()
-    printer_columns = ()
     spec_type = AccountSpec
-    status_type = Status
-    restartable_phases = ()
 
     kind: Literal["Account"] = "Account"
     spec: AccountSpec = Field(default_factory=AccountSpec)
-    status: Status = Field(default_factory=Status)
 
 
 class ApiKeySpec(Schema):
@@ -609,20 +616,15 @@ class ApiKeySpec(Schema):
     admin: bool = Field(default=False, description="May manage accounts and keys.")
 
 
-class ApiKey(Entity):
+class ApiKey(InternalRecord):
     """An API key of an account."""
 
     kind_name = "ApiKey"
     plural = "apikeys"
-    short_names = ()
-    printer_columns = ()
     spec_type = ApiKeySpec
-    status_type = Status
-    restartable_phases = ()
 
     kind: Literal["ApiKey"] = "ApiKey"
     spec: ApiKeySpec
-    status: Status = Field(default_factory=Status)
 
 
 # ------------------------------------------------ shim bookkeeping records
@@ -640,20 +642,15 @@ class UploadTicketSpec(Schema):
     expires: datetime = Field(description="When the ticket stops working.")
 
 
-class UploadTicket(Entity):
+class UploadTicket(InternalRecord):
     """An upload ticket: open (no phase) -> Claimed -> Used, or back to Open on failure."""
 
     kind_name = "UploadTicket"
     plural = "uploadtickets"
-    short_names = ()
-    printer_columns = ()
     spec_type = UploadTicketSpec
-    status_type = Status
-    restartable_phases = ()
 
     kind: Literal["UploadTicket"] = "UploadTicket"
     spec: UploadTicketSpec
-    status: Status = Field(default_factory=Status)
 
 
 class IdempotencySpec(Schema):
@@ -665,20 +662,15 @@ class IdempotencySpec(Schema):
     status_code: int = Field(description="HTTP status of the first answer.")
 
 
-class IdempotencyRecord(Entity):
+class IdempotencyRecord(InternalRecord):
     """An Idempotency-Key seen from an account (its name is a hash of the key)."""
 
     kind_name = "Idempotency"
     plural = "idempotency"
-    short_names = ()
-    printer_columns = ()
     spec_type = IdempotencySpec
-    status_type = Status
-    restartable_phases = ()
 
     kind: Literal["Idempotency"] = "Idempotency"
     spec: IdempotencySpec
-    status: Status = Field(default_factory=Status)
 
 
 ENTITY_TYPES: dict[str, type[Entity]] = {

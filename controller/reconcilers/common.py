@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dyff.schema import Entity, Status
+from dyff.schema import Dataset, Entity, Model, Status
 
 WorkPhase = Literal["none", "running", "succeeded", "failed"]
 Workload = Literal["ingest_model", "ingest_dataset", "evaluate"]
@@ -114,6 +114,30 @@ def deleting(entity: Entity, work: WorkState) -> Outcome | None:
         entity.metadata.generation,
     )
     return Outcome(status, [StopWork(), Cleanup(), Finalize()])
+
+
+def waiting_for_upload(
+    entity: Model | Dataset, upload_present: bool, work: WorkState, status: Status
+) -> Outcome | None:
+    """An `upload` source whose bytes have not arrived: wait (unless it already finished,
+    or work is under way)."""
+    upload = entity.spec.source.upload
+    if (
+        upload is None
+        or upload_present
+        or work.phase != "none"
+        or finished_for_generation(entity, ("Ready", "Failed"))
+    ):
+        return None
+    settle(
+        entity,
+        status,
+        "WaitingForUpload",
+        "False",
+        "WaitingForUpload",
+        f"waiting for the upload of {upload.size_bytes} bytes",
+    )
+    return Outcome(status, requeue_after=2.0)
 
 
 def drive_work(

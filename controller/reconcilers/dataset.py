@@ -10,8 +10,7 @@ from controller.reconcilers.common import (
     WorkState,
     deleting,
     drive_work,
-    finished_for_generation,
-    settle,
+    waiting_for_upload,
 )
 from dyff.schema import Dataset
 
@@ -27,20 +26,7 @@ def reconcile_dataset(dataset: Dataset, world: DatasetWorld) -> Outcome:
     if gone is not None:
         return gone
     status = dataset.status.model_copy(deep=True)
-    source = dataset.spec.source
-    if (
-        source.upload is not None
-        and not world.upload_present
-        and world.work.phase == "none"
-        and not finished_for_generation(dataset, ("Ready", "Failed"))
-    ):
-        settle(
-            dataset,
-            status,
-            "WaitingForUpload",
-            "False",
-            "WaitingForUpload",
-            f"waiting for the upload of {source.upload.size_bytes} bytes",
-        )
-        return Outcome(status, requeue_after=2.0)
+    waiting = waiting_for_upload(dataset, world.upload_present, world.work, status)
+    if waiting is not None:
+        return waiting
     return drive_work(dataset, world.work, "ingest_dataset", "Ingesting", ("Ready",), status)

@@ -15,8 +15,8 @@ from controller.reconcilers.common import (
     WorkState,
     deleting,
     drive_work,
-    finished_for_generation,
     settle,
+    waiting_for_upload,
 )
 from dyff.schema import Model
 
@@ -49,19 +49,7 @@ def reconcile_model(model: Model, world: ModelWorld) -> Outcome:
         status.digest = source.image.reference.rsplit("@sha256:", 1)[1]
         settle(model, status, "Ready", "True", "ImageReady", source.image.reference)
         return Outcome(status)
-    if (
-        source.upload is not None
-        and not world.upload_present
-        and world.work.phase == "none"
-        and not finished_for_generation(model, ("Ready", "Failed"))
-    ):
-        settle(
-            model,
-            status,
-            "WaitingForUpload",
-            "False",
-            "WaitingForUpload",
-            f"waiting for the upload of {source.upload.size_bytes} bytes",
-        )
-        return Outcome(status, requeue_after=2.0)
+    waiting = waiting_for_upload(model, world.upload_present, world.work, status)
+    if waiting is not None:
+        return waiting
     return drive_work(model, world.work, "ingest_model", "Packaging", ("Ready",), status)

@@ -8,6 +8,7 @@ and writes only through the record and blob stores named in its config.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -16,9 +17,11 @@ from pathlib import Path
 
 from pydantic import Field
 
-from dyff.errors import DyffError
-from dyff.schema import Schema
+from dyff import layout
+from dyff.errors import DyffError, Invalid, NotFound
+from dyff.schema import Dataset, Model, Schema
 from dyff.stores import BlobStore, RecordStore, open_blobs, open_records
+from dyff.stores.blobs import CHUNK, check_key
 
 log = logging.getLogger("dyff.workloads")
 
@@ -46,6 +49,65 @@ class WorkloadFailed(DyffError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+SOURCE_NOT_FOUND = "SourceNotFound"
+SOURCE_MISMATCH = "SourceMismatch"
+UNSUPPORTED_SOURCE = "UnsupportedSource"
+
+
+def source_key(entity: Model | Dataset, blobs: BlobStore) -> tuple[str, str, int | None]:
+    """(blob key, declared sha256, declared size) of a model's or dataset's upload or uri.
+
+    A `uri` is read only when it names a blob of the entity's own account inside the
+    platform's blob store: a workload must not read its host's files, buckets its service
+    account happens to reach, or another account's blobs, on a user's behalf.
+    """
+    src = entity.spec.source
+    if src.upload is not None:
+        key = layout.upload_key(entity.account, entity.kind, entity.name, src.upload.sha256)
+        return key, src.upload.sha256, src.upload.size_bytes
+    assert src.uri is not None and src.uri.sha256 is not None
+    root = blobs.url.rstrip("/") + "/"
+    own = layout.account_prefix(entity.account) + "/"
+    uri = src.uri.uri
+    key = uri[len(root) :] if uri.startswith(root) else ""
+    try:
+        check_key(key)
+    except Invalid:
+        key = ""
+    if not key.startswith(own):
+        raise WorkloadFailed(
+            UNSUPPORTED_SOURCE,
+            f"uri {uri!r} is not a blob of this account in the platform's blob store "
+            f"({root}{own}...); upload it or copy it there",
+        )
+    return key, src.uri.sha256, src.uri.size_bytes
+
+
+def fetch_source(entity: Model | Dataset, blobs: BlobStore, dest: Path) -> Path:
+    """Copy the source to `dest`, verifying its declared sha256 and size."""
+    key, sha256, size = source_key(entity, blobs)
+    digest = hashlib.sha256()
+    n = 0
+    try:
+        stream = blobs.open(key)
+    except NotFound:
+        raise WorkloadFailed(SOURCE_NOT_FOUND, f"source blob {key!r} not found") from None
+    with stream, open(dest, "wb") as out:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+            n += len(chunk)
+            if size is not None and n > size:
+                break
+            out.write(chunk)
+    if size is not None and n != size:
+        raise WorkloadFailed(SOURCE_MISMATCH, f"source is not the declared {size} bytes")
+    if digest.hexdigest() != sha256:
+        raise WorkloadFailed(
+            SOURCE_MISMATCH, f"source sha256 is {digest.hexdigest()}, declared {sha256}"
+        )
+    return dest
 
 
 def run_main(run: Callable[[WorkloadConfig], None], argv: list[str] | None = None) -> int:

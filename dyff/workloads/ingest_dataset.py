@@ -20,7 +20,6 @@ Where the source comes from:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 import tempfile
@@ -30,64 +29,16 @@ from dyff import layout
 from dyff.datasets import iter_shards, open_dataset
 from dyff.errors import NotFound
 from dyff.schema import Dataset, Shard
-from dyff.stores.blobs import CHUNK, BlobStore, check_key
+from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
-from dyff.workloads.common import WorkloadConfig, WorkloadFailed, run_main
+from dyff.workloads.common import (
+    WorkloadConfig,
+    WorkloadFailed,
+    fetch_source,
+    run_main,
+)
 
 log = logging.getLogger("dyff.workloads.ingest_dataset")
-
-SOURCE_NOT_FOUND = "SourceNotFound"
-SOURCE_MISMATCH = "SourceMismatch"
-UNSUPPORTED_SOURCE = "UnsupportedSource"
-
-
-def source_key(dataset: Dataset, blobs: BlobStore) -> tuple[str, str, int | None]:
-    """(blob key, declared sha256, declared size) of the dataset's source."""
-    src = dataset.spec.source
-    if src.upload is not None:
-        key = layout.upload_key(dataset.account, "Dataset", dataset.name, src.upload.sha256)
-        return key, src.upload.sha256, src.upload.size_bytes
-    assert src.uri is not None and src.uri.sha256 is not None
-    root = blobs.url.rstrip("/") + "/"
-    if not src.uri.uri.startswith(root):
-        raise WorkloadFailed(
-            UNSUPPORTED_SOURCE,
-            f"uri {src.uri.uri!r} is outside the platform's blob store ({root}); "
-            "upload the dataset or copy it there",
-        )
-    key = src.uri.uri[len(root) :]
-    try:
-        check_key(key)
-    except Exception:
-        raise WorkloadFailed(
-            UNSUPPORTED_SOURCE, f"uri {src.uri.uri!r} is not a valid blob"
-        ) from None
-    return key, src.uri.sha256, src.uri.size_bytes
-
-
-def fetch_source(dataset: Dataset, blobs: BlobStore, dest: Path) -> Path:
-    """Copy the source to `dest`, verifying its declared sha256 and size."""
-    key, sha256, size = source_key(dataset, blobs)
-    digest = hashlib.sha256()
-    n = 0
-    try:
-        stream = blobs.open(key)
-    except NotFound:
-        raise WorkloadFailed(SOURCE_NOT_FOUND, f"source blob {key!r} not found") from None
-    with stream, open(dest, "wb") as out:
-        while chunk := stream.read(CHUNK):
-            digest.update(chunk)
-            n += len(chunk)
-            if size is not None and n > size:
-                break
-            out.write(chunk)
-    if size is not None and n != size:
-        raise WorkloadFailed(SOURCE_MISMATCH, f"source is not the declared {size} bytes")
-    if digest.hexdigest() != sha256:
-        raise WorkloadFailed(
-            SOURCE_MISMATCH, f"source sha256 is {digest.hexdigest()}, declared {sha256}"
-        )
-    return dest
 
 
 def referenced_shards(records: RecordStore, account: str, exclude: str) -> set[str]:

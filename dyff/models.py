@@ -1,0 +1,667 @@
+"""Model validation and packaging: pure functions over folders and files, no records.
+
+The three forms a Model arrives in:
+
+- **transformers**: a folder (inside an archive) with `config.json`,
+  `preprocessor_config.json` and `*.safetensors` weights of a
+  `*ForImageClassification` architecture. `validate_transformers_dir`
+  checks it without running anything of the user's (no pickle, no custom
+  code, never `trust_remote_code`); `package_transformers` wraps it in dyff's
+  BentoML service (`dyff/runtime/service.py`) and exports a Bento archive.
+- **bento**: a Bento archive that dyff packaged (`import_bento_archive`).
+  Only Bentos of dyff's own service are accepted, and their code is never
+  run: the model folder inside is validated like the transformers form and
+  repackaged with the current service. A Bento with its own service code
+  would run user Python in our model server with no isolation; such a model
+  must come as a container image instead, where it runs in its own sandbox.
+- **image**: a container image running a BentoML service that honours the
+  contract in `dyff/runtime/service.py`, pinned by digest
+  (`validate_image_reference`, `model_server_container`). It needs a
+  container runtime; `local_image_support` says whether there is one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dyff.schema import Resources
+from dyff.workloads.common import WorkloadFailed
+
+# Failure reasons (the Ready condition's reason on the Model).
+PICKLE_WEIGHTS = "PickleWeights"
+REMOTE_CODE = "RemoteCode"
+UNSUPPORTED_ARCHITECTURE = "UnsupportedArchitecture"
+UNSUPPORTED_WEIGHTS = "UnsupportedWeights"
+MISSING_LABELS = "MissingLabels"
+MISSING_FILE = "MissingFile"
+BAD_CONFIG = "BadConfig"
+BAD_WEIGHTS = "BadWeights"
+UNSUPPORTED_FILE = "UnsupportedFile"
+UNSUPPORTED_BENTO = "UnsupportedBento"
+INVALID_IMAGE = "InvalidImageReference"
+CONTAINER_RUNTIME_UNAVAILABLE = "ContainerRuntimeUnavailable"
+PACKAGING_FAILED = "PackagingFailed"
+
+CONFIG = "config.json"
+PREPROCESSOR = "preprocessor_config.json"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+# Weight formats that are pickles (loading one runs arbitrary code).
+PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib"})
+# Other weight formats transformers could read but dyff does not package.
+OTHER_WEIGHT_SUFFIXES = frozenset({".h5", ".msgpack", ".onnx", ".gguf", ".tflite", ".keras"})
+CODE_SUFFIXES = frozenset({".py", ".pyc", ".pyo", ".so", ".pyd", ".sh", ".ipynb"})
+# Files that are packaged (and digested); anything else harmless is left out.
+KEPT_JSON = frozenset({CONFIG, PREPROCESSOR, SAFETENSORS_INDEX})
+ARCHITECTURE_PATTERN = re.compile(r"^[A-Z][A-Za-z0-9]*ForImageClassification$")
+MAX_JSON_BYTES = 16 * 1024 * 1024
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+SERVICE_SOURCE = Path(__file__).resolve().parent / "runtime" / "service.py"
+SERVICE_TARGET = "service:ImageClassifier"
+SERVICE_NAME = "dyff-image-classifier"
+BENTO_NAME = "dyff-model"
+# Routes a served model must expose (see dyff/runtime/service.py).
+REQUIRED_ROUTES = frozenset({"classify", "metadata"})
+# Requirements written into the Bento (used when it is containerised).
+BENTO_PACKAGES = ["torch==2.13.0", "transformers>=4.44", "safetensors", "numpy", "pillow"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What validation learned about a transformers model folder."""
+
+    root: Path
+    architecture: str
+    model_type: str
+    labels: list[str]
+    files: list[str] = field(default_factory=list)
+    size_bytes: int = 0
+    image_size: tuple[int, int] | None = None
+
+
+# ------------------------------------------------------------------ validation
+
+
+def find_model_root(path: Path) -> Path:
+    """The folder holding config.json: `path` itself or, through single wrapping folders,
+    the one inside (archives are often made of a folder rather than of its contents)."""
+    path = Path(path)
+    if (path / CONFIG).is_file() or not path.is_dir():
+        return path
+    children = [p for p in path.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
+    if len(children) == 1 and children[0].is_dir() and not children[0].is_symlink():
+        return find_model_root(children[0])
+    return path
+
+
+def _walk(root: Path) -> list[str]:
+    """Relative POSIX paths of every file under `root`; links and special files refused."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                raise WorkloadFailed(UNSUPPORTED_FILE, f"{_rel(p, root)}: links are not allowed")
+        for name in filenames:
+            p = Path(dirpath) / name
+            if not p.is_file():
+                raise WorkloadFailed(UNSUPPORTED_FILE, f"{_rel(p, root)}: not a regular file")
+            out.append(_rel(p, root))
+    return sorted(out)
+
+
+def _rel(p: Path, root: Path) -> str:
+    return p.relative_to(root).as_posix()
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise WorkloadFailed(MISSING_FILE, f"{what} is missing ({path.name} required)")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise WorkloadFailed(BAD_CONFIG, f"{path.name} is larger than {MAX_JSON_BYTES} bytes")
+    try:
+        doc = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WorkloadFailed(BAD_CONFIG, f"{path.name} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise WorkloadFailed(BAD_CONFIG, f"{path.name} must hold a JSON object")
+    return doc
+
+
+def _check_files(files: list[str]) -> list[str]:
+    """Refuse pickles, code and foreign weight formats; return the files to keep."""
+    pickles = [f for f in files if Path(f).suffix.lower() in PICKLE_SUFFIXES]
+    if pickles:
+        raise WorkloadFailed(
+            PICKLE_WEIGHTS,
+            f"pickle weights are refused ({', '.join(pickles[:5])}): loading them runs "
+            "arbitrary code; save the model with safetensors "
+            "(save_pretrained(..., safe_serialization=True))",
+        )
+    code = [f for f in files if Path(f).suffix.lower() in CODE_SUFFIXES]
+    if code:
+        raise WorkloadFailed(
+            REMOTE_CODE,
+            f"custom code is refused ({', '.join(code[:5])}): dyff never runs code shipped "
+            "with a model (no trust_remote_code); use an architecture built into transformers",
+        )
+    other = [f for f in files if Path(f).suffix.lower() in OTHER_WEIGHT_SUFFIXES]
+    if other:
+        raise WorkloadFailed(
+            UNSUPPORTED_WEIGHTS,
+            f"unsupported weight files ({', '.join(other[:5])}); only *.safetensors is accepted",
+        )
+    # Only top-level files are read by transformers; anything nested is left out.
+    return [f for f in files if f in KEPT_JSON or ("/" not in f and f.endswith(".safetensors"))]
+
+
+def _check_safetensors(path: Path, name: str) -> None:
+    """The header is safetensors' (length + JSON) and describes tensors inside the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise WorkloadFailed(BAD_WEIGHTS, f"{name}: not a safetensors file (too short)")
+        (n,) = struct.unpack("<Q", head)
+        if n < 2 or n > MAX_SAFETENSORS_HEADER or 8 + n > size:
+            raise WorkloadFailed(BAD_WEIGHTS, f"{name}: not a safetensors file (bad header)")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            raise WorkloadFailed(BAD_WEIGHTS, f"{name}: not a safetensors file") from None
+    if not isinstance(header, dict):
+        raise WorkloadFailed(BAD_WEIGHTS, f"{name}: not a safetensors file")
+    data_size = size - 8 - n
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            raise WorkloadFailed(BAD_WEIGHTS, f"{name}: tensor {key!r} lies outside the file")
+
+
+def _check_config(config: dict[str, Any]) -> tuple[str, str, list[str]]:
+    """(architecture, model_type, labels) of a config.json, or a refusal."""
+    if "auto_map" in config or "custom_pipelines" in config:
+        raise WorkloadFailed(
+            REMOTE_CODE,
+            "config.json has auto_map/custom_pipelines (custom code); dyff never uses "
+            "trust_remote_code — use an architecture built into transformers",
+        )
+    archs = config.get("architectures")
+    if not (isinstance(archs, list) and len(archs) == 1 and isinstance(archs[0], str)):
+        raise WorkloadFailed(
+            UNSUPPORTED_ARCHITECTURE,
+            "config.json must name exactly one architecture (architectures: [...])",
+        )
+    arch = archs[0]
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    if not ARCHITECTURE_PATTERN.match(arch) or not hasattr(transformers, arch):
+        raise WorkloadFailed(
+            UNSUPPORTED_ARCHITECTURE,
+            f"architecture {arch!r} is not supported: task image-classification needs a "
+            "*ForImageClassification class built into transformers",
+        )
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        raise WorkloadFailed(
+            UNSUPPORTED_ARCHITECTURE, f"model_type {model_type!r} is not known to transformers"
+        )
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        raise WorkloadFailed(
+            MISSING_LABELS, "config.json has no id2label: the model's class labels are required"
+        )
+    try:
+        by_id = {int(k): v for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        raise WorkloadFailed(MISSING_LABELS, "id2label keys must be class ids 0..N-1") from None
+    if sorted(by_id) != list(range(len(by_id))):
+        raise WorkloadFailed(MISSING_LABELS, "id2label keys must be class ids 0..N-1")
+    labels = [by_id[i] for i in range(len(by_id))]
+    if not all(isinstance(v, str) and v for v in labels):
+        raise WorkloadFailed(MISSING_LABELS, "id2label values must be non-empty strings")
+    if len(set(labels)) != len(labels):
+        raise WorkloadFailed(MISSING_LABELS, "id2label values must be distinct")
+    return arch, model_type, labels
+
+
+def validate_transformers_dir(path: Path, *, load_check: bool = True) -> ModelInfo:
+    """Check a transformers image-classification folder; raise WorkloadFailed with a reason.
+
+    Refused: pickle weights (PickleWeights), custom code or auto_map
+    (RemoteCode), a non-*ForImageClassification or unknown architecture
+    (UnsupportedArchitecture), no id2label (MissingLabels), no config,
+    preprocessor or safetensors weights (MissingFile), damaged files
+    (BadConfig, BadWeights). With `load_check`, the model and its processor
+    are loaded once (safetensors, no remote code) to prove the weights fit.
+    """
+    root = find_model_root(Path(path))
+    if not root.is_dir():
+        raise WorkloadFailed(MISSING_FILE, "the model is not a folder")
+    kept = _check_files(_walk(root))
+    config = _read_json(root / CONFIG, "the model configuration")
+    arch, model_type, labels = _check_config(config)
+    pre = _read_json(root / PREPROCESSOR, "the image preprocessor configuration")
+    if "auto_map" in pre:
+        raise WorkloadFailed(REMOTE_CODE, "preprocessor_config.json has auto_map (custom code)")
+    weights = [f for f in kept if f.endswith(".safetensors")]
+    if not weights:
+        raise WorkloadFailed(MISSING_FILE, "no *.safetensors weights found")
+    for name in weights:
+        _check_safetensors(root / name, name)
+    if SAFETENSORS_INDEX in kept:
+        index = _read_json(root / SAFETENSORS_INDEX, "the weights index")
+        shards = set((index.get("weight_map") or {}).values())
+        missing = sorted(s for s in shards if not isinstance(s, str) or s not in weights)
+        if missing:
+            raise WorkloadFailed(MISSING_FILE, f"weight shards missing: {missing[:5]}")
+    if load_check:
+        _load_check(root)
+    return ModelInfo(
+        root=root,
+        architecture=arch,
+        model_type=model_type,
+        labels=labels,
+        files=kept,
+        size_bytes=sum((root / f).stat().st_size for f in kept),
+        image_size=_image_size(pre),
+    )
+
+
+def _image_size(pre: dict[str, Any]) -> tuple[int, int] | None:
+    size = pre.get("crop_size") if pre.get("do_center_crop") else pre.get("size")
+    if isinstance(size, dict) and "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    if isinstance(size, dict) and "shortest_edge" in size:
+        return int(size["shortest_edge"]), int(size["shortest_edge"])
+    return None
+
+
+def _load_check(root: Path) -> None:
+    """Load model and processor the way the server will; a mismatch is the user's error."""
+    import transformers
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        _model, info = AutoModelForImageClassification.from_pretrained(
+            root,
+            trust_remote_code=False,
+            use_safetensors=True,
+            local_files_only=True,
+            output_loading_info=True,
+        )
+        AutoImageProcessor.from_pretrained(root, trust_remote_code=False, local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a bad folder
+        raise WorkloadFailed(BAD_WEIGHTS, f"the model does not load: {exc}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    missing = list(info.get("missing_keys") or [])
+    mismatched = list(info.get("mismatched_keys") or [])
+    if missing or mismatched:
+        raise WorkloadFailed(
+            BAD_WEIGHTS,
+            "the weights do not fit the architecture: "
+            f"missing {missing[:5]}, mismatched {[m[0] for m in mismatched[:5]]}",
+        )
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_digest(path: Path, files: list[str] | None = None) -> str:
+    """sha256 over the sorted (relative path, file sha256) list of the model's kept files.
+
+    The model's identity for reuse: the same folder, however archived, gets
+    the same digest. Files validation leaves out (README, .gitattributes) do
+    not count.
+    """
+    root = find_model_root(Path(path))
+    names = sorted(files if files is not None else _check_files(_walk(root)))
+    h = hashlib.sha256()
+    for name in names:
+        h.update(f"{_file_sha256(root / name)}  {name}\n".encode())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------- packaging
+
+
+def bento_env(bentoml_home: Path) -> dict[str, str]:
+    """Environment for BentoML subprocesses: offline, no telemetry, a private home."""
+    env = dict(os.environ)
+    env.update(
+        BENTOML_HOME=str(bentoml_home),
+        BENTOML_DO_NOT_TRACK="true",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    return env
+
+
+def package_transformers(
+    model_dir: Path,
+    workdir: Path,
+    *,
+    info: ModelInfo | None = None,
+    digest: str | None = None,
+    timeout: float = 900,
+) -> Path:
+    """Build dyff's Bento around a validated model folder and export it to one archive.
+
+    The build runs `bentoml` in a subprocess with `BENTOML_HOME` inside
+    `workdir` (never the user's ~/bentoml), offline (`lock_packages: false`,
+    no telemetry). Returns the archive (a tar.gz Bento export).
+    """
+    workdir = Path(workdir)
+    info = info or validate_transformers_dir(model_dir)
+    digest = digest or model_digest(info.root, info.files)
+    ctx = workdir / "bento-ctx"
+    if ctx.exists():
+        shutil.rmtree(ctx)
+    (ctx / "model").mkdir(parents=True)
+    shutil.copyfile(SERVICE_SOURCE, ctx / "service.py")
+    for name in info.files:
+        target = ctx / "model" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(info.root / name, target)
+    out = workdir / "model.bento"
+    out.unlink(missing_ok=True)
+    spec = {
+        "ctx": str(ctx),
+        "out": str(out),
+        "service": SERVICE_TARGET,
+        "name": BENTO_NAME,
+        "version": digest[:32],
+        "labels": {"dyff.io/digest": digest, "dyff.io/architecture": info.architecture},
+        "packages": BENTO_PACKAGES,
+    }
+    home = workdir / "bentoml-home"
+    home.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dyff.runtime.bentobuild", json.dumps(spec)],
+        env=bento_env(home),
+        cwd=ctx,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0 or not out.is_file():
+        # Our own build failing is a platform error, not the user's: raise plainly.
+        raise RuntimeError(f"bento build failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return out
+
+
+@dataclass(frozen=True)
+class ImportedBento:
+    """A Bento archive checked and unpacked: its bento.yaml and the model inside."""
+
+    bento_dir: Path
+    manifest: dict[str, Any]
+    info: ModelInfo
+
+
+def _unxz(archive: Path, dest: Path, max_bytes: int) -> Path:
+    """BentoML's default `.bento` export is tar.xz, which safe_extract does not read:
+    decompress it to a plain tar first, metered so that a bomb stops at `max_bytes`."""
+    n = 0
+    try:
+        with lzma.open(archive, "rb") as src, open(dest, "wb") as out:
+            while chunk := src.read(1 << 20):
+                n += len(chunk)
+                if n > max_bytes:
+                    raise WorkloadFailed(
+                        "UnsafeArchive", f"{archive.name} expands to more than {max_bytes} bytes"
+                    )
+                out.write(chunk)
+    except lzma.LZMAError as exc:
+        raise WorkloadFailed("BadArchive", f"{archive.name}: damaged xz data: {exc}") from None
+    return dest
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Safely extract a user archive (tar, tar.gz, zip, or BentoML's tar.xz) into `dest`."""
+    from dyff.archives import DEFAULT_LIMITS, safe_extract
+
+    archive = Path(archive)
+    with open(archive, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\xfd7zXZ\x00":
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        archive = _unxz(archive, dest.parent / f".{dest.name}.tar", DEFAULT_LIMITS.max_total_bytes)
+        try:
+            safe_extract(archive, dest)
+        finally:
+            archive.unlink(missing_ok=True)
+    else:
+        safe_extract(archive, dest)
+    return dest
+
+
+def import_bento_archive(archive: Path, workdir: Path, *, load_check: bool = True) -> ImportedBento:
+    """Check a Bento archive and return the model inside it, validated.
+
+    Accepted: Bentos of dyff's service (`service: service:ImageClassifier`,
+    entry service `dyff-image-classifier` exposing /classify and /metadata)
+    with the model under `src/model/` — what `package_transformers` makes,
+    exported with `bentoml export` (.bento, .tar, .tar.gz or .zip). The code
+    in the Bento is never run: ingestion repackages the validated model with
+    the current service. Anything else is refused (UnsupportedBento).
+    """
+    import yaml
+
+    workdir = Path(workdir)
+    bento_dir = extract_archive(archive, workdir / "bento")
+    if not (bento_dir / "bento.yaml").is_file():
+        subdirs = [p for p in bento_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+        if len(subdirs) == 1 and (subdirs[0] / "bento.yaml").is_file():
+            bento_dir = subdirs[0]
+        else:
+            raise WorkloadFailed(UNSUPPORTED_BENTO, "not a Bento: bento.yaml is missing")
+    raw = (bento_dir / "bento.yaml").read_bytes()
+    if len(raw) > MAX_JSON_BYTES:
+        raise WorkloadFailed(UNSUPPORTED_BENTO, "bento.yaml is too large")
+    try:
+        manifest = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise WorkloadFailed(UNSUPPORTED_BENTO, f"bento.yaml is not valid YAML: {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("service"), str):
+        raise WorkloadFailed(UNSUPPORTED_BENTO, "bento.yaml names no service")
+    if manifest["service"] != SERVICE_TARGET or manifest.get("entry_service") != SERVICE_NAME:
+        raise WorkloadFailed(
+            UNSUPPORTED_BENTO,
+            f"only Bentos packaged by dyff (service {SERVICE_NAME}) are accepted, not "
+            f"{manifest.get('entry_service') or manifest['service']!r}: a custom BentoML "
+            "service runs its own code, so submit it as a container image (form image)",
+        )
+    schema = manifest.get("schema") or {}
+    routes = {r.get("name") for r in schema.get("routes") or [] if isinstance(r, dict)}
+    if not routes >= REQUIRED_ROUTES:
+        raise WorkloadFailed(
+            UNSUPPORTED_BENTO, f"the service lacks the routes {sorted(REQUIRED_ROUTES - routes)}"
+        )
+    if manifest.get("models"):
+        raise WorkloadFailed(
+            UNSUPPORTED_BENTO, "Bentos with BentoML store models are not supported"
+        )
+    src = bento_dir / "src"
+    extra_code = (
+        [f for f in _walk(src) if Path(f).suffix.lower() in CODE_SUFFIXES and f != "service.py"]
+        if src.is_dir()
+        else []
+    )
+    if extra_code:
+        raise WorkloadFailed(REMOTE_CODE, f"the Bento carries extra code: {extra_code[:5]}")
+    if not (src / "model").is_dir():
+        raise WorkloadFailed(MISSING_FILE, "the Bento has no model (src/model/)")
+    info = validate_transformers_dir(src / "model", load_check=load_check)
+    if info.root != src / "model":
+        raise WorkloadFailed(MISSING_FILE, "src/model/config.json is missing")
+    return ImportedBento(bento_dir=bento_dir, manifest=manifest, info=info)
+
+
+# ----------------------------------------------------------------- image form
+
+# Docker's reference grammar (distribution/reference), pinned by a sha256 digest.
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]{{1,5}})?)"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+IMAGE_REFERENCE = re.compile(
+    rf"^(?P<name>{_NAME})(?::(?P<tag>[\w][\w.-]{{0,127}}))?@sha256:(?P<digest>[a-f0-9]{{64}})$"
+)
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    name: str
+    tag: str | None
+    digest: str
+
+    def __str__(self) -> str:
+        tag = f":{self.tag}" if self.tag else ""
+        return f"{self.name}{tag}@sha256:{self.digest}"
+
+
+def validate_image_reference(ref: str) -> ImageReference:
+    """A container image reference pinned by digest (`…@sha256:<64 hex>`), or a refusal."""
+    m = IMAGE_REFERENCE.match(ref or "")
+    if m is None:
+        if "@sha256:" not in (ref or ""):
+            msg = f"image {ref!r} must be pinned by digest (name@sha256:<64 hex>)"
+        else:
+            msg = f"image {ref!r} is not a valid reference (registry/repository[:tag]@sha256:…)"
+        raise WorkloadFailed(INVALID_IMAGE, msg)
+    if len(m["name"]) > 255:
+        raise WorkloadFailed(INVALID_IMAGE, "image name is longer than 255 characters")
+    return ImageReference(name=m["name"], tag=m["tag"], digest=m["digest"])
+
+
+def model_server_container(
+    ref: str, port: int = 3000, resources: Resources | None = None
+) -> dict[str, Any]:
+    """The Kubernetes container that serves an image-form (or packaged) model.
+
+    Ready when BentoML's `/readyz` answers; restarted when `/livez` stops.
+    Offline and without telemetry; no privileges.
+    """
+    image = validate_image_reference(ref)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"bad port {port}")
+    requests: dict[str, str] = {}
+    limits: dict[str, Any] = {}
+    if resources is not None:
+        if resources.cpu:
+            requests["cpu"] = resources.cpu
+        if resources.memory:
+            requests["memory"] = limits["memory"] = resources.memory
+        if resources.gpu:
+            limits["nvidia.com/gpu"] = resources.gpu
+    container: dict[str, Any] = {
+        "name": "model-server",
+        "image": str(image),
+        "imagePullPolicy": "IfNotPresent",
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "env": [
+            {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+            {"name": "BENTOML_PORT", "value": str(port)},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": port},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "startupProbe": {
+            # Loading a large model can take minutes; readiness waits for this.
+            "httpGet": {"path": "/readyz", "port": port},
+            "periodSeconds": 5,
+            "timeoutSeconds": 5,
+            "failureThreshold": 120,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/livez", "port": port},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if requests or limits:
+        container["resources"] = {
+            k: v for k, v in (("requests", requests), ("limits", limits)) if v
+        }
+    return container
+
+
+@dataclass(frozen=True)
+class ImageSupport:
+    """Whether this process can run image-form models, with what, or why not."""
+
+    available: bool
+    runtime: str | None
+    message: str
+
+
+def local_image_support() -> ImageSupport:
+    """Image-form models need something that runs containers: the Kubernetes cluster the
+    workload runs in, or a working Docker/Podman engine on this machine."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return ImageSupport(True, "kubernetes", "running in a Kubernetes cluster")
+    for cli in ("docker", "podman"):
+        exe = shutil.which(cli)
+        if exe is None:
+            continue
+        try:
+            ok = (
+                subprocess.run(
+                    [exe, "info"], capture_output=True, timeout=10, check=False
+                ).returncode
+                == 0
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return ImageSupport(True, cli, f"{cli} engine available")
+    return ImageSupport(
+        False,
+        None,
+        "image-form models need a container runtime, and this machine has none (no "
+        "Kubernetes, no working docker or podman engine); submit the model as a "
+        "transformers folder or a dyff Bento archive, or run dyff on Kubernetes",
+    )

@@ -1,0 +1,1 @@
+"""Serving models: dyff's BentoML service, starting `bentoml serve`, and a client for it."""

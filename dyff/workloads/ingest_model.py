@@ -1,0 +1,202 @@
+"""Ingest a Model: `python -m dyff.workloads.ingest_model --config FILE`.
+
+Reads the Model record and, by the form of its source:
+
+- `transformers`: fetches the archive (tar, tar.gz or zip of the model
+  folder), extracts it with `dyff.archives` checks, validates it
+  (`dyff.models.validate_transformers_dir`), and packages it into a Bento;
+- `bento`: fetches the Bento archive, checks it is one of dyff's own
+  (`dyff.models.import_bento_archive`) and repackages the model inside it
+  (the archive's code is never run);
+- `image`: checks the digest-pinned reference and that containers can be run
+  here (`dyff.models.local_image_support`); nothing is stored.
+
+The Bento is stored content-addressed at `layout.bento_key(account, digest)`,
+where `digest` is `dyff.models.model_digest` of the validated model folder;
+when that key already exists (the same model, ingested before in this
+account) it is reused and nothing is rebuilt. The record then gets phase
+Ready with digest, bentoUri, labels and sizeBytes, and Ready=True. A bad
+model gives phase Failed with Ready=False and the reason; the run then leaves
+behind no blob it wrote (a reused Bento stays: others use it).
+
+Where the source comes from:
+- `upload`: the blob `layout.upload_key(account, "Model", name, sha256)`.
+- `uri`: only objects of the configured blob store, and only under the
+  owning account's prefix (`accounts/<account>/…`): the URI must start with
+  the store's URL (`blobs.url`, e.g. `file:///srv/dyff/blobs/` or
+  `gs://bucket/prefix/`) followed by such a key. Anything else is refused
+  (reason `UnsupportedSource`): a workload must not read its host's files,
+  another account's blobs, or buckets its service account happens to reach.
+In both cases the declared sha256 (and size, if given) must match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dyff import layout
+from dyff.errors import NotFound
+from dyff.models import (
+    CONTAINER_RUNTIME_UNAVAILABLE,
+    extract_archive,
+    import_bento_archive,
+    local_image_support,
+    model_digest,
+    package_transformers,
+    validate_image_reference,
+    validate_transformers_dir,
+)
+from dyff.schema import Model
+from dyff.stores.blobs import CHUNK, BlobStore
+from dyff.stores.records import RecordStore
+from dyff.workloads.common import (
+    WorkloadConfig,
+    WorkloadFailed,
+    fetch_source,
+    run_main,
+)
+
+log = logging.getLogger("dyff.workloads.ingest_model")
+
+
+@dataclass(frozen=True)
+class Ingested:
+    digest: str
+    bento_uri: str | None
+    labels: list[str] | None
+    size_bytes: int | None
+    reused: bool
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ingest(model: Model, blobs: BlobStore, scratch: Path, written: list[str]) -> Ingested:
+    """Validate and package; store the Bento unless stored already. Keys stored go to `written`."""
+    src = model.spec.source
+    if src.form == "image":
+        assert src.image is not None
+        ref = validate_image_reference(src.image.reference)
+        support = local_image_support()
+        if not support.available:
+            raise WorkloadFailed(CONTAINER_RUNTIME_UNAVAILABLE, support.message)
+        # The image digest is the model's identity; labels come from its /metadata when served.
+        return Ingested(ref.digest, None, None, None, reused=False)
+
+    source = fetch_source(model, blobs, scratch / "source")
+    if src.form == "transformers":
+        info = validate_transformers_dir(extract_archive(source, scratch / "model"))
+    else:
+        info = import_bento_archive(source, scratch / "import").info
+    digest = model_digest(info.root, info.files)
+    key = layout.bento_key(model.account, digest)
+    existing = blobs.stat(key)
+    if existing is not None:
+        log.info("%s/%s: reusing the stored Bento %s", model.account, model.name, key)
+        return Ingested(digest, blobs.uri(key), info.labels, existing.size, reused=True)
+    archive = package_transformers(info.root, scratch / "package", info=info, digest=digest)
+    size = archive.stat().st_size
+    with open(archive, "rb") as f:
+        blobs.put(key, f, sha256=_file_sha256(archive), size=size)
+    written.append(key)
+    log.info("%s/%s: stored Bento %s (%d bytes)", model.account, model.name, key, size)
+    return Ingested(digest, blobs.uri(key), info.labels, size, reused=False)
+
+
+def discard(
+    records: RecordStore, blobs: BlobStore, account: str, name: str, written: list[str]
+) -> None:
+    """Delete the blobs this run stored, unless another Model of the account now uses them."""
+    if not written:
+        return
+    in_use = {
+        layout.bento_key(account, m.status.digest)
+        for m in records.list_all(Model, account)
+        if m.name != name and m.status.digest
+    }
+    for key in written:
+        if key not in in_use:
+            blobs.delete(key)
+
+
+def mark_failed(
+    records: RecordStore, account: str, name: str, exc: WorkloadFailed, generation: int
+) -> None:
+    """Phase Failed, Ready=False with the reason; no result is left on the status."""
+
+    def failed(m: Model) -> None:
+        st = m.status
+        st.phase, st.message = "Failed", exc.message
+        st.digest = st.bento_uri = None
+        st.labels, st.size_bytes = None, None
+        st.observed_generation = generation
+        st.set_condition("Ready", "False", exc.reason, exc.message, generation)
+
+    try:
+        records.mutate(Model, account, name, failed)
+    except NotFound:
+        log.info("%s/%s was deleted during ingestion", account, name)
+
+
+def run(config: WorkloadConfig) -> None:
+    records, blobs = config.stores()
+    account, name = config.account, config.name
+    model = records.get(Model, account, name)
+    if model.metadata.deletion_timestamp is not None:
+        log.info("%s/%s is being deleted; nothing to do", account, name)
+        return
+    generation = model.metadata.generation
+    written: list[str] = []
+    if config.scratch_dir:
+        Path(config.scratch_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=config.scratch_dir, prefix="ingest-model-") as tmp:
+            result = ingest(model, blobs, Path(tmp), written)
+    except WorkloadFailed as exc:
+        discard(records, blobs, account, name, written)
+        mark_failed(records, account, name, exc, generation)
+        raise
+    except BaseException:
+        # A crash (ours, not the user's): the controller retries; leave nothing behind.
+        discard(records, blobs, account, name, written)
+        raise
+
+    def ready(m: Model) -> None:
+        if m.metadata.deletion_timestamp is not None:
+            raise NotFound(f"Model {name!r} is being deleted")
+        st = m.status
+        st.phase, st.message = "Ready", None
+        st.digest, st.bento_uri = result.digest, result.bento_uri
+        st.labels, st.size_bytes = result.labels, result.size_bytes
+        st.observed_generation = generation
+        if model.spec.source.form == "image":
+            reason, msg = "ImageAccepted", f"image pinned at sha256:{result.digest}"
+        elif result.reused:
+            reason, msg = "Reused", f"same model as the stored Bento {result.digest[:12]}"
+        else:
+            reason, msg = "Packaged", f"packaged as Bento {result.digest[:12]}"
+        st.set_condition("Ready", "True", reason, msg, generation)
+
+    try:
+        records.mutate(Model, account, name, ready)
+    except NotFound:
+        discard(records, blobs, account, name, written)
+        log.info("%s/%s was deleted during ingestion; discarded its Bento", account, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,7 +28,8 @@ MIN_ACCURACY = 0.9
 
 
 def say(message: str) -> None:
-    print(f"\033[1m==> {message}\033[0m", flush=True)
+    bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
+    print(f"{bold}==> {message}{plain}", flush=True)
 
 
 def start_dyff(env: dict[str, str], port: int) -> subprocess.Popen[str]:

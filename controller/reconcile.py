@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from controller.cleanup import cleanup
 from controller.executors import Executor, WorkKey
@@ -21,7 +20,7 @@ from controller.reconcilers.common import (
 from controller.reconcilers.dataset import DatasetWorld, reconcile_dataset
 from controller.reconcilers.evaluation import EvaluationWorld, Plan, reconcile_evaluation
 from dyff import uploads
-from dyff.errors import Conflict, NotFound
+from dyff.errors import Conflict, DyffError, NotFound
 from dyff.schema import Dataset, Entity, Evaluation, Model
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -37,13 +36,15 @@ class Result:
     finalized: bool = False
 
 
-def _plan(blobs: BlobStore, evaluation: Evaluation, model: Model, dataset: Dataset) -> Plan | None:
+def _plan(records: RecordStore, blobs: BlobStore, evaluation: Evaluation) -> Plan | None:
+    """Shards reused vs. to infer, shown as soon as the model and dataset are ready."""
+    from dyff.evaluation import plan  # polars/pyarrow (~65 MB): only once a plan is needed
+
     try:
-        from dyff.evaluation import plan_counts
-    except ImportError:  # the engine is not installed in this image
+        found = plan(records, blobs, evaluation)
+    except DyffError:  # a dependency changed under us: the next pass sees it
         return None
-    counts: Any = plan_counts(blobs, evaluation, model, dataset)
-    return Plan(shards_total=counts[0], shards_reused=counts[1])
+    return Plan(shards_total=found.shards_total, shards_reused=found.reused)
 
 
 def observe_and_reconcile(
@@ -72,7 +73,7 @@ def observe_and_reconcile(
         model = None
     if dataset is not None and dataset.account != entity.account and not dataset.spec.public:
         dataset = None
-    plan = None
+    work_plan = None
     if (
         model is not None
         and dataset is not None
@@ -80,8 +81,8 @@ def observe_and_reconcile(
         and dataset.status.phase == "Ready"
         and entity.status.progress is None
     ):
-        plan = _plan(blobs, entity, model, dataset)
-    return reconcile_evaluation(entity, EvaluationWorld(model, dataset, work, plan))
+        work_plan = _plan(records, blobs, entity)
+    return reconcile_evaluation(entity, EvaluationWorld(model, dataset, work, work_plan))
 
 
 def reconcile_one(

@@ -118,6 +118,17 @@ class RecordStore(ABC):
         """Records of one kind and account matching the filters, ordered by name,
         strictly after `after_name`, at most `limit`."""
 
+    # How far back (in feed positions) a ChangeFeed re-reads on every poll. Positions that
+    # are commit-ordered (SQLite's sequence) need none; positions taken from writers' clocks
+    # (Datastore) do: a write stamped before another may commit after it.
+    feed_overlap: int = 0
+
+    def _changed_heads(self, kind: str, position: int, limit: int) -> list[tuple[int, str, str]]:
+        """(position, account, name) of the records of a kind (every account) whose last
+        write is positioned after `position`, oldest first, at most `limit`. Only the
+        index is read: a feed fetches just the records it has not seen yet."""
+        raise NotImplementedError(f"{type(self).__name__} has no change feed")
+
     def _insert(self, kind: str, account: str, name: str, doc: dict[str, Any]) -> StoredDoc | None:
         """Write `doc` atomically if no record has the key; None if one does. Backends
         with a native insert override this (it is create's fast path)."""
@@ -300,6 +311,17 @@ class RecordStore(ABC):
         their own account's records through `list`."""
         return [_parse(kind, doc) for doc in self._scan(kind.kind_name)]
 
+    def changed_since(
+        self, kind: type[E], cursor: int = 0, limit: int = MAX_PAGE
+    ) -> tuple[builtins.list[E], int]:
+        """Records of a kind in every account written after `cursor` (0: all), in the order
+        of their last write, at most `limit`; and the cursor to pass next. For controllers
+        that mirror records elsewhere; `ChangeFeed` adds the overlap and deduplication."""
+        heads = self._changed_heads(kind.kind_name, cursor, limit)
+        docs = self._read_many([(kind.kind_name, account, name) for _, account, name in heads])
+        found = [_parse(kind, doc) for doc in docs if doc is not None]  # None: deleted since
+        return found, (heads[-1][0] if heads else cursor)
+
     def list_all(self, kind: type[E], account: str, **filters: Any) -> builtins.list[E]:
         """Every matching record, following pages."""
         out: builtins.list[E] = []
@@ -310,6 +332,59 @@ class RecordStore(ABC):
             token = page.next_page_token
             if token is None:
                 return out
+
+
+class ChangeFeed(Generic[E]):
+    """Follows the writes to one kind: each `poll` returns every record (its current
+    state) written since the previous poll, once per version, oldest first.
+
+    Every poll re-reads `store.feed_overlap` positions before its cursor, so a write
+    that committed late (or was stamped by a slow clock) is still seen. The re-read is of
+    the index only (position and key); records are fetched only at a position not seen
+    before, and returned only at a (uid, version) not returned before. A record deleted
+    and created again has a new uid, so it is returned even at a lower version.
+    """
+
+    def __init__(
+        self, store: RecordStore, kind: type[E], cursor: int = 0, page: int = MAX_PAGE
+    ) -> None:
+        self.store = store
+        self.kind = kind
+        self.cursor = cursor  # position of the newest write seen
+        self.page = page
+        # (account, name) -> (position, uid, version), for the overlap window only.
+        self._seen: dict[tuple[str, str], tuple[int, str | None, int]] = {}
+
+    def poll(self) -> builtins.list[E]:
+        overlap = self.store.feed_overlap
+        position = max(0, self.cursor - overlap)
+        kind = self.kind.kind_name
+        out: builtins.list[E] = []
+        while True:
+            heads = self.store._changed_heads(kind, position, self.page)
+            fresh = [h for h in heads if (self._seen.get((h[1], h[2])) or (None,))[0] != h[0]]
+            docs = self.store._read_many([(kind, account, name) for _, account, name in fresh])
+            for (at, account, name), stored in zip(fresh, docs, strict=True):
+                prev = self._seen.get((account, name))
+                if stored is None:  # deleted since its head was read
+                    continue
+                uid = stored.doc.get("metadata", {}).get("uid")
+                if prev is None or prev[1] != uid or prev[2] < stored.version:
+                    out.append(_parse(self.kind, stored))
+                    prev = (at, uid, stored.version)
+                self._seen[(account, name)] = (max(at, prev[0]), prev[1], prev[2])
+            if heads:
+                self.cursor = max(self.cursor, heads[-1][0])
+            if len(heads) < self.page:
+                break
+            # Positions may tie (clock stamps): step back one so that a tie cut by the
+            # page boundary is read again (and deduplicated) rather than skipped.
+            last = heads[-1][0]
+            position = last - 1 if heads[0][0] != last else last
+        horizon = self.cursor - overlap
+        if any(v[0] < horizon for v in self._seen.values()):
+            self._seen = {k: v for k, v in self._seen.items() if v[0] >= horizon}
+        return out
 
 
 def _revalidate(entity: E) -> E:

@@ -29,10 +29,16 @@ CREATE TABLE IF NOT EXISTS records (
     phase TEXT,
     labels TEXT NOT NULL,
     body TEXT NOT NULL,
+    updated INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (kind, account, name)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_phase ON records (kind, account, phase, name);
+-- The change feed: one sequence for every write, taken inside the write transaction,
+-- so positions are in commit order.
+CREATE TABLE IF NOT EXISTS feed_sequence (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER);
+INSERT OR IGNORE INTO feed_sequence VALUES (0, 0);
 """
+FEED_INDEX = "CREATE INDEX IF NOT EXISTS records_updated ON records (kind, updated)"
 
 
 class SqliteRecordStore(RecordStore):
@@ -46,6 +52,23 @@ class SqliteRecordStore(RecordStore):
         with self._conn() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Files written before the change feed lack `updated`: add it and number the
+        existing records, so a feed from position 0 sees them too."""
+        with self._write_tx() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
+            if "updated" not in columns:
+                conn.execute("ALTER TABLE records ADD COLUMN updated INTEGER NOT NULL DEFAULT 0")
+                keys = conn.execute("SELECT kind, account, name FROM records").fetchall()
+                for n, key in enumerate(keys, start=1):
+                    conn.execute(
+                        "UPDATE records SET updated=? WHERE kind=? AND account=? AND name=?",
+                        (n, *key),
+                    )
+                conn.execute("UPDATE feed_sequence SET value=? WHERE id=0", (len(keys),))
+            conn.execute(FEED_INDEX)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -93,8 +116,13 @@ class SqliteRecordStore(RecordStore):
             assert isinstance(result, dict)
             version = (current.version if current else 0) + 1
             labels = result.get("metadata", {}).get("labels", {})
+            (position,) = conn.execute(
+                "UPDATE feed_sequence SET value = value + 1 WHERE id=0 RETURNING value"
+            ).fetchone()
             conn.execute(
-                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO records"
+                " (kind, account, name, version, phase, labels, body, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     kind,
                     account,
@@ -103,6 +131,7 @@ class SqliteRecordStore(RecordStore):
                     phase_of(result),
                     json.dumps(label_pairs(labels)),
                     json.dumps(result),
+                    position,
                 ),
             )
             return StoredDoc(result, version)
@@ -119,10 +148,26 @@ class SqliteRecordStore(RecordStore):
         return self._select(self._conn(), kind, account, name)
 
     def _scan(self, kind: str) -> list[StoredDoc]:
-        rows = self._conn().execute(
-            "SELECT body, version FROM records WHERE kind=? ORDER BY account, name", (kind,)
-        ).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT body, version FROM records WHERE kind=? ORDER BY account, name", (kind,)
+            )
+            .fetchall()
+        )
         return [StoredDoc(json.loads(body), version) for body, version in rows]
+
+    def _changed_heads(self, kind: str, position: int, limit: int) -> list[tuple[int, str, str]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT updated, account, name FROM records WHERE kind=? AND updated > ?"
+                " ORDER BY updated LIMIT ?",
+                (kind, position, limit),
+            )
+            .fetchall()
+        )
+        return [(int(u), a, n) for u, a, n in rows]
 
     def _query(self, query: Query) -> list[StoredDoc]:
         sql = "SELECT body, version FROM records WHERE kind=? AND account=?"

@@ -1,0 +1,403 @@
+"""The kopf controller: thin handlers around the shared reconcile pass.
+
+For each kind (Model, Dataset, Evaluation):
+
+- create / update / resume: make the record agree with the CR (`sync.adopt`: a CR
+  made by kubectl or Argo CD gets its record; a spec changed in the CR goes into the
+  record), run `reconcile_one`, and mirror the record's status into the CR;
+- delete (kopf's finalizer `dyff.io/cleanup` holds the CR): mark the record deleting
+  and run passes until `reconcile_one` reports it finalized (work stopped, blobs
+  deleted, record gone); kopf then removes the finalizer;
+- a timer, only while the CR is in a non-final phase (kopf's `when`), re-runs the pass
+  for what no event announces: an upload landing in the blob store, a dependency
+  becoming Ready;
+- every watch event updates what the record sync knows of the CRs.
+
+A Job labelled with its owner re-runs the owner's pass as soon as it changes. The
+record sync (`controller.sync`) runs beside the handlers, started and stopped with the
+operator. Handlers for one object never overlap the sync's writes for it
+(`KeyLocks`); blocking work (record store, blob store, Kubernetes client) runs in a
+thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import kopf
+from pydantic import ValidationError
+
+from controller.executors import Executor
+from controller.executors.kubernetes import (
+    LABEL_KIND,
+    LABEL_NAME,
+    MANAGED_BY,
+    MANAGER,
+    KubeApi,
+    custom_object_path,
+)
+from controller.reconcile import Result, reconcile_one
+from controller.sync import KeyLocks, RecordSync, adopt, plain
+from dyff.errors import DyffError, NotFound
+from dyff.schema import (
+    GROUP,
+    RESOURCE_TYPES,
+    VERSION,
+    Entity,
+    Evaluation,
+    Model,
+    entity_type,
+    utcnow,
+)
+from dyff.stores.blobs import BlobStore
+from dyff.stores.records import RecordStore
+
+log = logging.getLogger("dyff.controller.kopf")
+
+FINALIZER = "dyff.io/cleanup"
+# kopf's own bookkeeping lives in annotations under this prefix (not in status: the
+# generated CRD schemas prune unknown status fields).
+KOPF_PREFIX = "kopf.dyff.io"
+FINAL_PHASES: dict[str, tuple[str, ...]] = {
+    "Model": ("Ready", "Failed"),
+    "Dataset": ("Ready", "Failed"),
+    "Evaluation": ("Complete", "Failed"),
+}
+# Phases that only another object's change ends (their timer is slower).
+WAITING_PHASES = ("Pending",)
+WAITING_SLOWDOWN = 6
+T = TypeVar("T")
+
+
+class Controller:
+    """Everything the handlers share: stores, executor, Kubernetes API, record sync."""
+
+    def __init__(
+        self,
+        records: RecordStore,
+        blobs: BlobStore,
+        executor: Executor,
+        api: KubeApi,
+        *,
+        reconcile_interval: float = 10.0,
+        sync_interval: float = 0.25,
+        resync_interval: float = 300.0,
+        workers: int = 8,
+    ) -> None:
+        self.records = records
+        self.blobs = blobs
+        self.executor = executor
+        self.api = api
+        self.reconcile_interval = reconcile_interval
+        self.locks = KeyLocks()
+        self.sync = RecordSync(
+            records,
+            api,
+            locks=self.locks,
+            finalize=self.finalize,
+            on_settled=self.dependency_settled,
+            interval=sync_interval,
+            resync_interval=resync_interval,
+        )
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dyff-reconcile")
+        self._stop = asyncio.Event()
+        self._sync_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Controller:
+        """The controller of the Deployment (config/base): stores and executor from
+        DYFF_* variables; the Kubernetes API from the Pod's ServiceAccount."""
+        from dyff.config import load_settings
+        from dyff.stores import open_blobs, open_records
+
+        settings = load_settings()
+        records, blobs = open_records(settings.records), open_blobs(settings.blobs)
+        api = KubeApi.from_environment()
+        executor: Executor
+        kind = environ.get("DYFF_EXECUTOR", "kubernetes")
+        if kind == "kubernetes":
+            from controller.executors.kubernetes import JobSettings, KubernetesExecutor
+
+            executor = KubernetesExecutor(api, records, JobSettings.from_env(environ))
+        elif kind == "local":
+            from pathlib import Path
+
+            from controller.executors.local import LocalExecutor
+
+            executor = LocalExecutor(
+                settings.records, settings.blobs, Path(settings.data_dir) / "work"
+            )
+        else:
+            raise ValueError(f"DYFF_EXECUTOR must be kubernetes or local, not {kind!r}")
+        return cls(
+            records,
+            blobs,
+            executor,
+            api,
+            reconcile_interval=float(environ.get("DYFF_RECONCILE_INTERVAL", "10")),
+            sync_interval=float(environ.get("DYFF_SYNC_INTERVAL", "0.25")),
+        )
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    # ---- lifecycle (kopf startup / cleanup)
+
+    async def start(self) -> None:
+        if self._sync_task is None:
+            self._stop.clear()
+            self._sync_task = asyncio.create_task(self.sync.run(self._stop), name="dyff-sync")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._sync_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+            self._sync_task = None
+
+    def close(self) -> None:
+        self.sync.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.executor.close()
+
+    # ---- the passes
+
+    async def _pass(self, kind: type[Entity], account: str, name: str) -> Result:
+        """reconcile_one (the caller holds the object's lock). A pass that finalized the
+        record deletes its CR too, whoever marked the record: were the CR left behind, it
+        would bring the record back."""
+        result = await self._call(
+            reconcile_one, self.records, self.blobs, self.executor, kind, account, name
+        )
+        if result.finalized:
+            key = (kind.kind_name, account, name)
+            self.sync.pushed.pop(key, None)
+            await self._call(self.api.delete, custom_object_path(*key))
+        return result
+
+    async def reconcile(self, kind: type[Entity], account: str, name: str) -> Result:
+        """One reconcile pass, then the record's status into the CR."""
+        key = (kind.kind_name, account, name)
+        async with self.locks.of(key):
+            result = await self._pass(kind, account, name)
+            if not result.wrote_status and key in self.sync.pushed:
+                return result  # nothing new here; later writes reach the CR by the feed
+            record = await self._call(self.records.find, kind, account, name)
+        if record is not None:
+            await self.sync.push(record)
+        return result
+
+    async def on_cr(self, kind: type[Entity], body: Mapping[str, Any]) -> None:
+        """create / update / resume / timer: the record follows the CR, then a pass."""
+        meta = body.get("metadata") or {}
+        account, name = meta["namespace"], meta["name"]
+        async with self.locks.of((kind.kind_name, account, name)):
+            try:
+                what = await self._call(adopt, self.records, kind, body)
+            except ValidationError as exc:
+                raise kopf.PermanentError(f"invalid {kind.kind_name}: {exc}") from exc
+            except DyffError as exc:  # Invalid (immutable field changed), ...
+                raise kopf.PermanentError(f"{kind.kind_name} refused: {exc}") from exc
+        if what != "unchanged":
+            log.info("record of %s %s/%s: %s", kind.kind_name, account, name, what)
+        await self.reconcile(kind, account, name)
+
+    async def on_cr_deleted(self, kind: type[Entity], body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        account, name = meta["namespace"], meta["name"]
+        await self._call(self._mark_deleting, kind, account, name)
+        if not await self.finalize(kind, account, name):
+            raise kopf.TemporaryError("cleanup is not finished yet", delay=2)
+
+    def _mark_deleting(self, kind: type[Entity], account: str, name: str) -> None:
+        def mark(entity: Entity) -> None:
+            if entity.metadata.deletion_timestamp is None:
+                entity.metadata.deletion_timestamp = utcnow()
+
+        with contextlib.suppress(NotFound):
+            self.records.mutate(kind, account, name, mark)
+
+    async def finalize(self, kind: type[Entity], account: str, name: str) -> bool:
+        """Passes until the record is finalized (its work stopped, its blobs deleted, the
+        record deleted) or gone. True when done."""
+        async with self.locks.of((kind.kind_name, account, name)):
+            for _ in range(3):
+                result = await self._pass(kind, account, name)
+                if result.outcome is None or result.finalized:
+                    return True
+        return False
+
+    def dependency_settled(self, kind: type[Entity], account: str, name: str) -> None:
+        """A Model or Dataset became Ready or Failed: the evaluations of its account that
+        wait for it go on now, not at their next (slow) timer."""
+        task = asyncio.create_task(self._wake_dependents(kind, account, name))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _wake_dependents(self, kind: type[Entity], account: str, name: str) -> None:
+        field = "model" if kind is Model else "dataset"
+        try:
+            waiting = await self._call(
+                lambda: self.records.list_all(Evaluation, account, phase="Pending")
+            )
+            for evaluation in waiting:
+                ref = getattr(evaluation.spec, field)
+                if ref.name == name and ref.account in (None, account):
+                    await self.reconcile(Evaluation, account, evaluation.name)
+        except Exception:
+            log.exception(
+                "waking the evaluations waiting for %s %s/%s", kind.kind_name, account, name
+            )
+
+    async def on_job(self, body: Mapping[str, Any]) -> None:
+        """A Job of ours changed: run its owner's pass now rather than at the next timer."""
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if labels.get(MANAGED_BY) != MANAGER:
+            return
+        try:
+            kind = entity_type(labels.get(LABEL_KIND, ""))
+        except ValueError:
+            return
+        if kind not in RESOURCE_TYPES or not labels.get(LABEL_NAME):
+            return
+        await self.reconcile(kind, meta["namespace"], labels[LABEL_NAME])
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf settings for dyff (also applied by the startup handler)."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    )
+    # Ask the API server to end each watch before the client gives up on it, well
+    # under the server's own request timeout (kube-apiserver: 30 min, proxies: less).
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 10
+    # Only dyff's Jobs are watched, filtered by the API server (the handler filters too).
+    settings.watching.label_selectors["batch", "v1", "jobs"] = f"{MANAGED_BY}={MANAGER}"
+    # Events for what needs a human (warnings, errors), not for every handled change.
+    settings.posting.level = logging.WARNING
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.execution.max_workers = 4  # kopf's own pool; dyff's work runs in its pools
+
+
+def build_registry(
+    controller: Controller, registry: kopf.OperatorRegistry | None = None
+) -> kopf.OperatorRegistry:
+    """Register dyff's handlers for `controller`: in `registry` (whose owner provides a
+    login handler), or in a fresh one that logs in as the official client does
+    (in-cluster ServiceAccount, else kubeconfig)."""
+    reg = registry
+    if reg is None:
+        reg = kopf.OperatorRegistry()
+        kopf.on.login(registry=reg, id="login")(kopf.login_via_client)
+    ctl = controller
+
+    @kopf.on.startup(registry=reg)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings)
+        await ctl.start()
+
+    @kopf.on.cleanup(registry=reg)
+    async def cleanup(**_: Any) -> None:
+        await ctl.stop()
+        ctl.close()
+
+    @kopf.on.probe(id="sync", registry=reg)
+    def sync_probe(**_: Any) -> dict[str, Any]:
+        return ctl.sync.health()
+
+    for kind in RESOURCE_TYPES:
+        _register_kind(reg, ctl, kind)
+
+    @kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: MANAGER}, registry=reg, id="owner")
+    async def job_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        if type is None:  # the initial listing: resume handlers run every owner anyway
+            return
+        await ctl.on_job(body)
+
+    return reg
+
+
+def _register_kind(reg: kopf.OperatorRegistry, ctl: Controller, kind: type[Entity]) -> None:
+    res = (GROUP, VERSION, kind.plural)
+    final = FINAL_PHASES[kind.kind_name]
+
+    @kopf.on.resume(*res, registry=reg, id="reconcile")
+    @kopf.on.create(*res, registry=reg, id="reconcile")
+    @kopf.on.update(*res, registry=reg, id="reconcile")
+    async def reconcile_cr(body: kopf.Body, **_: Any) -> None:
+        await ctl.on_cr(kind, plain(body))
+
+    @kopf.on.delete(*res, registry=reg, id="finalize")
+    async def finalize_cr(body: kopf.Body, **_: Any) -> None:
+        await ctl.on_cr_deleted(kind, plain(body))
+
+    def working(status: kopf.Status, **_: Any) -> bool:
+        return status.get("phase") not in (*final, *WAITING_PHASES)
+
+    def waiting(status: kopf.Status, **_: Any) -> bool:
+        return status.get("phase") in WAITING_PHASES
+
+    # Work in progress and uploads are watched often; evaluations waiting for their model
+    # and dataset are woken when those settle (dependency_settled), so their timer is only
+    # a safety net (a public model of another account, a missed event).
+    @kopf.timer(
+        *res,
+        registry=reg,
+        id="watch",
+        interval=ctl.reconcile_interval,
+        initial_delay=ctl.reconcile_interval,
+        when=working,
+    )
+    async def watch(body: kopf.Body, **_: Any) -> None:
+        await ctl.on_cr(kind, plain(body))
+
+    @kopf.timer(
+        *res,
+        registry=reg,
+        id="wait",
+        interval=ctl.reconcile_interval * WAITING_SLOWDOWN,
+        initial_delay=ctl.reconcile_interval * WAITING_SLOWDOWN,
+        when=waiting,
+    )
+    async def wait(body: kopf.Body, **_: Any) -> None:
+        await ctl.on_cr(kind, plain(body))
+
+    @kopf.on.event(*res, registry=reg, id="observe")
+    async def observe(type: str | None, event: kopf.RawEvent, **_: Any) -> None:
+        # The raw event's object: plain JSON, cheaper to read than kopf's Body view.
+        ctl.sync.observe(kind, event["object"], deleted=type == "DELETED")
+
+
+async def run(
+    controller: Controller,
+    *,
+    registry: kopf.OperatorRegistry | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    liveness_endpoint: str | None = None,
+) -> None:
+    """kopf in standalone, cluster-wide mode (accounts are namespaces) until stopped."""
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    await kopf.operator(
+        registry=build_registry(controller, registry),
+        settings=settings,
+        standalone=True,
+        clusterwide=True,
+        liveness_endpoint=liveness_endpoint,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )

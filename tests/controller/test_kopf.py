@@ -1,0 +1,294 @@
+"""kopf running dyff's handlers against an emulated API server (kmock): the lifecycle of
+each kind through its custom resource, deletion through finalizers, restarts, and both
+directions of the record sync."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from controller.executors.kubernetes import (
+    LABEL_KIND,
+    LABEL_NAME,
+    JobSettings,
+    KubeApi,
+    KubernetesExecutor,
+)
+from controller.kopf_adapter import FINALIZER, Controller
+from controller.sync import CR_GENERATION
+from dyff import layout
+from dyff.schema import Dataset, Evaluation, Model, utcnow
+from dyff.stores.blobs import BlobStore
+from dyff.stores.records import RecordStore
+from tests import factories
+from tests.controller.conftest import (
+    DATASETS,
+    EVALUATIONS,
+    JOBS,
+    MODELS,
+    FakeWorkloads,
+    eventually,
+    kubectl_apply,
+    kubectl_delete,
+    kubectl_patch,
+    operator,
+    report,
+)
+from tests.controller.kmock_cluster import Cluster
+
+SHA = "ab" * 32
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_controller(
+    cluster: Cluster,
+    records: RecordStore,
+    blobs: BlobStore,
+    executor: Any,
+    reconcile_interval: float = 0.3,
+) -> Controller:
+    return Controller(
+        records,
+        blobs,
+        executor,
+        KubeApi(host=cluster.api_url),
+        reconcile_interval=reconcile_interval,
+        sync_interval=0.05,
+    )
+
+
+def uri_model(name: str = "m1") -> dict[str, Any]:
+    return {
+        "apiVersion": "dyff.io/v1alpha1",
+        "kind": "Model",
+        "metadata": {"name": name, "namespace": "acme"},
+        "spec": {"source": {"form": "transformers", "uri": {"uri": "gs://b/m", "sha256": SHA}}},
+    }
+
+
+def uri_dataset(name: str = "d1") -> dict[str, Any]:
+    return {
+        "apiVersion": "dyff.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": name, "namespace": "acme"},
+        "spec": {"source": {"form": "parquet", "uri": {"uri": "gs://b/d", "sha256": SHA}}},
+    }
+
+
+def evaluation(name: str = "e1") -> dict[str, Any]:
+    return {
+        "apiVersion": "dyff.io/v1alpha1",
+        "kind": "Evaluation",
+        "metadata": {"name": name, "namespace": "acme"},
+        "spec": {"model": {"name": "m1"}, "dataset": {"name": "d1"}},
+    }
+
+
+def phase(cluster: Cluster, resource: str, name: str) -> str | None:
+    cr = cluster.read(resource, "acme", name)
+    return None if cr is None else (cr.get("status") or {}).get("phase")
+
+
+def current(cluster: Cluster, resource: str, name: str, want: str) -> Any:
+    """The CR once its status is `want` for its current generation."""
+    cr = cluster.read(resource, "acme", name)
+    if cr is None or (cr.get("status") or {}).get("phase") != want:
+        return None
+    status = cr["status"]
+    assert status["observedGeneration"] == cr["metadata"]["generation"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["observedGeneration"] == cr["metadata"]["generation"]
+    return cr
+
+
+async def test_model_waits_for_its_upload_then_becomes_ready(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    fake = FakeWorkloads(records, blobs)
+    model = factories.model("m1")
+    async with operator(make_controller(cluster, records, blobs, fake), cluster):
+        await kubectl_apply(cluster, model.wire())
+        await eventually(lambda: phase(cluster, MODELS, "m1") == "WaitingForUpload")
+        assert fake.started == []
+        cr = cluster.read(MODELS, "acme", "m1")
+        assert FINALIZER in cr["metadata"]["finalizers"]
+
+        # The upload lands in the blob store: no event announces it, the timer sees it.
+        upload = model.spec.source.upload
+        assert upload is not None
+        blobs.put(layout.upload_key("acme", "Model", "m1", upload.sha256), b"0123456789")
+        cr = await eventually(lambda: current(cluster, MODELS, "m1", "Ready"))
+    assert cr["status"]["digest"] == records.get(Model, "acme", "m1").status.digest
+    assert [(k, w) for k, w, _ in fake.started] == [(("Model", "acme", "m1"), "ingest_model")]
+
+
+async def test_evaluation_completes_with_metrics_in_its_status(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    fake = FakeWorkloads(records, blobs)
+    # Timers too slow to matter here: every step follows from an event.
+    controller = make_controller(cluster, records, blobs, fake, reconcile_interval=60)
+    async with operator(controller, cluster):
+        # The evaluation first: it waits for its model and dataset, and is woken when
+        # they are Ready.
+        await kubectl_apply(cluster, evaluation())
+        await eventually(lambda: phase(cluster, EVALUATIONS, "e1") == "Pending")
+        await kubectl_apply(cluster, uri_model())
+        await kubectl_apply(cluster, uri_dataset())
+        cr = await eventually(lambda: current(cluster, EVALUATIONS, "e1", "Complete"))
+    assert cr["status"]["metrics"]["accuracy"] == 0.9
+    assert cr["status"]["progress"]["shardsDone"] == 1
+    assert cr["status"]["resultsUri"].startswith("file://")
+    assert current(cluster, MODELS, "m1", "Ready") and current(cluster, DATASETS, "d1", "Ready")
+    workloads = sorted(w for _, w, _ in fake.started)
+    assert workloads == ["evaluate", "ingest_dataset", "ingest_model"]
+
+
+async def test_cr_created_directly_becomes_a_record_and_follows_spec_changes(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    fake = FakeWorkloads(records, blobs, hold=("evaluate",))
+    async with operator(make_controller(cluster, records, blobs, fake), cluster):
+        for doc in (uri_model(), uri_dataset(), evaluation()):
+            await kubectl_apply(cluster, doc)
+        await eventually(lambda: phase(cluster, EVALUATIONS, "e1") == "Running")
+        record = records.get(Evaluation, "acme", "e1")
+        assert record.metadata.annotations[CR_GENERATION] == "1"
+        assert record.spec.inference.top_k == 5
+
+        # A GitOps commit changes the spec: the record follows, its generation bumps,
+        # the old work stops and the new one runs to the end.
+        path = "/apis/dyff.io/v1alpha1/namespaces/acme/evaluations/e1"
+        await kubectl_patch(cluster, path, {"spec": {"inference": {"topK": 3}}})
+        await eventually(lambda: records.get(Evaluation, "acme", "e1").spec.inference.top_k == 3)
+        assert records.get(Evaluation, "acme", "e1").metadata.generation == 2
+        await eventually(lambda: [g for k, w, g in fake.started if w == "evaluate"] == [1, 2])
+        fake.finish(("Evaluation", "acme", "e1"))
+        cr = await eventually(lambda: current(cluster, EVALUATIONS, "e1", "Complete"))
+    assert cr["metadata"]["generation"] == 2
+    assert ("Evaluation", "acme", "e1") in fake.stopped
+
+
+async def test_record_created_through_the_store_appears_as_a_cr(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    fake = FakeWorkloads(records, blobs)
+    async with operator(make_controller(cluster, records, blobs, fake), cluster):
+        records.create(factories.evaluation("e1", account="globex"))
+        cr = await eventually(lambda: cluster.read(EVALUATIONS, "globex", "e1"))
+        assert cluster._namespaces["globex"]["metadata"]["name"] == "globex"
+        assert cr["spec"]["model"] == {"name": "m1"}
+        # kopf took it over (finalizer) and its reconcile result came back as status.
+        cr = await eventually(
+            lambda: (
+                (cluster.read(EVALUATIONS, "globex", "e1") or {}).get("status", {}).get("phase")
+                == "Pending"
+                and cluster.read(EVALUATIONS, "globex", "e1")
+            )
+        )
+    assert FINALIZER in cr["metadata"]["finalizers"]
+    assert cr["status"]["conditions"][0]["reason"] == "ModelNotFound"
+    assert cr["status"]["observedGeneration"] == cr["metadata"]["generation"]
+
+
+async def test_restart_mid_evaluation_finishes_without_running_it_twice(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    fake = FakeWorkloads(records, blobs, hold=("evaluate",))
+    async with operator(make_controller(cluster, records, blobs, fake), cluster):
+        for doc in (uri_model(), uri_dataset(), evaluation()):
+            await kubectl_apply(cluster, doc)
+        await eventually(lambda: phase(cluster, EVALUATIONS, "e1") == "Running")
+
+    # The controller is down; the evaluation's Job (it outlives the controller) ends.
+    fake.finish(("Evaluation", "acme", "e1"))
+    assert phase(cluster, EVALUATIONS, "e1") == "Running"
+
+    async with operator(make_controller(cluster, records, blobs, fake), cluster):
+        cr = await eventually(lambda: current(cluster, EVALUATIONS, "e1", "Complete"))
+    assert cr["status"]["metrics"]["macroF1"] == 0.85
+    assert [w for _, w, _ in fake.started].count("evaluate") == 1
+
+
+async def test_deletion_through_finalizers_leaves_no_blob_and_no_job(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    """The real Kubernetes executor: Jobs in the emulated cluster, each "run" by this
+    test (it reports as the workload and marks the Job complete)."""
+    api = KubeApi(host=cluster.api_url)
+    settings = JobSettings(
+        image="dyff-runtime:test",
+        records_url=records.url,
+        blobs_url=blobs.url,
+        service_account_template=ROOT / "config/base/workload-serviceaccount.yaml",
+    )
+    executor = KubernetesExecutor(api, records, settings)
+    done: set[str] = set()
+
+    async def job_runner() -> None:
+        while True:
+            for job in cluster.items(JOBS):
+                meta = job["metadata"]
+                if meta["name"] in done or meta.get("deletionTimestamp"):
+                    continue
+                done.add(meta["name"])
+                labels = meta["labels"]
+                key = (labels[LABEL_KIND], meta["namespace"], labels[LABEL_NAME])
+                workload = job["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+                await asyncio.to_thread(
+                    report, records, blobs, key, workload.removeprefix("dyff.workloads.")
+                )
+                complete = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}
+                await cluster.set_status(JOBS, meta["namespace"], meta["name"], complete)
+            await asyncio.sleep(0.05)
+
+    runner = asyncio.create_task(job_runner())
+    try:
+        async with operator(make_controller(cluster, records, blobs, executor), cluster):
+            for doc in (uri_model(), uri_dataset(), evaluation()):
+                await kubectl_apply(cluster, doc)
+            await eventually(lambda: current(cluster, EVALUATIONS, "e1", "Complete"))
+            jobs = cluster.items(JOBS)
+            assert len(jobs) == 3 and all(j["metadata"]["ownerReferences"] for j in jobs)
+            assert cluster.read("v1/serviceaccounts", "acme", "dyff-workload") is not None
+            assert any(b.key.startswith("accounts/acme/") for b in blobs.list("accounts/"))
+
+            base = "/apis/dyff.io/v1alpha1/namespaces/acme"
+            for plural, name in (("evaluations", "e1"), ("models", "m1"), ("datasets", "d1")):
+                await kubectl_delete(cluster, f"{base}/{plural}/{name}")
+            await eventually(
+                lambda: all(cluster.read(r, "acme", n) is None for r, n in
+                            ((EVALUATIONS, "e1"), (MODELS, "m1"), (DATASETS, "d1")))
+            )  # fmt: skip
+    finally:
+        runner.cancel()
+    job_watches = [r for r in cluster._requests if r.params.get("watch") == "true" and r.resource
+                   and r.resource.plural == "jobs"]  # fmt: skip
+    assert job_watches
+    assert all(
+        r.params["labelSelector"] == "app.kubernetes.io/managed-by=dyff" for r in job_watches
+    )
+    for kind, name in ((Model, "m1"), (Dataset, "d1"), (Evaluation, "e1")):
+        assert records.find(kind, "acme", name) is None
+    assert list(blobs.list("accounts/")) == []
+    assert cluster.items(JOBS) == []
+
+
+async def test_record_marked_deleting_deletes_its_cr_and_is_finalized(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    fake = FakeWorkloads(records, blobs)
+    async with operator(make_controller(cluster, records, blobs, fake), cluster):
+        await kubectl_apply(cluster, uri_model())
+        await eventually(lambda: current(cluster, MODELS, "m1", "Ready"))
+        assert list(blobs.list("accounts/acme/bentos/"))
+
+        # What the shim's DELETE does: mark the record; the controller does the rest.
+        records.mutate(
+            Model, "acme", "m1", lambda m: setattr(m.metadata, "deletion_timestamp", utcnow())
+        )
+        await eventually(lambda: cluster.read(MODELS, "acme", "m1") is None)
+        await eventually(lambda: records.find(Model, "acme", "m1") is None)
+    assert list(blobs.list("accounts/")) == []
+    assert ("Model", "acme", "m1") in fake.stopped

@@ -15,6 +15,12 @@ Queries are structured (`PredictionQuery`), never SQL strings: filters on
 label / predicted / correct / score, ordering, paging, and a few aggregate
 views. Files are scanned lazily, so only the columns and row groups a query
 needs are read (projection and predicate pushdown).
+
+The two aggregate views over every row (`by_label`, `confusion`) stream the
+two columns they need in batches and count with `numpy.bincount` into a
+dense table while label ids are small (below `DENSE_LABELS`: most
+classification tasks), which costs less than hashing group keys; otherwise
+they fall back to a polars group-by. Both give the same frame.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import polars as pl
 from pydantic import Field
 
@@ -43,6 +50,8 @@ PREDICTION_SCHEMA: dict[str, Any] = {
 }
 COLUMNS = tuple(PREDICTION_SCHEMA)
 MAX_LIMIT = 10_000
+# Label ids below this are counted in dense tables (the pairs in DENSE_LABELS**2 counters).
+DENSE_LABELS = 256
 
 
 class PredictionQuery(Schema):
@@ -102,7 +111,8 @@ class Results:
     def scan(self) -> pl.LazyFrame:
         if not self.paths:
             return pl.LazyFrame(schema=PREDICTION_SCHEMA)
-        return pl.scan_parquet(self.paths)
+        # The paths are files, never patterns: a `[` or `*` in a folder name stays literal.
+        return pl.scan_parquet(self.paths, glob=False)
 
     def rows(self, q: PredictionQuery) -> pl.DataFrame:
         lf = self.scan()
@@ -129,24 +139,71 @@ class Results:
 
     def by_label(self) -> pl.DataFrame:
         """Per true label: rows, correct, accuracy."""
-        return (
-            self.scan()
-            .group_by("label")
-            .agg(rows=pl.len(), correct=pl.col("correct").sum())
-            .with_columns(accuracy=pl.col("correct") / pl.col("rows"))
-            .sort("label")
-            .collect()
-        )
+        dense = self._dense_counts("label", "correct")
+        if dense is None:
+            frame = (
+                self.scan()
+                .group_by("label")
+                .agg(rows=pl.len(), correct=pl.col("correct").sum())
+                .collect()
+            )
+        else:
+            rows, correct = dense
+            (labels,) = np.nonzero(rows)
+            frame = pl.DataFrame(
+                {"label": labels, "rows": rows[labels], "correct": correct[labels]},
+                schema={"label": pl.Int32, "rows": pl.UInt32, "correct": pl.UInt32},
+            )
+        return frame.with_columns(accuracy=pl.col("correct") / pl.col("rows")).sort("label")
 
     def confusion(self) -> pl.DataFrame:
         """Counts of (label, predicted) pairs that occur."""
-        return (
-            self.scan()
-            .group_by("label", "predicted")
-            .agg(count=pl.len())
-            .sort("label", "predicted")
-            .collect()
+        dense = self._dense_counts("label", "predicted")
+        if dense is None:
+            return (
+                self.scan()
+                .group_by("label", "predicted")
+                .agg(count=pl.len())
+                .sort("label", "predicted")
+                .collect()
+            )
+        counts, width = dense[0], int(dense[1][0])
+        (flat,) = np.nonzero(counts)  # row-major: sorted by label, then predicted
+        return pl.DataFrame(
+            {"label": flat // width, "predicted": flat % width, "count": counts[flat]},
+            schema={"label": pl.Int32, "predicted": pl.Int32, "count": pl.UInt32},
         )
+
+    def _dense_counts(self, key: str, other: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Counts over every row, streamed in batches, while ids stay below DENSE_LABELS.
+
+        (label, correct): rows and correct rows per label. (label, predicted): counts of
+        label * DENSE_LABELS + predicted, and the width. None when an id is negative or
+        too large for the dense table (the caller then groups in polars).
+        """
+        pair = other == "predicted"
+        size = DENSE_LABELS * DENSE_LABELS if pair else DENSE_LABELS
+        first = np.zeros(size, dtype=np.int64)
+        second = np.zeros(DENSE_LABELS, dtype=np.int64)
+        for batch in self.scan().select(key, other).collect_batches():
+            if batch.height == 0:
+                continue
+            ids = batch[key].to_numpy()
+            values = batch[other].to_numpy()
+            checked = (ids, values) if pair else (ids,)
+            if any(a.min() < 0 or a.max() >= DENSE_LABELS for a in checked):
+                return None
+            if not pair:
+                first += np.bincount(ids, minlength=size)
+                second += np.bincount(ids, weights=values, minlength=size).astype(np.int64)
+                continue
+            codes = ids.astype(np.int64) * DENSE_LABELS + values
+            if 4 * len(codes) >= size:
+                first += np.bincount(codes, minlength=size)
+            else:  # a small batch (a small file): sort it rather than sweep the table
+                unique, counts = np.unique(codes, return_counts=True)
+                first[unique] += counts
+        return first, (np.array([DENSE_LABELS]) if pair else second)
 
     def confident_errors(self, limit: int = 20) -> pl.DataFrame:
         """The wrong predictions the model was surest of."""

@@ -1,0 +1,357 @@
+"""What an evaluation is made of, as pure logic: its inputs, its plan, its files.
+
+An Evaluation runs a Model over a Dataset's shards. Each shard's predictions
+are cached content-addressed, per *evaluating* account, at
+
+    layout.prediction_key(account, model digest, inference digest, shard sha256)
+
+so whatever was computed before — by an earlier evaluation, or by a run that
+was killed half-way — is found again by name and never recomputed: `plan`
+lists the shards whose prediction file exists (reused) and the ones still to
+infer. The inference digest is `layout.config_digest(spec.inference.wire())`;
+only when the model's labels differ from the dataset's (so predicted ids are
+remapped, see `Inputs.label_map`) does the remapping join the digest, since
+the same shard bytes then mean other predictions.
+
+Prediction files follow the contract in `dyff.results` and are written with
+fixed Parquet options, so the same predictions give the same bytes.
+Metrics are always computed from the prediction files of all shards, reused
+or not (`compute_metrics`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dyff import layout, metrics
+from dyff.schema import Dataset, Entity, EntityRef, Evaluation, Model, Shard
+from dyff.stores.blobs import BlobStore
+from dyff.stores.records import RecordStore
+from dyff.workloads.common import WorkloadFailed
+
+DEPENDENCY_NOT_READY = "DependencyNotReady"
+DEPENDENCY_NOT_FOUND = "DependencyNotFound"
+
+# The prediction file contract of dyff.results, as Arrow types.
+PREDICTION_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field("row_id", pa.int64(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("predicted", pa.int32(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("correct", pa.bool_(), nullable=False),
+        pa.field("topk_labels", pa.list_(pa.int32()), nullable=False),
+        pa.field("topk_scores", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+# Fixed writer options: the same predictions give the same bytes (as for dataset shards).
+# Statistics on the scalar columns let queries skip row groups.
+PREDICTION_WRITER_OPTIONS: dict[str, Any] = {
+    "version": "2.6",
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": False,
+    "write_statistics": ["row_id", "label", "predicted", "score", "correct"],
+    "store_schema": False,
+    "write_page_index": False,
+    "write_page_checksum": False,
+}
+PREDICTION_ROW_GROUP_ROWS = 65_536
+
+
+# ------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """An evaluation with its Model and Dataset, checked Ready, and the label space."""
+
+    evaluation: Evaluation
+    model: Model
+    dataset: Dataset
+    # The label names predictions are written in: the dataset's, then any model label
+    # the dataset lacks. Dataset label ids keep their meaning.
+    label_names: list[str]
+    # Model label id -> id in `label_names`.
+    label_map: np.ndarray
+    inference_digest: str
+
+    @property
+    def model_digest(self) -> str:
+        assert self.model.status.digest is not None
+        return self.model.status.digest
+
+    @property
+    def shards(self) -> list[Shard]:
+        return list(self.dataset.status.shards or [])
+
+    @property
+    def top_k(self) -> int:
+        return self.evaluation.spec.inference.top_k
+
+    def prediction_key(self, shard: Shard) -> str:
+        return layout.prediction_key(
+            self.evaluation.account, self.model_digest, self.inference_digest, shard.sha256
+        )
+
+    def prediction_prefix(self) -> str:
+        return layout.prediction_key(
+            self.evaluation.account, self.model_digest, self.inference_digest, "x"
+        ).rsplit("/", 1)[0]
+
+
+def _is_ready(entity: Model | Dataset) -> bool:
+    ready = entity.status.condition("Ready")
+    return ready is not None and ready.status == "True" and entity.status.phase == "Ready"
+
+
+def _dependency(
+    records: RecordStore, kind: type[Model] | type[Dataset], ref: EntityRef, account: str
+) -> Entity:
+    owner = ref.account or account
+    found = records.find(kind, owner, ref.name)
+    # Another account's entity exists for us only if it is public (as in the shim).
+    if found is None or (owner != account and not found.spec.public):
+        raise WorkloadFailed(DEPENDENCY_NOT_FOUND, f"{kind.kind_name} {owner}/{ref.name} not found")
+    if found.metadata.deletion_timestamp is not None or not _is_ready(found):
+        raise WorkloadFailed(
+            DEPENDENCY_NOT_READY,
+            f"{kind.kind_name} {owner}/{ref.name} is {found.status.phase or 'Pending'}, not Ready",
+        )
+    return found
+
+
+def label_space(
+    dataset_labels: list[str], model_labels: list[str] | None
+) -> tuple[list[str], np.ndarray]:
+    """(label names, model id -> name id). Labels are matched by name; a model without
+    declared labels (an image-form model) is taken to predict dataset label ids."""
+    names = list(dataset_labels)
+    if model_labels is None:
+        return names, np.arange(len(names), dtype=np.int32)
+    index = {name: i for i, name in enumerate(names)}
+    mapping = []
+    for name in model_labels:
+        if name not in index:
+            index[name] = len(names)
+            names.append(name)
+        mapping.append(index[name])
+    return names, np.asarray(mapping, dtype=np.int32)
+
+
+def inference_digest(inference: dict[str, Any], label_map: np.ndarray) -> str:
+    """The reuse key of the inference settings; a non-identity label map is part of it."""
+    if np.array_equal(label_map, np.arange(len(label_map))):
+        return layout.config_digest(inference)
+    return layout.config_digest({**inference, "labelMap": label_map.tolist()})
+
+
+def inputs_for(evaluation: Evaluation, model: Model, dataset: Dataset) -> Inputs:
+    """Inputs from records already read and checked (Ready, usable by the account)."""
+    if not model.status.digest:
+        raise WorkloadFailed(DEPENDENCY_NOT_READY, f"Model {model.name} has no digest yet")
+    names, label_map = label_space(dataset.status.labels or [], model.status.labels)
+    digest = inference_digest(evaluation.spec.inference.wire(), label_map)
+    return Inputs(evaluation, model, dataset, names, label_map, digest)
+
+
+def resolve(records: RecordStore, evaluation: Evaluation) -> Inputs:
+    """The evaluation's Model and Dataset (refs may name a public entity of another
+    account), both Ready; WorkloadFailed with DependencyNotFound / DependencyNotReady."""
+    spec = evaluation.spec
+    model = _dependency(records, Model, spec.model, evaluation.account)
+    dataset = _dependency(records, Dataset, spec.dataset, evaluation.account)
+    assert isinstance(model, Model) and isinstance(dataset, Dataset)
+    return inputs_for(evaluation, model, dataset)
+
+
+# --------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which shards' predictions exist (reused) and which are still to infer."""
+
+    shards_total: int
+    reused: int
+    to_infer: list[Shard]
+    # Every shard in dataset order, with its prediction key (the manifest).
+    shards: list[Shard] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    rows_total: int = 0
+
+    @property
+    def rows_done(self) -> int:
+        missing = {s.sha256 for s in self.to_infer}
+        return sum(s.rows for s in self.shards if s.sha256 not in missing)
+
+
+def plan_inputs(inputs: Inputs, blobs: BlobStore) -> Plan:
+    """The plan for resolved inputs: one listing of the cache folder, not a stat per shard."""
+    present = {info.key for info in blobs.list(inputs.prediction_prefix() + "/")}
+    shards = inputs.shards
+    keys = [inputs.prediction_key(s) for s in shards]
+    # Shards hold their row ids, so no two shards of a dataset share a digest.
+    to_infer = [s for s, key in zip(shards, keys, strict=True) if key not in present]
+    return Plan(
+        shards_total=len(shards),
+        reused=len(shards) - len(to_infer),
+        to_infer=to_infer,
+        shards=shards,
+        keys=keys,
+        rows_total=sum(s.rows for s in shards),
+    )
+
+
+def plan(records: RecordStore, blobs: BlobStore, evaluation: Evaluation) -> Plan:
+    """What running `evaluation` now would reuse and infer (for the controller and shim)."""
+    return plan_inputs(resolve(records, evaluation), blobs)
+
+
+def plan_counts(
+    blobs: BlobStore, evaluation: Evaluation, model: Model, dataset: Dataset
+) -> tuple[int, int]:
+    """(shards total, shards reused) for a Ready model and dataset the controller has read."""
+    p = plan_inputs(inputs_for(evaluation, model, dataset), blobs)
+    return p.shards_total, p.reused
+
+
+def assigned(
+    shards: Sequence[Shard], all_shards: Sequence[Shard], index: int, count: int
+) -> list[Shard]:
+    """The shards of `shards` that Indexed Job pod `index` of `count` infers: those at
+    dataset positions i with i % count == index (a fixed split, whatever is cached)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} outside 0..{count - 1}")
+    mine = {s.sha256 for i, s in enumerate(all_shards) if i % count == index}
+    return [s for s in shards if s.sha256 in mine]
+
+
+# ------------------------------------------------------------ images, files
+
+
+def decode_images(encoded: Sequence[bytes], size: tuple[int, int] | None) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 (N, H, W, 3), each decoded once, resized (bilinear) to `size`
+    (height, width) when it differs; without a size, to the first image's size."""
+    from PIL import Image
+
+    out: np.ndarray | None = None
+    for i, data in enumerate(encoded):
+        # Only the formats ingestion accepts: no other decoder is ever tried.
+        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as img:
+            img.load()
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            if out is None:
+                h, w = size or (rgb.size[1], rgb.size[0])
+                out = np.empty((len(encoded), h, w, 3), dtype=np.uint8)
+            if rgb.size != (out.shape[2], out.shape[1]):
+                rgb = rgb.resize((out.shape[2], out.shape[1]), Image.Resampling.BILINEAR)
+            out[i] = np.frombuffer(rgb.tobytes(), dtype=np.uint8).reshape(out.shape[1:])
+    if out is None:
+        h, w = size or (1, 1)
+        return np.zeros((0, h, w, 3), dtype=np.uint8)
+    return out
+
+
+def prediction_table(
+    row_ids: np.ndarray,
+    labels: np.ndarray,
+    topk_indices: np.ndarray,
+    topk_scores: np.ndarray,
+    label_map: np.ndarray,
+) -> pa.Table:
+    """One shard's predictions in the contract's columns; model ids mapped to label ids."""
+    n, k = topk_indices.shape
+    if k < 1 or len(row_ids) != n or len(labels) != n or topk_scores.shape != (n, k):
+        raise ValueError("predictions do not match the shard's rows")
+    ids = label_map[np.asarray(topk_indices, dtype=np.int64)].astype(np.int32)
+    scores = np.ascontiguousarray(topk_scores, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int32)
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    return pa.table(
+        {
+            "row_id": pa.array(np.asarray(row_ids, dtype=np.int64)),
+            "label": pa.array(labels),
+            "predicted": pa.array(ids[:, 0]),
+            "score": pa.array(scores[:, 0]),
+            "correct": pa.array(ids[:, 0] == labels),
+            "topk_labels": pa.ListArray.from_arrays(offsets, pa.array(ids.reshape(-1))),
+            "topk_scores": pa.ListArray.from_arrays(offsets, pa.array(scores.reshape(-1))),
+        },
+        schema=PREDICTION_ARROW_SCHEMA,
+    )
+
+
+def encode_predictions(table: pa.Table) -> bytes:
+    """A prediction table as one deterministic Parquet file."""
+    buf = io.BytesIO()
+    with pq.ParquetWriter(buf, PREDICTION_ARROW_SCHEMA, **PREDICTION_WRITER_OPTIONS) as writer:
+        writer.write_table(table, row_group_size=PREDICTION_ROW_GROUP_ROWS)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ metrics
+
+
+def top5_answerable(top_k: int, n_model_labels: int | None) -> bool:
+    """Stored top-k can answer top-5 accuracy if it kept 5, or every label the model has."""
+    return top_k >= 5 or (n_model_labels is not None and n_model_labels <= top_k)
+
+
+def compute_metrics(
+    paths: Sequence[Path | str],
+    label_names: list[str],
+    wanted: Sequence[str],
+    *,
+    expected_rows: int,
+    top5: bool = True,
+) -> dict[str, Any]:
+    """The metrics document from prediction files, after checking that they hold every
+    dataset row exactly once (row ids 0..expected_rows-1)."""
+    columns = ["row_id", "label", "predicted", "score"]
+    need_topk = top5 and "top5_accuracy" in wanted
+    if need_topk:
+        columns.append("topk_labels")
+    frame = (
+        pl.scan_parquet([str(p) for p in paths]).select(columns).collect()
+        if paths
+        else pl.DataFrame(schema={c: pl.Int64 for c in columns})
+    )
+    row_ids = frame["row_id"].to_numpy()
+    if len(row_ids) != expected_rows or not np.array_equal(
+        np.sort(row_ids), np.arange(expected_rows)
+    ):
+        raise RuntimeError(
+            f"prediction files hold {len(row_ids)} rows, not each of the {expected_rows} "
+            "dataset rows once"
+        )
+    topk = None
+    if need_topk and len(frame):
+        heads = frame["topk_labels"].list.head(5)
+        shortest = heads.list.len().min()
+        width = int(shortest) if isinstance(shortest, int) else 0
+        topk = heads.list.head(width).list.to_array(width).to_numpy() if width else None
+    doc = metrics.compute(
+        frame["label"].to_numpy(),
+        frame["predicted"].to_numpy(),
+        frame["score"].to_numpy(),
+        topk,
+        label_names,
+        list(wanted),
+    )
+    return doc
+
+
+def encode_json(doc: dict[str, Any]) -> bytes:
+    """Stable bytes for a JSON document."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()

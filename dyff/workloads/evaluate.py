@@ -1,0 +1,619 @@
+"""Run an Evaluation: `python -m dyff.workloads.evaluate --config FILE`.
+
+1. Read the Evaluation and its Model and Dataset (both must be Ready; refs may
+   name another account's public entity) and plan (`dyff.evaluation.plan`):
+   shards whose prediction file exists in this account's cache are reused.
+2. If shards are missing, serve the model — its Bento under `bentoml serve`
+   on loopback (one server per run), or, when `DYFF_MODEL_URL` is set, the
+   server already running there (an image-form model's container) — and
+   stream the missing shards through it: each image decoded once, batches of
+   `spec.run.batchSize` images per request, `spec.run.concurrency` requests in
+   flight, across shard boundaries so the server never idles between shards.
+   Each shard's predictions go to its cache key with one atomic `blobs.put`
+   the moment its last batch answers; progress is written after every shard.
+3. Compute the metrics from the prediction files of all shards (reused or
+   not), write `metrics.json` and the manifest, and mark the evaluation
+   Complete with the headline metrics.
+
+Crash safety comes from content addressing: a killed run leaves whole
+prediction files or none (atomic puts), and the next run reuses them and
+infers the rest. The `bentoml serve` a run starts lives in its own process
+group; a small reaper process (its own session, watching a pipe the run
+holds open) kills the server's whole family if the run dies without
+stopping it, SIGKILL included.
+
+Indexed Jobs: with `shard_index`/`shard_count` in the config, a pod infers
+only the missing shards at dataset positions i with i % shard_count ==
+shard_index. Then it lists the cache: if every shard's predictions exist,
+it writes the metrics and completes the evaluation, otherwise it leaves that
+to the pods still working. The last pod to store a shard always sees them all
+(each pod lists after its own last write), so some pod completes the
+evaluation; two that both see them all write the same files. A run without
+an index infers whatever is missing and always writes the metrics.
+
+Status fields are written by `set_status` only, so the controller can take
+over phases later without hunting for writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from dyff import layout, results
+from dyff.datasets import read_shard
+from dyff.errors import NotFound
+from dyff.evaluation import (
+    Inputs,
+    Plan,
+    assigned,
+    compute_metrics,
+    decode_images,
+    encode_json,
+    encode_predictions,
+    plan_inputs,
+    prediction_table,
+    resolve,
+    top5_answerable,
+)
+from dyff.metrics import summary
+from dyff.runtime.client import ModelClient, TopK
+from dyff.schema import ConditionStatus, Evaluation, MetricsSummary, Progress, Shard
+from dyff.stores.blobs import BlobStore
+from dyff.stores.records import RecordStore
+from dyff.workloads.common import WorkloadConfig, WorkloadFailed, run_main
+
+log = logging.getLogger("dyff.workloads.evaluate")
+
+MODEL_URL_ENV = "DYFF_MODEL_URL"
+# Torch threads of the server a run starts (default: `server_threads`).
+MODEL_THREADS_ENV = "DYFF_MODEL_THREADS"
+# Set in the environment of the server a run starts: how the reaper finds it.
+SERVER_TOKEN_ENV = "DYFF_EVAL_SERVER"
+# Models whose Bento is smaller than this are overhead-bound: the server gets one torch
+# thread (intra-op threads only add barriers, and OpenMP spin steals the core the
+# client decodes on); larger, compute-bound models get every core.
+SMALL_MODEL_BYTES = 8 * 1024 * 1024
+MODEL_READY_TIMEOUT_S = 900.0
+
+MODEL_NOT_SERVED = "ModelServerUnavailable"
+MODEL_MISMATCH = "ModelMismatch"
+
+
+class Deleted(Exception):
+    """The evaluation was deleted (or marked for deletion) while running."""
+
+
+# --------------------------------------------------------------------- status
+
+
+def set_status(
+    records: RecordStore,
+    account: str,
+    name: str,
+    *,
+    phase: str,
+    generation: int,
+    progress: Progress | None = None,
+    metrics: MetricsSummary | None = None,
+    results_uri: str | None = None,
+    model_digest: str | None = None,
+    ready: tuple[ConditionStatus, str, str] | None = None,
+) -> None:
+    """Write the evaluation's status fields (and only those): phase, progress, results and
+    the Ready condition `(status, reason, message)`. `shardsReused` counts what existed
+    before the evaluation started, so the first writer's value is kept on later writes."""
+
+    def change(ev: Evaluation) -> None:
+        if ev.metadata.deletion_timestamp is not None:
+            raise Deleted(name)
+        st = ev.status
+        st.phase = phase
+        if progress is not None:
+            new = progress.model_copy()
+            if st.progress is not None:
+                new.shards_reused = st.progress.shards_reused
+            st.progress = new
+        if metrics is not None:
+            st.metrics = metrics
+        if results_uri is not None:
+            st.results_uri = results_uri
+        if model_digest is not None:
+            st.model_digest = model_digest
+        if ready is not None:
+            status, reason, message = ready
+            st.message = message
+            st.set_condition("Ready", status, reason, message, generation)
+            st.observed_generation = generation
+
+    try:
+        records.mutate(Evaluation, account, name, change)
+    except NotFound:
+        raise Deleted(name) from None
+
+
+# ------------------------------------------------------------------- serving
+
+
+class CountingClient:
+    """The model client, counting inference requests and images (for tests and benches)."""
+
+    def __init__(self, client: ModelClient) -> None:
+        self.client = client
+        self.calls = 0
+        self.images = 0
+        self._lock = threading.Lock()
+
+    def metadata(self) -> dict[str, Any]:
+        return self.client.metadata()
+
+    def classify(self, images: np.ndarray, top_k: int) -> TopK:
+        with self._lock:
+            self.calls += 1
+            self.images += len(images)
+        return self.client.classify(images, top_k)
+
+
+def server_threads(bento_bytes: int | None, cpus: int | None = None) -> int:
+    cpus = cpus or os.cpu_count() or 1
+    if bento_bytes is not None and bento_bytes < SMALL_MODEL_BYTES:
+        return 1
+    return cpus
+
+
+def _reaper(token: str, env_name: str) -> None:  # pragma: no cover - runs in its own process
+    """Wait for EOF on stdin (the run ended, however), then kill every process whose
+    environment carries `token` — the server and its workers — with their children."""
+    import sys
+
+    import psutil
+
+    sys.stdin.buffer.read()
+    for _ in range(3):
+        found = []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if proc.environ().get(env_name) == token:
+                    found.append(proc)
+        if not found:
+            return
+        family = set(found)
+        for proc in found:
+            with contextlib.suppress(psutil.Error):
+                proc.suspend()  # no new workers while we collect
+        for proc in found:
+            with contextlib.suppress(psutil.Error):
+                family.update(proc.children(recursive=True))
+        for proc in family:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(list(family), timeout=5)
+
+
+@contextlib.contextmanager
+def reaper(token: str) -> Iterator[None]:
+    """A process, in a session of its own, that kills the servers marked with `token` once
+    this process ends — also by SIGKILL, which no `finally` survives."""
+    read_end, write_end = os.pipe()
+    source = (
+        "import contextlib, sys\n"
+        + inspect.getsource(_reaper)
+        + "\n_reaper(sys.argv[1], sys.argv[2])\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", source, token, SERVER_TOKEN_ENV],
+        stdin=read_end,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    os.close(read_end)
+    try:
+        yield
+    finally:
+        os.close(write_end)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+
+
+def _wait_ready(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=5.0) as http:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if http.get(f"{url.rstrip('/')}/readyz").status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise WorkloadFailed(MODEL_NOT_SERVED, f"model server {url} not ready")
+            time.sleep(0.5)
+
+
+@dataclass
+class ServerOptions:
+    """Knobs of the server a run starts; None leaves the service's default."""
+
+    torch_threads: int | None = None
+    chunk_size: int | None = None  # images per forward pass (default: spec.run.batchSize)
+    # With several torch threads, idle OpenMP threads sleep instead of spinning on the
+    # cores the client needs (OMP_WAIT_POLICY=PASSIVE).
+    omp_passive: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)
+    startup_timeout: float = 300.0
+
+
+@contextlib.contextmanager
+def model_server(
+    inputs: Inputs,
+    blobs: BlobStore,
+    scratch: Path,
+    *,
+    model_url: str | None,
+    options: ServerOptions | None = None,
+) -> Iterator[str]:
+    """The base URL of a server for the evaluation's model: `model_url` if given, else
+    the model's Bento served on loopback until the block ends."""
+    if model_url:
+        _wait_ready(model_url, MODEL_READY_TIMEOUT_S)
+        yield model_url
+        return
+    model = inputs.model
+    if model.spec.source.form == "image":
+        raise WorkloadFailed(
+            MODEL_NOT_SERVED,
+            f"image-form model {model.name} needs its container ({MODEL_URL_ENV} unset)",
+        )
+    from dyff.runtime.serve import serve_bento
+
+    options = options or ServerOptions()
+    # Forward passes of the run's batch size, however many requests the server merges:
+    # the batch size a user picks is the one their model's memory was sized for.
+    chunk = options.chunk_size or inputs.evaluation.spec.run.batch_size
+    archive = blobs.download(
+        layout.bento_key(model.account, inputs.model_digest), scratch / "model.bento"
+    )
+    threads = options.torch_threads or server_threads(archive.stat().st_size)
+    token = uuid.uuid4().hex
+    env = {SERVER_TOKEN_ENV: token, **options.extra_env}
+    if threads > 1 and options.omp_passive:
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    with (
+        reaper(token),
+        serve_bento(
+            archive,
+            bentoml_home=scratch / "bentoml-home",
+            workdir=scratch / "serve",
+            top_k=inputs.top_k,
+            torch_threads=threads,
+            chunk_size=chunk,
+            startup_timeout=options.startup_timeout,
+            extra_env=env,
+        ) as url,
+    ):
+        yield url
+
+
+def check_served(inputs: Inputs, meta: dict[str, Any]) -> tuple[int, int] | None:
+    """The served model must be the recorded one (same labels); returns its image size."""
+    served = meta.get("labels")
+    recorded = inputs.model.status.labels
+    if served is not None and recorded is not None and list(served) != list(recorded):
+        raise WorkloadFailed(MODEL_MISMATCH, "the served model's labels are not the Model's")
+    dataset_labels = list(inputs.dataset.status.labels or [])
+    if served is not None and recorded is None and list(served) != dataset_labels[: len(served)]:
+        # Without recorded labels the plan took predicted ids as dataset label ids.
+        raise WorkloadFailed(
+            MODEL_MISMATCH,
+            "the served model's labels differ from the dataset's; an image-form model "
+            "must predict the dataset's label ids",
+        )
+    size = meta.get("image_size")
+    return (int(size[0]), int(size[1])) if size else None
+
+
+# ------------------------------------------------------------------ inference
+
+
+@dataclass
+class _ShardWork:
+    shard: Shard
+    row_ids: np.ndarray
+    labels: np.ndarray
+    parts: list[TopK | None]
+    remaining: int
+
+
+def _load_shard(inputs: Inputs, blobs: BlobStore, shard: Shard) -> tuple[Any, list[bytes]]:
+    data = blobs.get(layout.shard_key(inputs.dataset.account, shard.sha256))
+    # The cache key trusts the digest: make sure these are the bytes it names.
+    if hashlib.sha256(data).hexdigest() != shard.sha256:
+        raise RuntimeError(f"shard {shard.sha256} does not match its digest")
+    table = read_shard(data)
+    return table, table.column("image").to_pylist()
+
+
+def infer_shards(
+    inputs: Inputs,
+    blobs: BlobStore,
+    client: CountingClient,
+    shards: Sequence[Shard],
+    *,
+    batch_size: int,
+    concurrency: int,
+    image_size: tuple[int, int] | None,
+    on_shard: Callable[[Shard], None],
+) -> None:
+    """Stream `shards` through the model and store each shard's prediction file."""
+    top_k = inputs.top_k
+    n_labels = len(inputs.model.status.labels or inputs.label_names)
+    want_k = min(top_k, n_labels)
+
+    def finish(work: _ShardWork) -> None:
+        parts = [p for p in work.parts if p is not None]
+        indices = np.concatenate([p.indices for p in parts])
+        scores = np.concatenate([p.scores for p in parts])
+        if indices.shape[1] < want_k:
+            raise RuntimeError(f"model answered top-{indices.shape[1]}, expected {want_k}")
+        table = prediction_table(work.row_ids, work.labels, indices, scores, inputs.label_map)
+        data = encode_predictions(table)
+        blobs.put(inputs.prediction_key(work.shard), data, sha256=hashlib.sha256(data).hexdigest())
+        on_shard(work.shard)
+
+    pending: deque[tuple[_ShardWork, int, Future[TopK]]] = deque()
+
+    def complete_oldest() -> None:
+        work, i, future = pending.popleft()
+        work.parts[i] = future.result()
+        work.remaining -= 1
+        if work.remaining == 0:
+            finish(work)
+
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="dyff-eval") as pool:
+        try:
+            for shard in shards:
+                table, images = _load_shard(inputs, blobs, shard)
+                n_batches = max(1, -(-len(images) // batch_size))
+                work = _ShardWork(
+                    shard,
+                    table.column("row_id").to_numpy(),
+                    table.column("label").to_numpy(),
+                    [None] * n_batches,
+                    n_batches,
+                )
+                for b in range(n_batches):
+                    # Decode while earlier requests are in flight.
+                    batch = decode_images(images[b * batch_size : (b + 1) * batch_size], image_size)
+                    while len(pending) >= concurrency:
+                        complete_oldest()
+                    pending.append((work, b, pool.submit(client.classify, batch, top_k)))
+            while pending:
+                complete_oldest()
+        finally:
+            for _, _, future in pending:
+                future.cancel()
+
+
+# ------------------------------------------------------------------------ run
+
+
+@dataclass
+class Outcome:
+    """What one run did (for tests and benchmarks)."""
+
+    plan: Plan
+    inferred: list[str] = field(default_factory=list)  # shard digests inferred by this run
+    inference_calls: int = 0
+    images: int = 0
+    metrics: dict[str, Any] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _progress(plan: Plan, done: set[str]) -> Progress:
+    return Progress(
+        shards_total=plan.shards_total,
+        shards_done=sum(1 for s in plan.shards if s.sha256 in done),
+        shards_reused=plan.reused,
+        rows=sum(s.rows for s in plan.shards if s.sha256 in done),
+    )
+
+
+def _present(inputs: Inputs, blobs: BlobStore) -> set[str]:
+    """Digests of the dataset's shards whose predictions exist (one listing)."""
+    keys = {info.key for info in blobs.list(inputs.prediction_prefix() + "/")}
+    return {s.sha256 for s in inputs.shards if inputs.prediction_key(s) in keys}
+
+
+def _write_results(
+    inputs: Inputs, blobs: BlobStore, plan: Plan, scratch: Path
+) -> tuple[dict[str, Any], str]:
+    ev = inputs.evaluation
+    uid = ev.metadata.uid or ""
+    paths = results.local_paths(blobs, plan.keys, scratch / "predictions")
+    model_labels = inputs.model.status.labels
+    doc = compute_metrics(
+        paths,
+        inputs.label_names,
+        ev.spec.metrics,
+        expected_rows=plan.rows_total,
+        top5=top5_answerable(inputs.top_k, len(model_labels) if model_labels else None),
+    )
+    doc.update(
+        modelDigest=inputs.model_digest,
+        inferenceDigest=inputs.inference_digest,
+        topK=inputs.top_k,
+        shards=plan.shards_total,
+    )
+    blobs.put(layout.manifest_key(ev.account, ev.name, uid), encode_json({"files": plan.keys}))
+    blobs.put(layout.metrics_key(ev.account, ev.name, uid), encode_json(doc))
+    return doc, blobs.uri(layout.evaluation_prefix(ev.account, ev.name, uid))
+
+
+def run_evaluation(
+    records: RecordStore,
+    blobs: BlobStore,
+    account: str,
+    name: str,
+    *,
+    scratch_dir: str | Path | None = None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    model_url: str | None = None,
+    server: ServerOptions | None = None,
+) -> Outcome | None:
+    """Run (or finish) one evaluation; None if it is being deleted. WorkloadFailed marks
+    it Failed and propagates."""
+    ev = records.get(Evaluation, account, name)
+    if ev.metadata.deletion_timestamp is not None:
+        log.info("%s/%s is being deleted; nothing to do", account, name)
+        return None
+    generation = ev.metadata.generation
+    indexed = shard_index is not None and shard_count is not None
+    started = time.perf_counter()
+    try:
+        inputs = resolve(records, ev)
+        plan = plan_inputs(inputs, blobs)
+        outcome = Outcome(plan=plan)
+        todo = plan.to_infer
+        if indexed:
+            assert shard_index is not None and shard_count is not None
+            todo = assigned(todo, plan.shards, shard_index, shard_count)
+        done = {s.sha256 for s in plan.shards} - {s.sha256 for s in plan.to_infer}
+        set_status(
+            records, account, name,
+            phase="Running", generation=generation, progress=_progress(plan, done),
+            model_digest=inputs.model_digest,
+            ready=("False", "Running", f"{plan.reused}/{plan.shards_total} shards reused, "
+                   f"{len(todo)} to infer"),
+        )  # fmt: skip
+        log.info(
+            "%s/%s: %d shards, %d reused, %d to infer here",
+            account, name, plan.shards_total, plan.reused, len(todo),
+        )  # fmt: skip
+        if scratch_dir:
+            Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="evaluate-") as tmp:
+            scratch = Path(tmp)
+            if todo:
+                _infer(
+                    inputs, blobs, records, plan, todo, done, outcome, scratch,
+                    model_url=model_url, server=server, indexed=indexed, generation=generation,
+                )  # fmt: skip
+            outcome.timings["inference_s"] = time.perf_counter() - started
+            missing = [s for s in plan.shards if s.sha256 not in _present(inputs, blobs)]
+            if missing and indexed:
+                log.info("%s/%s: %d shards left to other pods", account, name, len(missing))
+                return outcome
+            if missing:
+                raise RuntimeError(f"{len(missing)} shards have no predictions after inference")
+            doc, uri = _write_results(inputs, blobs, plan, scratch)
+        outcome.metrics = doc
+        set_status(
+            records, account, name,
+            phase="Complete", generation=generation,
+            progress=_progress(plan, {s.sha256 for s in plan.shards}),
+            metrics=MetricsSummary.model_validate(summary(doc)),
+            results_uri=uri, model_digest=inputs.model_digest,
+            ready=("True", "Complete", f"{plan.rows_total} rows, {plan.shards_total} shards "
+                   f"({plan.reused} reused)"),
+        )  # fmt: skip
+        outcome.timings["total_s"] = time.perf_counter() - started
+        return outcome
+    except WorkloadFailed as exc:
+        with contextlib.suppress(Deleted):
+            set_status(
+                records, account, name, phase="Failed", generation=generation,
+                ready=("False", exc.reason, exc.message),
+            )  # fmt: skip
+        raise
+    except Deleted:
+        log.info("%s/%s was deleted while running; stopped", account, name)
+        return None
+
+
+def _infer(
+    inputs: Inputs,
+    blobs: BlobStore,
+    records: RecordStore,
+    plan: Plan,
+    todo: list[Shard],
+    done: set[str],
+    outcome: Outcome,
+    scratch: Path,
+    *,
+    model_url: str | None,
+    server: ServerOptions | None,
+    indexed: bool,
+    generation: int,
+) -> None:
+    ev = inputs.evaluation
+    t0 = time.perf_counter()
+    with model_server(inputs, blobs, scratch, model_url=model_url, options=server) as url:
+        outcome.timings["serve_start_s"] = time.perf_counter() - t0
+        run = ev.spec.run
+        with ModelClient(url, concurrency=run.concurrency) as http:
+            client = CountingClient(http)
+            size = check_served(inputs, client.metadata())
+
+            def shard_done(shard: Shard) -> None:
+                outcome.inferred.append(shard.sha256)
+                # Pods of an Indexed Job share the record: count what exists, not what
+                # this pod did, so their writes never undo each other.
+                now = _present(inputs, blobs) if indexed else done | {shard.sha256}
+                done.add(shard.sha256)
+                set_status(
+                    records, ev.account, ev.name,
+                    phase="Running", generation=generation, progress=_progress(plan, now),
+                )  # fmt: skip
+
+            t1 = time.perf_counter()
+            try:
+                infer_shards(
+                    inputs, blobs, client, todo,
+                    batch_size=run.batch_size, concurrency=run.concurrency,
+                    image_size=size, on_shard=shard_done,
+                )  # fmt: skip
+            finally:
+                outcome.inference_calls = client.calls
+                outcome.images = client.images
+            outcome.timings["stream_s"] = time.perf_counter() - t1
+
+
+def run(config: WorkloadConfig) -> None:
+    # One line per request would drown the workload's own log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    records, blobs = config.stores()
+    run_evaluation(
+        records,
+        blobs,
+        config.account,
+        config.name,
+        scratch_dir=config.scratch_dir,
+        shard_index=config.shard_index,
+        shard_count=config.shard_count,
+        model_url=os.environ.get(MODEL_URL_ENV) or None,
+        server=ServerOptions(torch_threads=int(os.environ.get(MODEL_THREADS_ENV) or 0) or None),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

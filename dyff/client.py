@@ -109,14 +109,7 @@ class Client:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self.http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {"detail": response.text[:500]}
-            raise ApiError(response.status_code, problem)
-        return response
+        return _checked(self.http.request(method, path, **kwargs))
 
     # ---------------------------------------------------------- entities
 
@@ -206,12 +199,7 @@ class Client:
             else:
                 headers["X-Dyff-Upload-Token"] = info["token"]
                 response = plain.put(info["url"], content=chunks(), headers=headers)
-        if response.status_code >= 400:
-            try:
-                problem = response.json()
-            except ValueError:
-                problem = {"detail": response.text[:500]}
-            raise ApiError(response.status_code, problem)
+        _checked(response)
 
     # ------------------------------------------------------- evaluations
 
@@ -303,6 +291,17 @@ class Client:
             if _same_spec(existing.get("spec") or {}, doc.get("spec") or {}):
                 return "unchanged", existing
             raise
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    """The response, or ApiError carrying its problem document."""
+    if response.status_code >= 400:
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {"detail": response.text[:500]}
+        raise ApiError(response.status_code, problem)
+    return response
 
 
 def _ref(value: str) -> dict[str, str]:

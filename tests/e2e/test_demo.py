@@ -45,10 +45,20 @@ def dyff(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def children_of_dyff() -> list[str]:
-    """dyff processes (servers, workloads, bentoml) still running under this test."""
-    me = psutil.Process()
-    return [" ".join(p.cmdline()[:4]) for p in me.children(recursive=True) if p.is_running()]
+def left_running(data: Path) -> list[str]:
+    """Processes started for the demo (dyff up, workloads, bentoml) still running; the
+    session's emulators are children of this process too, so match on the demo's data."""
+    out = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            mentions = str(data) in " ".join(proc.cmdline()) or any(
+                str(data) in value for value in proc.environ().values()
+            )
+            if mentions and proc.is_running():
+                out.append(" ".join(proc.cmdline()[:4]))
+        except psutil.Error:
+            continue
+    return out
 
 
 def test_make_demo_twice_then_the_cli(tmp_path: Path) -> None:
@@ -62,7 +72,7 @@ def test_make_demo_twice_then_the_cli(tmp_path: Path) -> None:
     second = run_demo(tmp_path)
     assert "is there already: reusing it" in second
     assert "reused everything: all 5 shards came from earlier runs, 0 inferred" in second
-    assert not children_of_dyff(), "the demo left processes running"
+    assert not left_running(tmp_path), "the demo left processes running"
 
     # The CLI against dyff up over the same data.
     port = free_port()

@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 
@@ -108,6 +109,41 @@ def fetch_source(entity: Model | Dataset, blobs: BlobStore, dest: Path) -> Path:
             SOURCE_MISMATCH, f"source sha256 is {digest.hexdigest()}, declared {sha256}"
         )
     return dest
+
+
+def report(
+    records: RecordStore,
+    kind: type[Model] | type[Dataset],
+    account: str,
+    name: str,
+    generation: int,
+    *,
+    ready: bool,
+    reason: str,
+    message: str,
+    results: dict[str, Any],
+) -> bool:
+    """Write an ingestion's outcome on its entity: phase Ready or Failed, the Ready
+    condition and observedGeneration for `generation`, and the result fields (all None
+    on failure, so nothing of a result is left). False when the entity is gone, or is
+    being deleted and the outcome is a success (its bytes are about to go)."""
+
+    def change(entity: Model | Dataset) -> None:
+        if ready and entity.metadata.deletion_timestamp is not None:
+            raise NotFound(f"{kind.kind_name} {name!r} is being deleted")
+        status = entity.status
+        for field, value in results.items():
+            setattr(status, field, value)
+        status.phase = "Ready" if ready else "Failed"
+        status.message = None if ready else message
+        status.observed_generation = generation
+        status.set_condition("Ready", "True" if ready else "False", reason, message, generation)
+
+    try:
+        records.mutate(kind, account, name, change)
+    except NotFound:
+        return False
+    return True
 
 
 def run_main(run: Callable[[WorkloadConfig], None], argv: list[str] | None = None) -> int:

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from dyff import layout
 from dyff.datasets import iter_shards, open_dataset
-from dyff.errors import NotFound
 from dyff.schema import Dataset, Shard
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -35,6 +34,7 @@ from dyff.workloads.common import (
     WorkloadConfig,
     WorkloadFailed,
     fetch_source,
+    report,
     run_main,
 )
 
@@ -90,18 +90,18 @@ def mark_failed(
     records: RecordStore, account: str, name: str, exc: WorkloadFailed, generation: int
 ) -> None:
     """Phase Failed, Ready=False with the reason; nothing of a result is left on the status."""
-    reason, message = exc.reason, exc.message
-
-    def failed(ds: Dataset) -> None:
-        st = ds.status
-        st.phase, st.message = "Failed", message
-        st.rows, st.shards, st.labels = None, None, None
-        st.observed_generation = generation
-        st.set_condition("Ready", "False", reason, message, generation)
-
-    try:
-        records.mutate(Dataset, account, name, failed)
-    except NotFound:
+    results = {"rows": None, "shards": None, "labels": None}
+    if not report(
+        records,
+        Dataset,
+        account,
+        name,
+        generation,
+        ready=False,
+        reason=exc.reason,
+        message=exc.message,
+        results=results,
+    ):
         log.info("%s/%s was deleted during ingestion", account, name)
 
 
@@ -124,19 +124,19 @@ def run(config: WorkloadConfig) -> None:
         mark_failed(records, account, name, exc, generation)
         raise
 
-    def ready(ds: Dataset) -> None:
-        if ds.metadata.deletion_timestamp is not None:
-            raise NotFound(f"Dataset {name!r} is being deleted")
-        st = ds.status
-        st.phase, st.message = "Ready", None
-        st.rows, st.shards, st.labels = rows, shards, labels
-        st.observed_generation = generation
-        msg = f"{rows} rows in {len(shards)} shards ({len(written)} new)"
-        st.set_condition("Ready", "True", "Ingested", msg, generation)
-
-    try:
-        records.mutate(Dataset, account, name, ready)
-    except NotFound:
+    msg = f"{rows} rows in {len(shards)} shards ({len(written)} new)"
+    results = {"rows": rows, "shards": shards, "labels": labels}
+    if not report(
+        records,
+        Dataset,
+        account,
+        name,
+        generation,
+        ready=True,
+        reason="Ingested",
+        message=msg,
+        results=results,
+    ):
         # Deleted while we worked: whatever we stored is nobody's.
         discard(records, blobs, account, name, written)
         log.info("%s/%s was deleted during ingestion; discarded its shards", account, name)

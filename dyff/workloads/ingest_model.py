@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dyff import layout
-from dyff.errors import NotFound
 from dyff.models import (
     CONTAINER_RUNTIME_UNAVAILABLE,
     extract_archive,
@@ -58,6 +57,7 @@ from dyff.workloads.common import (
     WorkloadConfig,
     WorkloadFailed,
     fetch_source,
+    report,
     run_main,
 )
 
@@ -133,18 +133,18 @@ def mark_failed(
     records: RecordStore, account: str, name: str, exc: WorkloadFailed, generation: int
 ) -> None:
     """Phase Failed, Ready=False with the reason; no result is left on the status."""
-
-    def failed(m: Model) -> None:
-        st = m.status
-        st.phase, st.message = "Failed", exc.message
-        st.digest = st.bento_uri = None
-        st.labels, st.size_bytes = None, None
-        st.observed_generation = generation
-        st.set_condition("Ready", "False", exc.reason, exc.message, generation)
-
-    try:
-        records.mutate(Model, account, name, failed)
-    except NotFound:
+    results = {"digest": None, "bento_uri": None, "labels": None, "size_bytes": None}
+    if not report(
+        records,
+        Model,
+        account,
+        name,
+        generation,
+        ready=False,
+        reason=exc.reason,
+        message=exc.message,
+        results=results,
+    ):
         log.info("%s/%s was deleted during ingestion", account, name)
 
 
@@ -171,25 +171,29 @@ def run(config: WorkloadConfig) -> None:
         discard(records, blobs, account, name, written)
         raise
 
-    def ready(m: Model) -> None:
-        if m.metadata.deletion_timestamp is not None:
-            raise NotFound(f"Model {name!r} is being deleted")
-        st = m.status
-        st.phase, st.message = "Ready", None
-        st.digest, st.bento_uri = result.digest, result.bento_uri
-        st.labels, st.size_bytes = result.labels, result.size_bytes
-        st.observed_generation = generation
-        if model.spec.source.form == "image":
-            reason, msg = "ImageAccepted", f"image pinned at sha256:{result.digest}"
-        elif result.reused:
-            reason, msg = "Reused", f"same model as the stored Bento {result.digest[:12]}"
-        else:
-            reason, msg = "Packaged", f"packaged as Bento {result.digest[:12]}"
-        st.set_condition("Ready", "True", reason, msg, generation)
-
-    try:
-        records.mutate(Model, account, name, ready)
-    except NotFound:
+    if model.spec.source.form == "image":
+        reason, msg = "ImageAccepted", f"image pinned at sha256:{result.digest}"
+    elif result.reused:
+        reason, msg = "Reused", f"same model as the stored Bento {result.digest[:12]}"
+    else:
+        reason, msg = "Packaged", f"packaged as Bento {result.digest[:12]}"
+    results = {
+        "digest": result.digest,
+        "bento_uri": result.bento_uri,
+        "labels": result.labels,
+        "size_bytes": result.size_bytes,
+    }
+    if not report(
+        records,
+        Model,
+        account,
+        name,
+        generation,
+        ready=True,
+        reason=reason,
+        message=msg,
+        results=results,
+    ):
         discard(records, blobs, account, name, written)
         log.info("%s/%s was deleted during ingestion; discarded its Bento", account, name)
 

@@ -135,7 +135,8 @@ def report(
         for field, value in results.items():
             setattr(status, field, value)
         status.phase = "Ready" if ready else "Failed"
-        status.message = None if ready else message
+        # A success carries a message only if the results give one (a summary).
+        status.message = results.get("message") if ready else message
         status.observed_generation = generation
         status.set_condition("Ready", "True" if ready else "False", reason, message, generation)
 

@@ -3,7 +3,8 @@
 Reads the Dataset record, fetches its source into scratch space (checking the
 declared sha256 and size), cuts it into content-addressed Parquet shards
 (`dyff.datasets`), stores the shards that are not stored yet, and reports on
-the record: phase Ready with rows, shards and labels, or phase Failed with
+the record: phase Ready with rows, shards and labels (and a status message
+summing them up: "450 rows in 10 shards, 10 classes (split test)"), or phase Failed with
 Ready=False and the reason. A failed ingestion leaves no shard behind that it
 wrote itself (shards that were already stored, shared with other datasets,
 stay).
@@ -26,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from dyff import layout
-from dyff.datasets import iter_shards, open_dataset
+from dyff.datasets import DatasetInput, iter_shards, open_dataset
 from dyff.schema import Dataset, Shard
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -64,10 +65,10 @@ def discard(
 
 def ingest(
     dataset: Dataset, blobs: BlobStore, scratch: Path, written: dict[str, str]
-) -> tuple[int, list[Shard], list[str]]:
+) -> tuple[DatasetInput, list[Shard]]:
     """Ingest into the blob store; record each newly stored shard in `written`."""
     source = fetch_source(dataset, blobs, scratch / "source")
-    opened = open_dataset(dataset.spec.source.form, source, scratch)
+    opened = open_dataset(dataset.spec.source.form, source, scratch, split=dataset.spec.split)
     shards = []
     for shard in iter_shards(opened, dataset.spec.shard_rows):
         key = layout.shard_key(dataset.account, shard.sha256)
@@ -83,7 +84,21 @@ def ingest(
         len(shards),
         len(written),
     )
-    return opened.rows, shards, opened.labels
+    return opened, shards
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def summary(opened: DatasetInput, shards: list[Shard], new: int | None = None) -> str:
+    """`450 rows in 10 shards, 10 classes (split test)`; with `new`, how many shards were new."""
+    fresh = f" ({new} new)" if new is not None else ""
+    split = f" (split {opened.split})" if opened.split else ""
+    return (
+        f"{_count(opened.rows, 'row', 'rows')} in {_count(len(shards), 'shard', 'shards')}{fresh},"
+        f" {_count(len(opened.labels), 'class', 'classes')}{split}"
+    )
 
 
 def mark_failed(
@@ -118,14 +133,19 @@ def run(config: WorkloadConfig) -> None:
         Path(config.scratch_dir).mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(dir=config.scratch_dir, prefix="ingest-") as tmp:
-            rows, shards, labels = ingest(dataset, blobs, Path(tmp), written)
+            opened, shards = ingest(dataset, blobs, Path(tmp), written)
     except WorkloadFailed as exc:
         discard(records, blobs, account, name, written)
         mark_failed(records, account, name, exc, generation)
         raise
 
-    msg = f"{rows} rows in {len(shards)} shards ({len(written)} new)"
-    results = {"rows": rows, "shards": shards, "labels": labels}
+    msg = summary(opened, shards, len(written))
+    results = {
+        "rows": opened.rows,
+        "shards": shards,
+        "labels": opened.labels,
+        "message": summary(opened, shards),
+    }
     if not report(
         records,
         Dataset,

@@ -126,3 +126,87 @@ def write_imagefolder(
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
     return path
+
+
+# ------------------------------------------------- the Hugging Face hub layout
+
+# Class names that do not sort alphabetically: their order can only come from the metadata.
+WORD_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def hf_feature_dicts(
+    image: str, label: str, names: list[str] | None, style: str = "new"
+) -> dict[str, object]:
+    """`Features.to_dict()` as `datasets` writes it: "new" (2.x and later: no None fields),
+    "old" (1.x: `id`, `decode`, `num_classes`, `names_file` beside `_type`)."""
+    if style == "old":
+        img: dict[str, object] = {"decode": True, "id": None, "_type": "Image"}
+        lab: dict[str, object] = (
+            {"num_classes": len(names), "names": names, "names_file": None, "id": None}
+            if names is not None
+            else {"dtype": "int64", "id": None}
+        )
+    else:
+        img, lab = (
+            {"_type": "Image"},
+            ({"names": names} if names is not None else {"dtype": "int64"}),
+        )
+    lab["_type"] = "ClassLabel" if names is not None else "Value"
+    return {label: lab, image: img}
+
+
+def write_hf_parquet(
+    path: Path,
+    examples: list[Example],
+    names: list[str] | None = WORD_NAMES,
+    *,
+    image: str = "img",
+    label: str = "digit",
+    style: str = "new",
+    features: dict[str, object] | None = None,
+    row_group_rows: int = 16,
+) -> Path:
+    """A Parquet file as `datasets` writes it (push_to_hub, to_parquet): the label column
+    first, an `img` struct column, a string column `note` beside, and the features in the
+    schema's `huggingface` metadata as {"info": {"features": …}}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            label: pa.array([t for _, t in examples], type=pa.int64()),
+            image: pa.array(
+                [{"bytes": b, "path": None} for b, _ in examples],
+                type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+            ),
+            "note": pa.array([f"n{i}" for i in range(len(examples))], type=pa.string()),
+        }
+    )
+    declared = features if features is not None else hf_feature_dicts(image, label, names, style)
+    meta = {b"huggingface": json.dumps({"info": {"features": declared}}).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), path, row_group_size=row_group_rows)
+    return path
+
+
+def write_hub_folder(
+    root: Path, files: dict[str, list[Example]], readme: bool = True, **options: object
+) -> Path:
+    """A folder in the hub layout: each relative path a Parquet file of its examples
+    (written in reverse order, so no file system order can stand in for the names')."""
+    for rel, examples in reversed(list(files.items())):
+        write_hf_parquet(root / rel, examples, **options)  # type: ignore[arg-type]
+    if readme:
+        (root / "README.md").write_text("---\nlicense: mit\n---\n# digits\n")
+    return root
+
+
+def pack(root: Path, dest: Path) -> Path:
+    """A folder as an archive: .tar.gz as `dyff datasets create --upload FOLDER` packs it,
+    or .zip with its members in reverse order."""
+    if dest.name.endswith(".zip"):
+        with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(root.rglob("*"), reverse=True):
+                if path.is_file():
+                    zf.write(path, path.relative_to(root).as_posix())
+        return dest
+    from dyff.client import pack_directory
+
+    return pack_directory(root, dest)

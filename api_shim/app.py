@@ -27,6 +27,7 @@ from api_shim.problems import responses
 from dyff import accounts, layout, results, uploads
 from dyff.accounts import Caller, Forbidden, Unauthorized
 from dyff.errors import AlreadyExists, Conflict, Invalid, NotFound
+from dyff.labels import LABEL_MISMATCH, match_labels
 from dyff.schema import (
     NAME_PATTERN,
     ApiKey,
@@ -126,7 +127,11 @@ class PredictionRows(Schema):
 
     total: int = Field(description="Rows matching the filters.")
     rows: list[dict[str, Any]] = Field(description="The requested page of rows.")
-    labels: list[str] | None = Field(default=None, description="Class names by id.")
+    labels: list[str] | None = Field(
+        default=None,
+        description="Class names by id (of `label`, `predicted`, `topk_labels`): the dataset's "
+        "labels, then any model label the dataset lacks.",
+    )
 
 
 def _key_info(key: ApiKey) -> KeyInfo:
@@ -391,7 +396,9 @@ def create_app(
     # ------------------------------------------------------------ evaluations
 
     def check_usable(who: Caller, spec: EvaluationSpec) -> None:
-        """The model and dataset exist and the caller may use them (one round trip)."""
+        """The model and dataset exist and the caller may use them (one round trip); once
+        both are Ready, their labels must match (`dyff.labels.match_labels`). Before that
+        the order is taken, and the controller checks the labels when they are known."""
         refs = [(Model, spec.model, "spec.model"), (Dataset, spec.dataset, "spec.dataset")]
         found = records.find_many([(k, r.account or who.account, r.name) for k, r, _ in refs])
         for (kind, ref, field), entity in zip(refs, found, strict=True):
@@ -406,6 +413,16 @@ def create_app(
                 raise Invalid(
                     f"{kind.kind_name.lower()} {ref.name!r} is being deleted", field=field
                 )
+        model, dataset = found
+        assert isinstance(model, Model) and isinstance(dataset, Dataset)
+        if (
+            model.status.phase == "Ready"
+            and dataset.status.phase == "Ready"
+            and dataset.status.labels is not None
+        ):
+            match = match_labels(model.status.labels, dataset.status.labels, spec.label_mapping)
+            if not match.allowed:
+                raise Invalid(f"{LABEL_MISMATCH}: {match.message}", field=match.field)
 
     @app.post(
         "/v1/evaluations",
@@ -465,6 +482,18 @@ def create_app(
         paths = results.local_paths(blobs, manifest["files"], cache)
         return evaluation, results.Results(paths)
 
+    def label_names(evaluation: Evaluation) -> list[str] | None:
+        """Names of the label ids in the predictions: the dataset's labels, then the model
+        labels the dataset lacks (from metrics.json; the dataset's record for older ones)."""
+        key = layout.metrics_key(evaluation.account, evaluation.name, evaluation.metadata.uid or "")
+        with contextlib.suppress(NotFound, ValueError):
+            doc = json.loads(blobs.get(key))
+            if isinstance(doc.get("labels"), list):
+                return [str(x) for x in doc["labels"] + (doc.get("extraLabels") or [])]
+        ref = evaluation.spec.dataset
+        dataset = records.find(Dataset, ref.account or evaluation.account, ref.name)
+        return None if dataset is None else dataset.status.labels
+
     @app.get(
         "/v1/evaluations/{name}/metrics", tags=["results"], responses=responses(401, 404, 409, 422)
     )
@@ -489,9 +518,11 @@ def create_app(
         q: Annotated[results.PredictionQuery, Query()],
     ) -> PredictionRows:
         """Predictions filtered and paged by structured parameters (no SQL)."""
-        _, res = evaluation_results(who, name)
+        evaluation, res = evaluation_results(who, name)
         frame = res.rows(q)
-        return PredictionRows(total=res.count(q), rows=frame.to_dicts())
+        return PredictionRows(
+            total=res.count(q), rows=frame.to_dicts(), labels=label_names(evaluation)
+        )
 
     @app.get(
         "/v1/evaluations/{name}/report",

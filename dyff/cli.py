@@ -15,7 +15,16 @@ from typing import Any
 import typer
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.measure import Measurement
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from dyff.client import ApiError, Client, ClientConfig
@@ -108,17 +117,37 @@ COLUMNS = {
 }
 
 
+# Columns holding names people copy: shown whole, never cut to "…" (folded onto the next
+# line only when a terminal is too narrow for them).
+WHOLE = {"NAME", "MODEL", "DATASET", "LABEL", "PREDICTED"}
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout: fitted to a terminal; whole lines for a pipe or a file."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    wide = console.options.update_width(100_000)
+    width = Measurement.get(console, wide, table).maximum
+    Console(width=max(width, console.width)).print(table)
+
+
+def new_table(titles: list[str], **options: Any) -> Table:
+    table = Table(box=None, header_style="bold", **options)
+    for title in titles:
+        table.add_column(title, overflow="fold" if title in WHOLE else "ellipsis")
+    return table
+
+
 def show(plural: str, items: list[dict[str, Any]] | dict[str, Any]) -> None:
     if state.json:
         console.print_json(json.dumps(items))
         return
     rows = items if isinstance(items, list) else [items]
-    table = Table(box=None, header_style="bold")
-    for title, _ in COLUMNS[plural]:
-        table.add_column(title)
+    table = new_table([title for title, _ in COLUMNS[plural]])
     for item in rows:
         table.add_row(*(get(item) for _, get in COLUMNS[plural]))
-    console.print(table)
+    print_table(table)
     if isinstance(items, dict):
         message = (items.get("status") or {}).get("message")
         if message:
@@ -147,20 +176,50 @@ def _upload_progress() -> Progress:
 
 
 def _register(
-    plural: str, name: str, form: str, path: Path, labels: dict[str, str], extra: dict[str, Any]
+    plural: str,
+    name: str,
+    form: str,
+    path: Path,
+    labels: dict[str, str],
+    extra: dict[str, Any],
+    wait: bool = False,
+    timeout: float = 3600,
 ) -> None:
     if not path.exists():
         raise DyffError(f"{path}: no such file or folder")
-    with client() as c, _upload_progress() as bar:
-        task = bar.add_task(f"upload {path.name}", total=None)
+    with client() as c:
+        with _upload_progress() as bar:
+            task = bar.add_task(f"upload {path.name}", total=None)
 
-        def advance(sent: int, total: int) -> None:
-            bar.update(task, completed=sent, total=total)
+            def advance(sent: int, total: int) -> None:
+                bar.update(task, completed=sent, total=total)
 
-        entity = c.register_upload(
-            plural, name, form, path, labels=labels, extra_spec=extra, progress=advance
-        )
+            entity = c.register_upload(
+                plural, name, form, path, labels=labels, extra_spec=extra, progress=advance
+            )
+        if wait:
+            entity = wait_until_ready(c, plural, name, timeout)
     show(plural, entity)
+
+
+def wait_until_ready(c: Client, plural: str, name: str, timeout: float) -> dict[str, Any]:
+    """Poll a model or dataset until Ready, showing its phase and message; a failure raises
+    with the Ready condition's reason and the status message (exit status 2)."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.fields[phase]} {task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"{plural[:-1]} {name}", phase="", note="")
+
+        def update(entity: dict[str, Any]) -> None:
+            message = (entity.get("status") or {}).get("message") or ""
+            bar.update(task, phase=_phase(entity), note=f"[dim]{message[:80]}[/dim]")
+
+        return c.wait(plural, name, until=("Ready",), timeout=timeout, on_change=update)
 
 
 # ---------------------------------------------------------------- models
@@ -173,25 +232,33 @@ def models_create(
     form: str = typer.Option("transformers", help="transformers or bento."),
     label: list[str] = typer.Option(None, "--label", help="key=value; repeatable."),
     public: bool = typer.Option(False, help="Let every account use it."),
+    wait: bool = typer.Option(False, help="Wait until it is Ready; fail if it fails."),
+    timeout: float = typer.Option(3600, help="Seconds to wait at most."),
 ) -> None:
     """Register a model and upload it."""
-    _register("models", name, form, upload, _labels(label), {"public": public})
+    _register("models", name, form, upload, _labels(label), {"public": public}, wait, timeout)
 
 
 @datasets.command("create")
 def datasets_create(
     name: str,
-    upload: Path = typer.Option(..., "--upload", help="Parquet file or ImageFolder archive."),
-    form: str = typer.Option(None, help="parquet or imagefolder (default: by extension)."),
+    upload: Path = typer.Option(
+        ..., "--upload", help="Parquet file, HF layout folder/archive, or ImageFolder archive."
+    ),
+    form: str = typer.Option(None, help="parquet or imagefolder (default: by content)."),
     shard_rows: int = typer.Option(1000, help="Rows per shard."),
+    split: str = typer.Option(None, help="Split of a Hugging Face layout (default: test)."),
     label: list[str] = typer.Option(None, "--label", help="key=value; repeatable."),
     public: bool = typer.Option(False, help="Let every account use it."),
+    wait: bool = typer.Option(False, help="Wait until it is Ready; fail if it fails."),
+    timeout: float = typer.Option(3600, help="Seconds to wait at most."),
 ) -> None:
     """Register a dataset and upload it."""
-    form = form or ("parquet" if upload.suffix == ".parquet" else "imagefolder")
-    _register(
-        "datasets", name, form, upload, _labels(label), {"shardRows": shard_rows, "public": public}
-    )
+    # A folder with Parquet files is the Hugging Face layout; the server tells archives apart.
+    parquet = upload.suffix == ".parquet" or (upload.is_dir() and any(upload.rglob("*.parquet")))
+    form = form or ("parquet" if parquet else "imagefolder")
+    extra = {"shardRows": shard_rows, "public": public, **({"split": split} if split else {})}
+    _register("datasets", name, form, upload, _labels(label), extra, wait, timeout)
 
 
 def _crud(group: typer.Typer, plural: str) -> None:
@@ -258,11 +325,30 @@ def evaluations_order(
     name: str = typer.Option(None, help="Name; derived from the order when omitted."),
     top_k: int = typer.Option(None, help="Labels kept per prediction."),
     metric: list[str] = typer.Option(None, "--metric", help="Metric to compute; repeatable."),
+    by_index: bool = typer.Option(
+        False, "--by-index", help="Model label id i is dataset label id i (labelMapping)."
+    ),
+    map_label: list[str] = typer.Option(
+        None, "--map-label", help="MODEL_LABEL=DATASET_LABEL (labelMapping); repeatable."
+    ),
     wait: bool = typer.Option(False, help="Wait until it completes."),
 ) -> None:
-    """Order an evaluation (the same order again answers with the first)."""
+    """Order an evaluation (the same order again answers with the first). Labels are matched
+    by name; --by-index or --map-label say how they meet when their names differ."""
+    if by_index and map_label:
+        raise DyffError("--by-index and --map-label exclude each other")
+    mapping: dict[str, Any] | None = None
+    if by_index:
+        mapping = {"byIndex": True}
+    elif map_label:
+        pairs = [item.partition("=") for item in map_label]
+        if any(not sep or not k or not v for k, sep, v in pairs):
+            raise DyffError("--map-label takes MODEL_LABEL=DATASET_LABEL")
+        mapping = {"map": {k: v for k, _, v in pairs}}
     with client() as c:
-        evaluation, new = c.order(model, dataset, name=name, top_k=top_k, metrics=metric)
+        evaluation, new = c.order(
+            model, dataset, name=name, top_k=top_k, metrics=metric, label_mapping=mapping
+        )
         if not state.json:
             err.print("ordered" if new else "already ordered: reusing it")
         if wait:
@@ -296,7 +382,11 @@ def metrics(name: str) -> None:
     for key, value in (doc.get("macro") or {}).items():
         table.add_row(f"macro {key}", f"{value:.4f}")
     table.add_row("rows", str(doc.get("rows", "")))
-    console.print(table)
+    if doc.get("predictedOutsideLabels"):
+        table.add_row("predicted outside labels", str(doc["predictedOutsideLabels"]))
+    print_table(table)
+    if doc.get("top5Omitted"):
+        err.print(f"[dim]top5Accuracy left out: {doc['top5Omitted']}[/dim]")
 
 
 @app.command("predictions")
@@ -304,22 +394,29 @@ def predictions(
     name: str,
     wrong: bool = typer.Option(False, "--wrong", help="Only wrong predictions."),
     right: bool = typer.Option(False, "--right", help="Only right predictions."),
-    label: list[int] = typer.Option(None, "--label", help="True label id; repeatable."),
-    predicted: list[int] = typer.Option(None, "--predicted", help="Predicted id; repeatable."),
+    label: list[str] = typer.Option(
+        None, "--label", help="True label: name or id; repeatable (a name wins over an id)."
+    ),
+    predicted: list[str] = typer.Option(
+        None, "--predicted", help="Predicted label: name or id; repeatable."
+    ),
     min_score: float = typer.Option(None, help="Top-1 score at least."),
     max_score: float = typer.Option(None, help="Top-1 score at most."),
     order: str = typer.Option("row_id", help="row_id, score_desc or score_asc."),
     limit: int = typer.Option(20, help="Rows to show."),
     offset: int = typer.Option(0, help="Rows to skip."),
 ) -> None:
-    """Query predictions with structured filters."""
+    """Query predictions with structured filters. --label and --predicted take a label's name
+    or its id; a value that is a label's name means that label, even when it is also a
+    number (datasets of integer labels name label i "i", so both readings agree there)."""
     correct = False if wrong else (True if right else None)
     with client() as c:
+        names = c.label_names(name) if label or predicted else []
         page = c.predictions(
             name,
             correct=correct,
-            label=label or None,
-            predicted=predicted or None,
+            label=label_ids(label, names, "--label"),
+            predicted=label_ids(predicted, names, "--predicted"),
             minScore=min_score,
             maxScore=max_score,
             order=order,
@@ -329,20 +426,48 @@ def predictions(
     if state.json:
         console.print_json(json.dumps(page))
         return
-    table = Table(
-        box=None, header_style="bold", title=f"{len(page['rows'])} of {page['total']} rows"
+    labels = page.get("labels") or []
+    table = new_table(
+        ["ROW_ID", "LABEL", "PREDICTED", "SCORE", "CORRECT"],
+        title=f"{len(page['rows'])} of {page['total']} rows",
     )
-    for col in ("row_id", "label", "predicted", "score", "correct"):
-        table.add_column(col.upper())
     for row in page["rows"]:
         table.add_row(
-            str(row["row_id"]),
-            str(row["label"]),
-            str(row["predicted"]),
-            f"{row['score']:.4f}",
-            str(row["correct"]),
+            str(row.get("row_id", "")),
+            label_text(row.get("label"), labels),
+            label_text(row.get("predicted"), labels),
+            "" if row.get("score") is None else f"{row['score']:.4f}",
+            str(row.get("correct", "")),
         )
-    console.print(table)
+    print_table(table)
+
+
+def label_ids(values: list[str] | None, names: list[str], option: str) -> list[int] | None:
+    """Label ids from names or ids: a label's name first, then an integer id."""
+    if not values:
+        return None
+    index: dict[str, int] = {}
+    for i, n in enumerate(names):
+        index.setdefault(n, i)
+    ids = []
+    for value in values:
+        if value in index:
+            ids.append(index[value])
+        elif value.lstrip("-").isdigit():
+            ids.append(int(value))
+        else:
+            known = ", ".join(names[:10]) + (", …" if len(names) > 10 else "")
+            raise DyffError(f"{option} {value!r} is neither a label name nor an id ({known})")
+    return ids
+
+
+def label_text(value: Any, names: list[str]) -> str:
+    """`name (id)`, or the id alone when the name is the id (or unknown)."""
+    if not isinstance(value, int):
+        return "" if value is None else str(value)
+    if 0 <= value < len(names) and names[value] != str(value):
+        return f"{names[value]} ({value})"
+    return str(value)
 
 
 @app.command("report")

@@ -212,13 +212,18 @@ class Client:
         top_k: int | None = None,
         metrics: list[str] | None = None,
         labels: dict[str, str] | None = None,
+        label_mapping: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Order an evaluation; returns it and whether it was new (201) or existing (200)."""
+        """Order an evaluation; returns it and whether it was new (201) or existing (200).
+        `label_mapping` is the spec's labelMapping: `{"byIndex": True}` or
+        `{"map": {model label: dataset label}}`."""
         spec: dict[str, Any] = {"model": _ref(model), "dataset": _ref(dataset)}
         if top_k is not None:
             spec["inference"] = {"topK": top_k}
         if metrics:
             spec["metrics"] = metrics
+        if label_mapping:
+            spec["labelMapping"] = label_mapping
         body: dict[str, Any] = {"spec": spec, "labels": labels or {}}
         if name:
             body["name"] = name
@@ -245,8 +250,7 @@ class Client:
             if phase in until:
                 return entity
             if phase == "Failed":
-                status = entity.get("status") or {}
-                raise DyffError(f"{plural[:-1]} {name} failed: {status.get('message')}")
+                raise DyffError(f"{plural[:-1]} {name} failed: {failure(entity)}")
             if time.monotonic() > deadline:
                 raise DyffError(f"{plural[:-1]} {name} still {phase} after {timeout:.0f}s")
             time.sleep(interval)
@@ -254,6 +258,11 @@ class Client:
     def metrics(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/v1/evaluations/{name}/metrics").json()
         return result
+
+    def label_names(self, name: str) -> list[str]:
+        """Names of the label ids in an evaluation's predictions (index = id)."""
+        page = self.predictions(name, limit=1, columns=["row_id"])
+        return [str(x) for x in page.get("labels") or []]
 
     def predictions(self, name: str, **query: Any) -> dict[str, Any]:
         params = {k: v for k, v in query.items() if v is not None}
@@ -302,6 +311,16 @@ def _checked(response: httpx.Response) -> httpx.Response:
             problem = {"detail": response.text[:500]}
         raise ApiError(response.status_code, problem)
     return response
+
+
+def failure(entity: dict[str, Any]) -> str:
+    """Why an entity failed: its Ready condition's reason and the status message."""
+    status = entity.get("status") or {}
+    conditions: list[dict[str, Any]] = status.get("conditions") or []
+    ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+    reason = ready.get("reason")
+    message = status.get("message") or ready.get("message") or "no message"
+    return f"{reason}: {message}" if reason else str(message)
 
 
 def _ref(value: str) -> dict[str, str]:

@@ -8,6 +8,12 @@ metric (and the tests hold them to it):
 - precision / recall / F1 per class with `zero_division=0`; the macro average
   is over the classes that occur among the true *or* predicted labels
   (scikit-learn's default label set);
+- predicted ids outside the label list (a model label the dataset lacks) are
+  wrong: they lower the true class's recall and add no class, no column of
+  the confusion matrix, no precision (`predictedOutsideLabels` counts them);
+- top-5 accuracy is left out when the model has at most 5 classes: every label
+  it knows is then in its top 5, so the number would be 1.0 by construction
+  (`top5Omitted` says why);
 - expected calibration error uses 15 equal-width bins on the top-1 score,
   each bin `(lo, hi]` (the first also takes 0), weighted by its share of rows
   — the binning of `sklearn.calibration.calibration_curve(strategy="uniform")`.
@@ -21,6 +27,7 @@ from typing import Any
 import numpy as np
 
 ECE_BINS = 15
+TOP_K = 5  # the k of top-k accuracy
 
 
 def accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
@@ -70,12 +77,15 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def class_scores(cm: np.ndarray) -> ClassScores:
-    """Precision, recall and F1 from a confusion matrix (zero where undefined)."""
+def class_scores(cm: np.ndarray, missed: np.ndarray | None = None) -> ClassScores:
+    """Precision, recall and F1 from a confusion matrix (zero where undefined). `missed`:
+    per true class, rows predicted outside the classes (they count in its support)."""
     cm = np.asarray(cm, dtype=np.int64)
     tp = np.diag(cm).astype(np.float64)
     predicted = cm.sum(axis=0).astype(np.float64)
     support = cm.sum(axis=1)
+    if missed is not None:
+        support = support + np.asarray(missed, dtype=np.int64)
     precision = _ratio(tp, predicted)
     recall = _ratio(tp, support.astype(np.float64))
     f1 = _ratio(2 * precision * recall, precision + recall)
@@ -127,12 +137,17 @@ def compute(
     topk: np.ndarray | None,
     label_names: list[str],
     wanted: list[str],
+    *,
+    model_classes: int | None = None,
 ) -> dict[str, Any]:
     """The metrics document (metrics.json) for the metrics named in `wanted`.
 
-    `topk` is (N, K) label ids, best first, or None when the stored predictions
-    cannot answer top-5 (fewer than 5 kept while the model has more labels):
-    `top5Accuracy` is then null.
+    `label_names` are the classes (the dataset's labels); predicted ids outside
+    them are wrong and add no class. `topk` is (N, K) label ids, best first, or
+    None when the stored predictions cannot answer top-5 (fewer than 5 kept
+    while the model has more labels): `top5Accuracy` is then null. A model of
+    at most 5 classes (`model_classes`, default the number of labels) gets no
+    `top5Accuracy`, and `top5Omitted` says why.
     """
     labels = np.asarray(labels)
     predicted = np.asarray(predicted)
@@ -140,12 +155,25 @@ def compute(
     doc: dict[str, Any] = {"labels": label_names, "rows": len(labels)}
     if "accuracy" in wanted:
         doc["accuracy"] = accuracy(labels, predicted)
-    if "top5_accuracy" in wanted:
-        doc["top5Accuracy"] = None if topk is None else top_k_accuracy(labels, topk, 5)
-    cm = confusion_matrix(labels, predicted, n_classes)
+    classes = n_classes if model_classes is None else model_classes
+    if "top5_accuracy" in wanted and classes <= TOP_K:
+        doc["top5Omitted"] = (
+            f"the model has {classes} classes: every one is in its top {TOP_K}, so top-{TOP_K} "
+            "accuracy would be 1.0 by construction"
+        )
+    elif "top5_accuracy" in wanted:
+        doc["top5Accuracy"] = None if topk is None else top_k_accuracy(labels, topk, TOP_K)
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"true label ids must lie in 0..{n_classes - 1}")
+    # Predictions outside the classes go to one extra column, then leave the matrix.
+    outside = (predicted < 0) | (predicted >= n_classes)
+    full = confusion_matrix(labels, np.where(outside, n_classes, predicted), n_classes + 1)
+    cm, missed = full[:n_classes, :n_classes], full[:n_classes, n_classes]
+    if outside.any():
+        doc["predictedOutsideLabels"] = int(outside.sum())
     per_class = {"precision", "recall", "f1"} & set(wanted)
     if per_class:
-        scores = class_scores(cm)
+        scores = class_scores(cm, missed)
         doc["macro"] = {
             name: getattr(scores, f"macro_{name}") for name in ("precision", "recall", "f1")
             if name in per_class

@@ -211,7 +211,9 @@ def _header(doc: dict[str, Any], metrics: dict[str, Any], title: str) -> str:
 
     rows = _num(metrics.get("rows"))
     top5_hint = "true label among the top 5"
-    if "top5Accuracy" not in metrics:
+    if metrics.get("top5Omitted"):
+        top5_hint = "n/a: the model has at most 5 classes"
+    elif "top5Accuracy" not in metrics:
         top5_hint = "not computed"
     elif metrics["top5Accuracy"] is None:
         top5_hint = "n/a: fewer than 5 labels kept"
@@ -261,6 +263,20 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
                 "n/a" if top5 is None else _pct(top5, 2),
                 "Share of rows whose true label is among the five best predictions."
                 + (" Too few labels were kept per prediction." if top5 is None else ""),
+            )
+        )
+    if metrics.get("top5Omitted"):
+        entries.append(("Top-5 accuracy", "n/a", _e(str(metrics["top5Omitted"]).capitalize())))
+    if metrics.get("predictedOutsideLabels"):
+        extra = [str(x) for x in metrics.get("extraLabels") or []]
+        shown = ", ".join(extra[:10]) + (", …" if len(extra) > 10 else "")
+        entries.append(
+            (
+                "Predicted outside the dataset's labels",
+                f"{int(metrics['predictedOutsideLabels']):,}",
+                "Rows predicted as a model label the dataset lacks"
+                + (f" ({_e(shown)})" if extra else "")
+                + "; counted as wrong.",
             )
         )
     for key, label in (("precision", "Precision"), ("recall", "Recall"), ("f1", "F1")):
@@ -756,7 +772,8 @@ def render_report(
     doc = evaluation.wire() if isinstance(evaluation, Evaluation) else dict(evaluation)
     name = _dig(doc, "metadata", "name") or "evaluation"
     title = title or f"Evaluation report: {name}"
-    labels = [str(x) for x in metrics.get("labels") or []]
+    # Prediction ids past the dataset's labels name model labels the dataset lacks.
+    labels = [str(x) for x in (metrics.get("labels") or []) + (metrics.get("extraLabels") or [])]
     sections = [
         _header(doc, metrics, title),
         f'<div class="grid2">{_metrics_table(metrics)}{_reliability_section(metrics)}</div>',

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -269,7 +269,9 @@ class DatasetSource(Schema):
     )
 
     form: DatasetForm = Field(
-        description="parquet (Hugging Face datasets layout) or imagefolder (an archive)."
+        description="parquet (a Parquet file, or a folder/archive in the Hugging Face datasets "
+        "layout) or imagefolder (an archive of class folders). An archive holding only Parquet "
+        "files is read as parquet, one holding only images as imagefolder, whatever the form."
     )
     upload: UploadSource | None = Field(default=None, description="Uploaded through the shim.")
     uri: UriSource | None = Field(default=None, description="An existing blob.")
@@ -328,10 +330,26 @@ class DatasetSpec(Schema):
             message="source is immutable",
             field_path=".source",
         ),
+        Rule(
+            cel="has(self.split) == has(oldSelf.split)"
+            " && (!has(self.split) || self.split == oldSelf.split)",
+            message="split is immutable",
+            field_path=".split",
+        ),
     )
 
     task: Task = Field(default="image-classification", description="What the data is for.")
     source: DatasetSource = Field(description="Where the data comes from; immutable.")
+    split: str | None = Field(
+        default=None,
+        description="The split to ingest from a folder or archive in the Hugging Face layout "
+        "(`data/<split>-NNNNN-of-NNNNN.parquet`, `<config>/<split>/…`), e.g. `test`; "
+        "`<config>/<split>` when several configs have it. Default: `test` if present, else "
+        "the only split there is; a split not present is refused naming those found. Not "
+        "allowed for a single Parquet file or an ImageFolder. Immutable.",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$",
+        max_length=200,
+    )
     shard_rows: int = Field(
         default=1000, ge=1, le=1_000_000, description="Rows per Parquet shard after ingestion."
     )
@@ -374,6 +392,43 @@ class InferenceConfig(Schema):
     """How inference runs; part of the reuse key, so only fields that change outputs."""
 
     top_k: int = Field(default=5, ge=1, le=100, description="Labels kept per prediction.")
+
+
+MAX_MAPPED_LABELS = 10_000
+MAX_LABEL_CHARS = 256
+LabelName = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
+
+
+class LabelMapping(Schema):
+    """How the model's labels meet the dataset's when their names differ; exactly one of
+    byIndex, map. Without it, labels are matched by name (see `dyff.labels`)."""
+
+    rules = (
+        Rule(
+            cel="[has(self.byIndex) && self.byIndex, has(self.map)].filter(x, x).size() == 1",
+            message="exactly one of byIndex: true, map must be set",
+            check=lambda d: int(bool(d.get("byIndex"))) + int("map" in d) == 1,
+        ),
+        Rule(
+            cel=f"!has(self.map) || self.map.all(k, size(k) >= 1 && size(k) <= {MAX_LABEL_CHARS})",
+            message=f"labelMapping.map keys must be 1 to {MAX_LABEL_CHARS} characters",
+            check=lambda d: all(1 <= len(k) <= MAX_LABEL_CHARS for k in d.get("map", {})),
+        ),
+    )
+
+    by_index: bool | None = Field(
+        default=None,
+        description="Model label id i is dataset label id i, whatever their names (e.g. a "
+        "model left at LABEL_0..LABEL_N against a dataset of integer labels 0..N); both "
+        "sides must have as many labels.",
+    )
+    map: dict[str, LabelName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_MAPPED_LABELS,
+        description="Model label name -> dataset label name. Model labels left out are "
+        "matched by name; every name must exist on its side.",
+    )
 
 
 class RunConfig(Schema):
@@ -421,6 +476,12 @@ class EvaluationSpec(Schema):
         default_factory=lambda: list(ALL_METRICS),
         description="Metrics to compute.",
     )
+    label_mapping: LabelMapping | None = Field(
+        default=None,
+        description="How model labels meet dataset labels when their names differ (part of "
+        "the reuse key). Without it labels match by name, and a model whose labels share no "
+        "name with the dataset's, or are transformers' defaults LABEL_<n>, is refused.",
+    )
     run: RunConfig = Field(default_factory=RunConfig, description="Execution settings.")
 
 
@@ -437,7 +498,11 @@ class MetricsSummary(Schema):
     """Headline metrics, also shown by kubectl; the full set is in metrics.json."""
 
     accuracy: float | None = Field(default=None, description="Top-1 accuracy.")
-    top5_accuracy: float | None = Field(default=None, description="Top-5 accuracy.")
+    top5_accuracy: float | None = Field(
+        default=None,
+        description="Top-5 accuracy; absent when the model has at most 5 classes (it would be "
+        "1.0 by construction) or fewer than 5 labels were kept per prediction.",
+    )
     macro_f1: float | None = Field(default=None, description="Macro-averaged F1.")
     ece: float | None = Field(default=None, description="Expected calibration error.")
 

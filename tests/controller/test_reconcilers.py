@@ -21,6 +21,7 @@ from dyff.schema import (
     Dataset,
     Entity,
     ImageSource,
+    LabelMapping,
     Model,
     ModelSource,
     ObjectMeta,
@@ -175,12 +176,20 @@ def test_dataset_failed_by_its_workload_stays_failed() -> None:
 # ------------------------------------------------------------- Evaluation
 
 
-def ready_model() -> Model:
-    return reported(factories.model("m1"), "Ready")
+def ready_model(labels: list[str] | None = None) -> Model:
+    model = reported(factories.model("m1"), "Ready")
+    model.status.labels = labels
+    return model
 
 
-def ready_dataset() -> Dataset:
-    return reported(factories.dataset("d1"), "Ready")
+def ready_dataset(labels: list[str] | None = None) -> Dataset:
+    dataset = reported(factories.dataset("d1"), "Ready")
+    dataset.status.labels = labels
+    return dataset
+
+
+DIGITS = [str(i) for i in range(10)]
+DEFAULTS = [f"LABEL_{i}" for i in range(10)]
 
 
 EVAL_TABLE = [
@@ -229,6 +238,48 @@ EVAL_TABLE = [
         "WorkloadCrashed",
         [],
     ),
+    (
+        "same labels: run",
+        EvaluationWorld(ready_model(["b", "a"]), ready_dataset(["a", "b"])),
+        "Running",
+        "Running",
+        [StartWork],
+    ),
+    (
+        "transformers' default labels: refused",
+        EvaluationWorld(ready_model(DEFAULTS), ready_dataset(DIGITS)),
+        "Failed",
+        "LabelMismatch",
+        [],
+    ),
+    (
+        "no label in common: refused",
+        EvaluationWorld(ready_model(["cat", "dog"]), ready_dataset(DIGITS)),
+        "Failed",
+        "LabelMismatch",
+        [],
+    ),
+    (
+        "label mismatch stops running work",
+        EvaluationWorld(ready_model(["cat", "dog"]), ready_dataset(DIGITS), RUNNING),
+        "Failed",
+        "LabelMismatch",
+        [StopWork],
+    ),
+    (
+        "partial overlap: run",
+        EvaluationWorld(ready_model(["0", "1", "cat"]), ready_dataset(DIGITS)),
+        "Running",
+        "Running",
+        [StartWork],
+    ),
+    (
+        "labels not known yet: run, the workload checks",
+        EvaluationWorld(ready_model(DEFAULTS), ready_dataset(None)),
+        "Running",
+        "Running",
+        [StartWork],
+    ),
 ]
 
 
@@ -242,6 +293,52 @@ def test_evaluation_table(
     assert (outcome.status.phase, ready_reason(outcome), actions(outcome)) == (phase, reason, acts)
     if reason in ("ModelNotFound", "WaitingForModel", "FailedDependency") and "model" in case:
         assert "model 'm1'" in (outcome.status.message or "")
+
+
+def test_label_mismatch_names_both_label_sets_and_starts_nothing() -> None:
+    world = EvaluationWorld(ready_model(DEFAULTS), ready_dataset(DIGITS))
+    outcome = reconcile_evaluation(factories.evaluation(), world)
+    ready = outcome.status.condition("Ready")
+    assert ready is not None and (ready.status, ready.reason) == ("False", "LabelMismatch")
+    assert "'LABEL_0'" in ready.message and "'0'" in ready.message
+    assert outcome.status.message == ready.message and outcome.actions == []
+
+
+def test_a_label_mapping_lets_it_run() -> None:
+    evaluation = factories.evaluation()
+    evaluation.spec.label_mapping = LabelMapping(by_index=True)
+    outcome = reconcile_evaluation(
+        evaluation, EvaluationWorld(ready_model(DEFAULTS), ready_dataset(DIGITS))
+    )
+    assert outcome.status.phase == "Running" and actions(outcome) == [StartWork]
+    evaluation.spec.label_mapping = LabelMapping(map={"LABEL_0": "nope"})
+    refused = reconcile_evaluation(
+        evaluation, EvaluationWorld(ready_model(DEFAULTS), ready_dataset(DIGITS))
+    )
+    assert refused.status.phase == "Failed" and ready_reason(refused) == "LabelMismatch"
+    assert "'nope'" in (refused.status.message or "")
+
+
+def test_partial_overlap_is_a_condition_listing_the_unmatched_names() -> None:
+    evaluation = factories.evaluation()
+    world = EvaluationWorld(ready_model(["0", "1", "cat"]), ready_dataset(["0", "1", "2"]))
+    outcome = reconcile_evaluation(evaluation, world)
+    partial = outcome.status.condition("LabelsPartiallyMatched")
+    assert partial is not None and partial.status == "True"
+    assert "'cat'" in partial.message and "'2'" in partial.message
+    # Exact labels: no such condition (and an old one goes away).
+    evaluation.status = outcome.status
+    exact = reconcile_evaluation(
+        evaluation, EvaluationWorld(ready_model(["0", "1", "2"]), ready_dataset(["0", "1", "2"]))
+    )
+    assert exact.status.condition("LabelsPartiallyMatched") is None
+
+
+def test_a_finished_evaluation_is_not_failed_for_its_labels_afterwards() -> None:
+    evaluation = reported(factories.evaluation(), "Complete")
+    world = EvaluationWorld(ready_model(DEFAULTS), ready_dataset(DIGITS), EXITED)
+    outcome = reconcile_evaluation(evaluation, world)
+    assert outcome.status.phase == "Complete" and outcome.actions == []
 
 
 def test_evaluation_shows_its_plan_before_progress() -> None:

@@ -281,6 +281,24 @@ def test_missing_metrics_say_not_computed() -> None:
     assert bare.text("summary").count("not computed") == 5
 
 
+def test_labels_the_dataset_lacks_and_omitted_top5_are_explained() -> None:
+    """A partial label match: predictions of the model's extra label are named and counted;
+    a 3-class model has no top-5 accuracy, and the page says why."""
+    labels = np.array([0, 1, 2, 0])
+    predicted = np.array([0, 3, 2, 3])  # id 3: the model's "cow", which the dataset lacks
+    doc = metrics.compute(labels, predicted, np.full(4, 0.9), None, ["cat", "dog", "bird"],
+                          list(ALL_METRICS), model_classes=3)  # fmt: skip
+    doc["extraLabels"] = ["cow"]
+    rows = [{"row_id": 1, "label": 1, "predicted": 3, "score": 0.9, "image": None}]
+    page = Page(report.render_report(complete_evaluation(), doc, rows))
+    table = page.text("metrics-table")
+    assert "outside the dataset's labels" in table and "cow" in table
+    assert "1.0 by construction" in table
+    assert "at most 5 classes" in page.text("summary")
+    assert "cow" in page.text("confident-errors")
+    assert len(doc["confusionMatrix"]) == 3
+
+
 def test_thumbnails_fit_and_broken_images_are_placeholders() -> None:
     big = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 200, 3), np.uint8))
     buf = io.BytesIO()

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from dyff import accounts, layout
-from dyff.schema import ApiKey, Evaluation, Model, utcnow
+from dyff.schema import ApiKey, Dataset, Evaluation, Model, utcnow
 from dyff.stores.file import FileBlobStore
 from tests.shim.conftest import Shim
 
@@ -415,6 +415,85 @@ def test_metrics_and_structured_prediction_queries(shim: Shim) -> None:
         assert_problem(bad, 422, "query.limit")
         sql = c.get(f"/v1/evaluations/{name}/predictions", params={"columns": "1; DROP"})
         assert_problem(sql, 422)
+
+
+# ------------------------------------------------------------------ labels
+
+DIGITS = [str(i) for i in range(10)]
+DEFAULTS = [f"LABEL_{i}" for i in range(10)]
+
+
+def make_ready(shim: Shim, account: str, kind: Any, name: str, labels: list[str] | None) -> None:
+    """As ingestion leaves a model or dataset: Ready, with its labels recorded."""
+
+    def ready(entity: Any) -> None:
+        entity.status.phase = "Ready"
+        entity.status.labels = labels
+        entity.status.set_condition("Ready", "True", "Ready", "", entity.metadata.generation)
+
+    shim.records.mutate(kind, account, name, ready)
+
+
+def test_a_label_mismatch_is_refused_naming_both_label_sets(shim: Shim) -> None:
+    account, token = shim.new_account()
+    setup_pair(shim, token)
+    make_ready(shim, account, Model, "m", DEFAULTS)
+    make_ready(shim, account, Dataset, "d", DIGITS)
+    with shim.client(token) as c:
+        doc = assert_problem(c.post("/v1/evaluations", json=order()), 422, "spec.model")
+        assert "LabelMismatch" in doc["detail"]
+        assert "'LABEL_0'" in doc["detail"] and "'0'" in doc["detail"]
+        assert doc["errors"][0]["field"] == "spec.model"
+        bad_map = order(labelMapping={"map": {"LABEL_0": "zero"}})
+        doc = assert_problem(c.post("/v1/evaluations", json=bad_map), 422, "spec.labelMapping")
+        assert "'zero'" in doc["detail"] and "'LABEL_0'" in doc["detail"]
+        counts = order(labelMapping={"byIndex": True})
+        make_ready(shim, account, Model, "m", DEFAULTS[:3])
+        doc = assert_problem(c.post("/v1/evaluations", json=counts), 422, "spec.labelMapping")
+        assert "as many" in doc["detail"]
+        both = order(labelMapping={"byIndex": True, "map": {"LABEL_0": "0"}})
+        assert_problem(c.post("/v1/evaluations", json=both), 422, "spec.labelMapping")
+        assert shim.records.list_all(Evaluation, account) == []
+
+
+def test_an_explicit_mapping_is_accepted_and_is_another_evaluation(shim: Shim) -> None:
+    account, token = shim.new_account()
+    setup_pair(shim, token)
+    make_ready(shim, account, Model, "m", DEFAULTS)
+    make_ready(shim, account, Dataset, "d", DIGITS)
+    with shim.client(token) as c:
+        first = c.post("/v1/evaluations", json=order(labelMapping={"byIndex": True}))
+        assert first.status_code == 201, first.text
+        assert first.json()["spec"]["labelMapping"] == {"byIndex": True}
+        mapping = {f"LABEL_{i}": str(9 - i) for i in range(10)}
+        second = c.post("/v1/evaluations", json=order(labelMapping={"map": mapping}))
+        assert second.status_code == 201, second.text
+        assert second.json()["metadata"]["name"] != first.json()["metadata"]["name"]
+
+
+def test_orders_before_ready_are_taken_and_partial_overlap_is_allowed(shim: Shim) -> None:
+    account, token = shim.new_account()
+    setup_pair(shim, token)
+    with shim.client(token) as c:
+        # Labels not known yet: the controller checks them later.
+        make_ready(shim, account, Dataset, "d", DIGITS)
+        assert c.post("/v1/evaluations", json={**order(), "name": "early"}).status_code == 201
+        make_ready(shim, account, Model, "m", ["0", "1", "cat"])
+        assert c.post("/v1/evaluations", json={**order(), "name": "part"}).status_code == 201
+
+
+def test_predictions_carry_label_names(shim: Shim) -> None:
+    account, token = shim.new_account()
+    setup_pair(shim, token)
+    with shim.client(token) as c:
+        name = c.post("/v1/evaluations", json=order()).json()["metadata"]["name"]
+        complete_with_results(shim, account, name)
+        evaluation = shim.records.get(Evaluation, account, name)
+        key = layout.metrics_key(account, name, evaluation.metadata.uid or "")
+        doc = {"labels": ["a", "b", "c", "d"], "extraLabels": ["z"], "accuracy": 0.2}
+        shim.blobs.put(key, json.dumps(doc).encode())
+        page = c.get(f"/v1/evaluations/{name}/predictions", params={"limit": 2}).json()
+        assert page["labels"] == ["a", "b", "c", "d", "z"]
 
 
 # ------------------------------------------------------------------- ops

@@ -101,10 +101,11 @@ def test_document_has_what_was_asked() -> None:
     assert doc["labels"] == names and doc["rows"] == 200
     assert len(doc["confusionMatrix"]) == 4 and sum(map(sum, doc["confusionMatrix"])) == 200
     assert [c["label"] for c in doc["perClass"]] == names
-    assert doc["top5Accuracy"] == 1.0  # every one of the 4 labels is kept
+    # 4 classes: top-5 would be 1.0 by construction, so it is left out, saying why.
+    assert "top5Accuracy" not in doc and "4 classes" in doc["top5Omitted"]
     assert sum(doc["calibration"]["counts"]) == 200 and doc["calibration"]["bins"] == 15
     assert metrics.summary(doc) == {
-        "accuracy": doc["accuracy"], "top5Accuracy": 1.0,
+        "accuracy": doc["accuracy"], "top5Accuracy": None,
         "macroF1": doc["macro"]["f1"], "ece": doc["ece"],
     }  # fmt: skip
     only = metrics.compute(labels, topk[:, 0], score, None, names, ["accuracy", "recall"])
@@ -113,3 +114,56 @@ def test_document_has_what_was_asked() -> None:
         "label", "support", "recall",
     }  # fmt: skip
     assert metrics.summary(only)["macroF1"] is None
+
+
+def test_top5_needs_more_than_five_model_classes() -> None:
+    labels, topk, score, _ = random_predictions(4, 300, 12, k=5)
+    names = [f"c{i}" for i in range(12)]
+    doc = metrics.compute(labels, topk[:, 0], score, topk, names, ["top5_accuracy"])
+    assert doc["top5Accuracy"] == pytest.approx(metrics.top_k_accuracy(labels, topk, 5))
+    assert "top5Omitted" not in doc
+    # A 5-class model over the same dataset labels: left out.
+    few = metrics.compute(labels, topk[:, 0], score, topk, names, ["top5_accuracy"],
+                          model_classes=5)  # fmt: skip
+    assert "top5Accuracy" not in few and "5 classes" in few["top5Omitted"]
+    # Too few kept per prediction for a model with more classes: null, as before.
+    short = metrics.compute(labels, topk[:, 0], score, None, names, ["top5_accuracy"])
+    assert short["top5Accuracy"] is None
+
+
+def test_predictions_outside_the_dataset_labels_are_wrong_and_add_no_class() -> None:
+    """A model label the dataset lacks has id >= len(labels): it counts as wrong, lowers the
+    true class's recall, and adds no class, column or precision (scikit-learn with the
+    dataset's labels, averaged over the classes seen)."""
+    rng = np.random.default_rng(5)
+    n, classes = 400, 4
+    labels = rng.integers(0, classes, n)
+    predicted = np.where(rng.random(n) < 0.6, labels, rng.integers(0, classes + 2, n))
+    score = rng.uniform(0, 1, n).astype(np.float32)
+    names = ["a", "b", "c", "d"]
+    doc = metrics.compute(labels, predicted, score, None, names, list(ALL_METRICS))
+    outside = predicted >= classes
+    assert outside.any() and doc["predictedOutsideLabels"] == int(outside.sum())
+    assert doc["accuracy"] == pytest.approx(skm.accuracy_score(labels, predicted))
+    cm = np.array(doc["confusionMatrix"])
+    assert cm.shape == (4, 4) and cm.sum() == n - outside.sum()
+    np.testing.assert_array_equal(
+        cm, skm.confusion_matrix(labels, predicted, labels=range(classes))
+    )
+    assert [c["label"] for c in doc["perClass"]] == names and doc["labels"] == names
+    prec, rec, f1, support = skm.precision_recall_fscore_support(
+        labels, predicted, labels=range(classes), zero_division=0
+    )
+    per_class = doc["perClass"]
+    np.testing.assert_allclose([c["precision"] for c in per_class], prec)
+    np.testing.assert_allclose([c["recall"] for c in per_class], rec)
+    np.testing.assert_allclose([c["f1"] for c in per_class], f1)
+    assert [c["support"] for c in per_class] == support.tolist()
+    assert doc["macro"]["f1"] == pytest.approx(
+        skm.f1_score(labels, predicted, labels=range(classes), average="macro", zero_division=0)
+    )
+
+
+def test_true_labels_outside_the_labels_are_refused() -> None:
+    with pytest.raises(ValueError):
+        metrics.compute(np.array([0, 4]), np.array([0, 1]), np.ones(2), None, ["a", "b"], [])

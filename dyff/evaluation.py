@@ -8,10 +8,20 @@ are cached content-addressed, per *evaluating* account, at
 so whatever was computed before — by an earlier evaluation, or by a run that
 was killed half-way — is found again by name and never recomputed: `plan`
 lists the shards whose prediction file exists (reused) and the ones still to
-infer. The inference digest is `layout.config_digest(spec.inference.wire())`;
-only when the model's labels differ from the dataset's (so predicted ids are
-remapped, see `Inputs.label_map`) does the remapping join the digest, since
-the same shard bytes then mean other predictions.
+infer. The inference digest is `inference_digest`: the spec's inference
+settings and the version of the code that computes predictions
+(`dyff.runtime.runtime_version`: the client's decoding, the service's
+preprocessing and forward pass, and their libraries' versions); only when
+the model's labels differ from the dataset's (so predicted ids are remapped,
+see `Inputs.label_map`) does the remapping join the digest, since
+the same shard bytes then mean other predictions; an explicit
+`spec.labelMapping` always joins it.
+
+Labels are matched by `dyff.labels.match_labels` (re-exported here): a refused
+match fails the evaluation with reason LabelMismatch before any inference. With
+a partial overlap, model labels the dataset lacks get ids after the dataset's
+(`Inputs.extra_labels`); predicting one is wrong, and metrics cover the
+dataset's labels only.
 
 Prediction files follow the contract in `dyff.results` and are written with
 fixed Parquet options, so the same predictions give the same bytes.
@@ -34,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dyff import layout, metrics
+from dyff.labels import LABEL_MISMATCH, LabelMatch, match_labels
 from dyff.schema import Dataset, Entity, EntityRef, Evaluation, Model, Shard
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -85,6 +96,42 @@ class Inputs:
     # Model label id -> id in `label_names`.
     label_map: np.ndarray
     inference_digest: str
+    # How the model's labels met the dataset's (`dyff.labels.match_labels`).
+    match: LabelMatch | None = None
+
+    @property
+    def dataset_labels(self) -> list[str]:
+        """The dataset's labels: ids 0..n-1, the classes metrics are computed over."""
+        return self.label_names[: len(self.dataset.status.labels or [])]
+
+    @property
+    def extra_labels(self) -> list[str]:
+        """Model labels the dataset lacks: prediction ids n.., always wrong."""
+        return self.label_names[len(self.dataset.status.labels or []) :]
+
+    @property
+    def model_classes(self) -> int:
+        """How many classes the model scores (an image-form model: the dataset's)."""
+        return len(self.model.status.labels or self.dataset_labels)
+
+    @property
+    def top_k_kept(self) -> int:
+        """Labels kept per prediction: topK, clamped to the model's classes (as the
+        server does)."""
+        return max(1, min(self.top_k, self.model_classes))
+
+    def label_report(self) -> dict[str, Any]:
+        """What metrics.json says about the label match: names of the extra ids, and the
+        unmatched names on either side (only what is not empty)."""
+        doc: dict[str, Any] = {}
+        if self.extra_labels:
+            doc["extraLabels"] = self.extra_labels
+        if self.match is not None and self.match.partial:
+            doc["labelMatch"] = {
+                "unmatchedModelLabels": list(self.match.unmatched_model),
+                "unmatchedDatasetLabels": list(self.match.unmatched_dataset),
+            }
+        return doc
 
     @property
     def model_digest(self) -> str:
@@ -132,37 +179,57 @@ def _dependency(
 
 
 def label_space(
-    dataset_labels: list[str], model_labels: list[str] | None
+    dataset_labels: list[str], model_labels: list[str] | None, match: LabelMatch | None = None
 ) -> tuple[list[str], np.ndarray]:
-    """(label names, model id -> name id). Labels are matched by name; a model without
-    declared labels (an image-form model) is taken to predict dataset label ids."""
+    """(label names, model id -> name id) for an allowed `match` (by default, matching by
+    name). The names are the dataset's, then each model label the dataset lacks, in model
+    order: dataset label ids keep their meaning. A model without declared labels (an
+    image-form model) is taken to predict dataset label ids."""
     names = list(dataset_labels)
-    if model_labels is None:
+    if match is None:
+        match = match_labels(model_labels, names)
+    if model_labels is None or match.model_to_dataset is None:
         return names, np.arange(len(names), dtype=np.int32)
-    index = {name: i for i, name in enumerate(names)}
     mapping = []
-    for name in model_labels:
-        if name not in index:
-            index[name] = len(names)
+    for name, target in zip(model_labels, match.model_to_dataset, strict=True):
+        if target is None:
+            target = len(names)
             names.append(name)
-        mapping.append(index[name])
+        mapping.append(target)
     return names, np.asarray(mapping, dtype=np.int32)
 
 
 def inference_digest(inference: dict[str, Any], label_map: np.ndarray) -> str:
-    """The reuse key of the inference settings; a non-identity label map is part of it."""
-    if np.array_equal(label_map, np.arange(len(label_map))):
-        return layout.config_digest(inference)
-    return layout.config_digest({**inference, "labelMap": label_map.tolist()})
+    """The reuse key of everything but the model and the shard that computes a prediction:
+    the inference settings, the runtime's code and libraries (`runtime_version`), and a
+    non-identity label map."""
+    from dyff.runtime import runtime_version
+
+    key = {**inference, "runtime": runtime_version()}
+    if not np.array_equal(label_map, np.arange(len(label_map))):
+        key["labelMap"] = label_map.tolist()
+    return layout.config_digest(key)
 
 
 def inputs_for(evaluation: Evaluation, model: Model, dataset: Dataset) -> Inputs:
     """Inputs from records already read and checked (Ready, usable by the account)."""
     if not model.status.digest:
         raise WorkloadFailed(DEPENDENCY_NOT_READY, f"Model {model.name} has no digest yet")
-    names, label_map = label_space(dataset.status.labels or [], model.status.labels)
-    digest = inference_digest(evaluation.spec.inference.wire(), label_map)
-    return Inputs(evaluation, model, dataset, names, label_map, digest)
+    spec = evaluation.spec
+    dataset_labels = dataset.status.labels or []
+    match = match_labels(model.status.labels, dataset_labels, spec.label_mapping)
+    if not match.allowed:
+        # The shim and the controller refuse first; a CR written past them stops here.
+        raise WorkloadFailed(LABEL_MISMATCH, match.message)
+    names, label_map = label_space(dataset_labels, model.status.labels, match)
+    inference = spec.inference.wire()
+    if spec.label_mapping is not None:
+        # An explicit mapping is part of the key, whatever ids it gives: the same model and
+        # dataset with another mapping never reuse predictions. Without one, the key is
+        # the inference settings' (and a non-identity map's) as before.
+        inference = {**inference, "labelMapping": spec.label_mapping.wire()}
+    digest = inference_digest(inference, label_map)
+    return Inputs(evaluation, model, dataset, names, label_map, digest, match)
 
 
 def resolve(records: RecordStore, evaluation: Evaluation) -> Inputs:
@@ -240,29 +307,6 @@ def assigned(
 # ------------------------------------------------------------ images, files
 
 
-def decode_images(encoded: Sequence[bytes], size: tuple[int, int] | None) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 (N, H, W, 3), each decoded once, resized (bilinear) to `size`
-    (height, width) when it differs; without a size, to the first image's size."""
-    from PIL import Image
-
-    out: np.ndarray | None = None
-    for i, data in enumerate(encoded):
-        # Only the formats ingestion accepts: no other decoder is ever tried.
-        with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as img:
-            img.load()
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
-            if out is None:
-                h, w = size or (rgb.size[1], rgb.size[0])
-                out = np.empty((len(encoded), h, w, 3), dtype=np.uint8)
-            if rgb.size != (out.shape[2], out.shape[1]):
-                rgb = rgb.resize((out.shape[2], out.shape[1]), Image.Resampling.BILINEAR)
-            out[i] = np.frombuffer(rgb.tobytes(), dtype=np.uint8).reshape(out.shape[1:])
-    if out is None:
-        h, w = size or (1, 1)
-        return np.zeros((0, h, w, 3), dtype=np.uint8)
-    return out
-
-
 def prediction_table(
     row_ids: np.ndarray,
     labels: np.ndarray,
@@ -304,7 +348,8 @@ def encode_predictions(table: pa.Table) -> bytes:
 
 
 def top5_answerable(top_k: int, n_model_labels: int | None) -> bool:
-    """Stored top-k can answer top-5 accuracy if it kept 5, or every label the model has."""
+    """Stored top-k can answer top-5 accuracy if it kept 5, or every label the model has.
+    (A model with at most 5 classes gets no top-5 accuracy at all: `metrics.compute`.)"""
     return top_k >= 5 or (n_model_labels is not None and n_model_labels <= top_k)
 
 
@@ -315,11 +360,16 @@ def compute_metrics(
     *,
     expected_rows: int,
     top5: bool = True,
+    model_classes: int | None = None,
 ) -> dict[str, Any]:
     """The metrics document from prediction files, after checking that they hold every
-    dataset row exactly once (row ids 0..expected_rows-1)."""
+    dataset row exactly once (row ids 0..expected_rows-1). `label_names` are the dataset's
+    labels: predicted ids beyond them (model labels the dataset lacks) count as wrong and
+    add no class. `model_classes` (default: the dataset's) decides whether top-5 accuracy
+    means anything (`metrics.compute`)."""
     columns = ["row_id", "label", "predicted", "score"]
-    need_topk = top5 and "top5_accuracy" in wanted
+    classes = len(label_names) if model_classes is None else model_classes
+    need_topk = top5 and "top5_accuracy" in wanted and classes > metrics.TOP_K
     if need_topk:
         columns.append("topk_labels")
     frame = (
@@ -348,6 +398,7 @@ def compute_metrics(
         topk,
         label_names,
         list(wanted),
+        model_classes=model_classes,
     )
     return doc
 

@@ -466,6 +466,22 @@ def extract_archive(archive: Path, dest: Path) -> Path:
     return dest
 
 
+def unpack_bento(archive: Path, dest: Path) -> Path:
+    """Unpack a stored Bento archive for serving (checked extraction). A Bento of dyff's own
+    service gets the current `dyff/runtime/service.py`: the code that computes predictions
+    is always the one the prediction cache is keyed by (`dyff.runtime.runtime_version`)."""
+    import yaml
+
+    dest = Path(dest)
+    if not (dest / "bento.yaml").is_file():
+        extract_archive(archive, dest)
+    manifest = yaml.safe_load((dest / "bento.yaml").read_bytes()) or {}
+    service = dest / "src" / "service.py"
+    if manifest.get("service") == SERVICE_TARGET and service.is_file():
+        shutil.copyfile(SERVICE_SOURCE, service)
+    return dest
+
+
 def import_bento_archive(archive: Path, workdir: Path, *, load_check: bool = True) -> ImportedBento:
     """Check a Bento archive and return the model inside it, validated.
 

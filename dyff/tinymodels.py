@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import time
+import typing as t
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,3 +205,93 @@ def accuracy(model_dir: Path, split: Split) -> float:
     with torch.no_grad():
         logits = model(pixel_values=to_pixel_values(split.images)).logits
     return float((logits.argmax(-1).numpy() == split.labels).mean())
+
+
+# ------------------------------------------------ processor families (random weights)
+
+# Tiny models of the architectures and image processors people use, each saved as a
+# user would (safetensors + preprocessor_config.json), for checking that dyff's
+# predictions equal plain transformers' on images of every size and mode.
+FAMILY_LABELS = ["owl", "cat", "fox", "eel"]  # not in sorted order: names, not positions
+
+
+def _family(name: str) -> tuple[object, object]:
+    """(config, processor) of one processor family."""
+    import transformers as tf
+    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+    from transformers.models.convnext.image_processing_pil_convnext import (
+        ConvNextImageProcessorPil,
+    )
+    from transformers.models.deit.image_processing_pil_deit import DeiTImageProcessorPil
+    from transformers.models.mobilenet_v2.image_processing_pil_mobilenet_v2 import (
+        MobileNetV2ImageProcessorPil,
+    )
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    id2label = dict(enumerate(FAMILY_LABELS))
+    labels: dict[str, t.Any] = {
+        "id2label": id2label,
+        "label2id": {v: k for k, v in id2label.items()},
+    }
+    if name == "vit":  # resize to a fixed size (bilinear): the client-resize path
+        return (
+            tf.ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64, **labels),
+            ViTImageProcessorPil(size={"height": 16, "width": 16}),
+        )  # fmt: skip
+    if name == "swin_bicubic":  # the same rule with bicubic resampling
+        return (
+            tf.SwinConfig(image_size=16, patch_size=2, embed_dim=8, depths=[1, 1],
+                          num_heads=[1, 2], window_size=2, **labels),
+            ViTImageProcessorPil(size={"height": 16, "width": 16}, resample=3,
+                                 image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]),
+        )  # fmt: skip
+    if name == "convnext_crop":  # shortest edge to size/crop_pct, then a centre crop
+        return (
+            tf.ConvNextConfig(num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], **labels),
+            ConvNextImageProcessorPil(size={"shortest_edge": 32}, crop_pct=0.875),
+        )
+    if name == "deit_crop":  # resize to a fixed size, then a centre crop (BEiT/DeiT style)
+        return (
+            tf.DeiTConfig(image_size=24, patch_size=4, hidden_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, intermediate_size=64,
+                          architectures=["DeiTForImageClassification"], **labels),
+            DeiTImageProcessorPil(size={"height": 28, "width": 28},
+                                  crop_size={"height": 24, "width": 24}),
+        )  # fmt: skip
+    if name == "resnet_shortest_edge":  # shortest edge, centre crop (BiT/DINOv2 style)
+        return (
+            tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                            layer_type="basic", **labels),
+            BitImageProcessorPil(size={"shortest_edge": 30}, crop_size={"height": 24, "width": 24}),
+        )  # fmt: skip
+    if name == "mobilenet_no_resize":  # do_resize=False: images go in at their own size
+        return (
+            tf.MobileNetV2Config(image_size=32, depth_multiplier=0.35, **labels),
+            MobileNetV2ImageProcessorPil(do_resize=False, do_center_crop=False),
+        )
+    raise ValueError(f"unknown family {name!r}")
+
+
+FAMILIES = (
+    "vit", "swin_bicubic", "convnext_crop", "deit_crop", "resnet_shortest_edge",
+    "mobilenet_no_resize",
+)  # fmt: skip
+
+
+def random_family_model(name: str, out_dir: Path, seed: int = SEED) -> Path:
+    """A tiny random-weight model of one family, saved with safetensors. Weight matrices
+    are drawn with He initialisation (some architectures start with a zero or tiny head),
+    so that the classes' scores are far apart: equality of top-k is then a property of
+    the computation, not of rounding."""
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    config, processor = _family(name)
+    torch.manual_seed(seed)
+    model = AutoModelForImageClassification.from_config(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                torch.nn.init.kaiming_normal_(p)
+    return _save(model, processor, out_dir)

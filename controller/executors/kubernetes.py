@@ -721,14 +721,14 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] = os.environ)
         path = _workload_config_file(environ)
         os.execv(sys.executable, [sys.executable, "-m", args[1], "--config", str(path)])
     if args == ["serve-model"]:
-        from dyff.models import bento_env, extract_archive
+        from dyff.models import bento_env, unpack_bento
         from dyff.stores import open_blobs
 
         config = json.loads(environ["DYFF_WORKLOAD_CONFIG"])
         work = Path(environ.get("DYFF_WORK_DIR", "/work"))
         blobs = open_blobs(config["blobsUrl"])
         archive = blobs.download(environ["DYFF_BENTO_KEY"], work / "model.bento")
-        target = extract_archive(archive, work / "bento")
+        target = unpack_bento(archive, work / "bento")
         archive.unlink()
         env = bento_env(Path(environ.get("BENTOML_HOME", str(work / "bentoml"))))
         port = environ.get("BENTOML_PORT", "3000")

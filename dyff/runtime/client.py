@@ -1,16 +1,19 @@
 """A small client for dyff's model service (see the contract in dyff/runtime/service.py).
 
-Batches of images go as one `.npy` uint8 tensor per request and come back as
-a compact (index, score) array, so a request costs the same few milliseconds
-whether it holds 1 or 1000 images; `classify_batches` keeps several requests
-in flight so that the server never waits for the network.
+Images are decoded the way the transformers pipeline loads them and sent at
+their own size, unless the served model's `/metadata` says a resize is exactly
+what its processor does (then they are resized here, with its filter). A batch
+goes as `.npy` uint8 pixels per request and comes back as a compact (index,
+score) array, so a request costs the same few milliseconds whether it holds 1
+or 1000 images; `classify_batches` keeps several requests in flight so that
+the server never waits for the network.
 """
 
 from __future__ import annotations
 
 import io
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -36,13 +39,32 @@ class TopK:
         return [[names[i] for i in row] for row in self.indices]
 
 
-def encode_images(images: np.ndarray) -> bytes:
-    """uint8 (N, H, W, 3) -> the `.npy` request body."""
-    arr = np.ascontiguousarray(images)
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
-        raise ValueError(f"images must be uint8 (N, H, W, 3), got {arr.dtype} {arr.shape}")
+Images = np.ndarray | list[np.ndarray]
+# A request's pixels are bounded: images beyond it go in the next request.
+MAX_REQUEST_PIXEL_BYTES = 64 << 20
+
+
+def encode_images(images: Images) -> bytes:
+    """RGB uint8 images -> the `/classify` body: one (N, H, W, 3) `.npy` when they share a
+    size, else (height, width) pairs then the concatenated pixels (the service's contract)."""
+    if isinstance(images, np.ndarray):
+        arr = np.ascontiguousarray(images)
+        if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3:
+            raise ValueError(f"images must be uint8 (N, H, W, 3), got {arr.dtype} {arr.shape}")
+        return _npy(arr)
+    arrays = [np.asarray(a) for a in images]
+    if any(a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 for a in arrays):
+        raise ValueError("each image must be uint8 (H, W, 3)")
+    if arrays and all(a.shape == arrays[0].shape for a in arrays):
+        return _npy(np.stack(arrays))
+    sizes = np.array([a.shape[:2] for a in arrays], dtype=np.int32).reshape(-1, 2)
+    flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0, np.uint8)
+    return _npy(sizes) + _npy(flat)
+
+
+def _npy(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
     return buf.getvalue()
 
 
@@ -61,24 +83,64 @@ def decode_topk(data: bytes, n: int, top_k: int | None = None) -> TopK:
     )
 
 
-def decode_images(encoded: Iterable[bytes], size: tuple[int, int], resample: int = 2) -> np.ndarray:
-    """Encoded images (PNG, JPEG…) -> uint8 (N, H, W, 3) at the model's size.
+@dataclass(frozen=True)
+class Resize:
+    """What a served model lets the client do before sending (its `/metadata` `resize`):
+    resize to height x width with this PIL filter, exactly as its processor would."""
 
-    `size` and `resample` (a PIL filter code, 2 = bilinear) come from `/metadata`,
-    so that images are resized the way the model's own processor would.
-    """
-    from PIL import Image
+    height: int
+    width: int
+    resample: int
 
-    h, w = size
-    filt = Image.Resampling(resample)
-    out = []
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> Resize | None:
+        r = meta.get("resize")
+        if not isinstance(r, dict):
+            return None
+        return cls(int(r["height"]), int(r["width"]), int(r.get("resample", 2)))
+
+
+def decode_image(data: bytes, resize: Resize | None = None) -> np.ndarray:
+    """PNG/JPEG bytes -> RGB uint8 (H, W, 3), as the transformers pipeline loads an image
+    (EXIF orientation applied, then `convert("RGB")`), resized only if `resize` says so."""
+    from PIL import Image, ImageOps
+
+    # Only the formats ingestion accepts: no other decoder is ever tried.
+    with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as img:
+        rgb = ImageOps.exif_transpose(img).convert("RGB")
+    if resize is not None:
+        rgb = rgb.resize((resize.width, resize.height), Image.Resampling(resize.resample))
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def decode_images(encoded: Iterable[bytes], resize: Resize | None = None) -> Images:
+    """Encoded images -> one (N, H, W, 3) array when they share a size, else a list."""
+    arrays = [decode_image(data, resize) for data in encoded]
+    if arrays and all(a.shape == arrays[0].shape for a in arrays):
+        return np.stack(arrays)
+    return arrays
+
+
+def image_batches(
+    encoded: Sequence[bytes], batch_size: int, resize: Resize | None = None
+) -> Iterator[Images]:
+    """`encoded` decoded lazily into request batches of at most `batch_size` images and
+    MAX_REQUEST_PIXEL_BYTES of pixels (one larger image goes alone)."""
+    batch: list[np.ndarray] = []
+    size = 0
     for data in encoded:
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB")
-            if rgb.size != (w, h):
-                rgb = rgb.resize((w, h), filt)
-            out.append(np.asarray(rgb, dtype=np.uint8))
-    return np.stack(out) if out else np.zeros((0, h, w, 3), dtype=np.uint8)
+        image = decode_image(data, resize)
+        if batch and (len(batch) == batch_size or size + image.nbytes > MAX_REQUEST_PIXEL_BYTES):
+            yield _stacked(batch)
+            batch, size = [], 0
+        batch.append(image)
+        size += image.nbytes
+    if batch:
+        yield _stacked(batch)
+
+
+def _stacked(arrays: list[np.ndarray]) -> Images:
+    return np.stack(arrays) if all(a.shape == arrays[0].shape for a in arrays) else arrays
 
 
 class ModelClient:
@@ -104,15 +166,16 @@ class ModelClient:
         self._http.close()
 
     def metadata(self) -> dict[str, Any]:
-        """{labels, image_size, top_k, architecture} of the served model (cached)."""
+        """{protocol, labels, top_k, architecture, device, resize} of the served model
+        (cached)."""
         if self._meta is None:
             r = self._http.post("/metadata", json={})
             r.raise_for_status()
             self._meta = r.json()
         return self._meta
 
-    def classify(self, images: np.ndarray, top_k: int | None = None) -> TopK:
-        """Top-k for a batch of uint8 (N, H, W, 3) images in one request."""
+    def classify(self, images: Images, top_k: int | None = None) -> TopK:
+        """Top-k for a batch of RGB uint8 images (of one size or several) in one request."""
         body = encode_images(images)
         r = self._http.post("/classify", content=body, headers={"content-type": NPY_MEDIA_TYPE})
         if r.status_code != 200:
@@ -120,7 +183,7 @@ class ModelClient:
         return decode_topk(r.content, len(images), top_k)
 
     def classify_batches(
-        self, batches: Iterable[np.ndarray], top_k: int | None = None
+        self, batches: Iterable[Images], top_k: int | None = None
     ) -> Iterator[TopK]:
         """Top-k for each batch, in order, with up to `concurrency` requests in flight."""
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="dyff-client") as pool:

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from dyff.models import bento_env, extract_archive
+from dyff.models import bento_env, unpack_bento
 
 STOP_GRACE_S = 15.0
 
@@ -45,10 +45,7 @@ def _bento_target(bento: str | Path, workdir: Path) -> str:
     if path.is_file():
         # Unpack with dyff's checked extraction rather than BentoML's importer.
         h = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-        dest = workdir / f"bento-{h}"
-        if not (dest / "bento.yaml").is_file():
-            extract_archive(path, dest)
-        return str(dest)
+        return str(unpack_bento(path, workdir / f"bento-{h}"))
     return str(bento)  # a tag, e.g. dyff-model:0123…
 
 

@@ -3,23 +3,41 @@
 This file must stay standalone — it imports nothing from dyff — because
 `package_transformers` copies it into the Bento as `service.py` next to the
 model folder `model/`, and a Bento must serve wherever BentoML, torch and
-transformers are installed.
+transformers are installed. When dyff serves one of its own Bentos it puts the
+current copy of this file in place first, so the code that runs is the code
+that `dyff.runtime.runtime_version` names.
 
-The contract (also what an image-form model must expose to be evaluated):
+Exactness: a prediction is what the model's own processor
+(`AutoImageProcessor`) and forward pass give on the original image after
+`ImageOps.exif_transpose` and `convert("RGB")` — what the transformers
+image-classification pipeline does — and the score is the pipeline's
+(softmax; sigmoid for multi-label or one-label models). The processor runs
+on every image, with one exception that is provably the same computation: a
+processor of the generic PIL backend that only resizes to a fixed height x
+width, then rescales and normalises (`ViTImageProcessor` and its kin). For
+those, `/metadata` asks the client to resize with PIL and the same filter —
+the processor's own resize — and the server rescales and normalises the
+whole batch in torch; the service checks at start-up that this matches the
+processor on sample images, and falls back to the processor if not.
 
-- `POST /classify` (batchable): the body is one `.npy` file (numpy's format,
-  no pickle) holding a uint8 array (N, H, W, 3) of RGB images, sent with
-  `Content-Type: application/x-npy`. Images are resized to the model's size
-  if they differ. The answer is an `.npy` of a structured array (N, K) with
-  fields `index` (int32, the label id) and `score` (float32, softmax
-  probability), best first; K = min(DYFF_TOP_K, number of labels). A binary
-  tensor both ways keeps the per-request cost flat in N: no per-image
-  Python, no JSON of numbers.
+The contract, protocol 2 (also what an image-form model must expose):
+
+- `POST /classify`: the body is either one `.npy` file (numpy's format, no
+  pickle) holding a uint8 array (N, H, W, 3) of RGB images of one size, or,
+  for images of different sizes, two `.npy` files back to back: an integer
+  array (N, 2) of each image's (height, width), then a uint8 array of their
+  RGB pixels, row-major, one image after another. `Content-Type:
+  application/x-npy` either way. The answer is an `.npy` of a structured
+  array (N, K) with fields `index` (int32, the label id) and `score`
+  (float32), best first; K = min(DYFF_TOP_K, number of labels). A binary
+  tensor both ways keeps the per-request cost flat in N.
 - `POST /classify_images` (batchable): multipart `images` files (PNG/JPEG…);
   answers JSON `[{"labels": [...], "scores": [...]}, ...]`. For people and
   generic clients; slower.
-- `POST /metadata`: JSON `{labels, image_size, top_k, architecture, resample, device}`
-  (`resample`: the PIL filter to resize images with before sending them).
+- `POST /metadata`: JSON `{protocol, labels, top_k, architecture, device,
+  resize}`; `resize` is `{height, width, resample}` (resample: a PIL filter
+  code) when the client may resize images to that size with that filter
+  before sending them, or null when it must send them as they are.
 
 Knobs (environment, read at import): DYFF_MODEL_DIR (default `./model`
 beside this file), DYFF_TOP_K (100), DYFF_MAX_BATCH_SIZE (4096 images),
@@ -33,7 +51,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 import os
 import typing as t
@@ -43,8 +60,10 @@ import bentoml
 import numpy as np
 from bentoml.validators import ContentType
 from PIL import Image as PILImage
+from PIL import ImageOps
 from pydantic import AfterValidator, BeforeValidator
 
+PROTOCOL = 2
 MODEL_DIR = Path(os.environ.get("DYFF_MODEL_DIR") or Path(__file__).resolve().parent / "model")
 TOP_K = int(os.environ.get("DYFF_TOP_K", "100"))
 MAX_BATCH_SIZE = int(os.environ.get("DYFF_MAX_BATCH_SIZE", "4096"))
@@ -53,21 +72,21 @@ TORCH_THREADS = int(os.environ.get("DYFF_TORCH_THREADS") or os.cpu_count() or 1)
 # Images per forward pass: large batches are split so activations stay cache-sized.
 CHUNK_SIZE = int(os.environ.get("DYFF_CHUNK_SIZE", "256"))
 DEVICE = os.environ.get("DYFF_DEVICE", "auto")
-# Refuse absurd inputs before allocating anything.
-MAX_SIDE = 4096
+# Refuse absurd inputs before allocating anything (dataset ingestion allows the same).
+MAX_PIXELS = 8192 * 8192
+MAX_IMAGES = 65536
 MAX_REQUEST_BYTES = 1 << 30
 
 NPY_MEDIA_TYPE = "application/x-npy"
 TOPK_DTYPE = np.dtype([("index", "<i4"), ("score", "<f4")])
 
+Images = t.Union[np.ndarray, list[np.ndarray]]  # noqa: UP007 - evaluated at run time
 
-def decode_npy_images(data: bytes) -> np.ndarray:
-    """A `.npy` payload -> uint8 (N, H, W, 3), checked before any allocation; never unpickles."""
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise ValueError("expected an .npy body")
-    if len(data) > MAX_REQUEST_BYTES:
-        raise ValueError("request too large")
-    buf = io.BytesIO(data)
+
+# ------------------------------------------------------------------- payloads
+
+
+def _npy_header(buf: io.BytesIO) -> tuple[tuple[int, ...], np.dtype[t.Any]]:
     try:
         version = np.lib.format.read_magic(buf)
         read_header = (
@@ -78,17 +97,60 @@ def decode_npy_images(data: bytes) -> np.ndarray:
         shape, fortran, dtype = read_header(buf, max_header_size=10000)
     except Exception as exc:  # numpy raises several types for a bad header
         raise ValueError(f"not an .npy payload: {exc}") from None
-    if dtype != np.uint8 or fortran:
-        raise ValueError("images must be a C-ordered uint8 array")
-    if len(shape) != 4 or shape[3] != 3 or shape[0] < 1:
-        raise ValueError(f"images must have shape (N, H, W, 3), got {shape}")
-    if not (0 < shape[1] <= MAX_SIDE and 0 < shape[2] <= MAX_SIDE):
-        raise ValueError(f"image side must be 1..{MAX_SIDE}")
+    if fortran:
+        raise ValueError("arrays must be C-ordered")
+    return tuple(int(s) for s in shape), dtype
+
+
+def decode_npy_images(data: bytes) -> Images:
+    """A `/classify` body -> uint8 (N, H, W, 3), or a list of (H, W, 3) for images of
+    different sizes; every size checked before anything is allocated; never unpickles."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ValueError("expected an .npy body")
+    data = bytes(data)
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ValueError("request too large")
+    buf = io.BytesIO(data)
+    shape, dtype = _npy_header(buf)
+    if dtype == np.uint8:
+        if len(shape) != 4 or shape[3] != 3 or not 1 <= shape[0] <= MAX_IMAGES:
+            raise ValueError(f"images must have shape (N, H, W, 3), got {shape}")
+        _check_size(shape[1], shape[2])
+        offset = buf.tell()
+        expected = math.prod(shape)  # exact: numpy could overflow on a forged shape
+        if len(data) - offset != expected:
+            raise ValueError(f"payload holds {len(data) - offset} bytes, shape needs {expected}")
+        return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
+    if dtype.kind not in "iu" or len(shape) != 2 or shape[1] != 2:
+        raise ValueError("images must be uint8 (N, H, W, 3), or sizes (N, 2) then pixels")
+    if not 1 <= shape[0] <= MAX_IMAGES:
+        raise ValueError(f"1..{MAX_IMAGES} images per request")
     offset = buf.tell()
-    expected = math.prod(shape)  # exact: numpy could overflow on a forged shape
-    if len(data) - offset != expected:
-        raise ValueError(f"payload holds {len(data) - offset} bytes, shape needs {expected}")
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
+    if len(data) - offset < shape[0] * 2 * dtype.itemsize:
+        raise ValueError("the sizes array is truncated")
+    pairs = np.frombuffer(data, dtype=dtype, count=shape[0] * 2, offset=offset).reshape(shape)
+    sizes = [(int(h), int(w)) for h, w in pairs.tolist()]
+    for h, w in sizes:
+        _check_size(h, w)
+    buf.seek(offset + shape[0] * 2 * dtype.itemsize)
+    pixel_shape, pixel_dtype = _npy_header(buf)
+    total = sum(h * w * 3 for h, w in sizes)
+    if pixel_dtype != np.uint8 or pixel_shape != (total,):
+        raise ValueError(f"pixels must be uint8 ({total},), got {pixel_dtype} {pixel_shape}")
+    offset = buf.tell()
+    if len(data) - offset != total:
+        raise ValueError(f"payload holds {len(data) - offset} pixel bytes, sizes need {total}")
+    flat = np.frombuffer(data, dtype=np.uint8, offset=offset)
+    out, start = [], 0
+    for h, w in sizes:
+        out.append(flat[start : start + h * w * 3].reshape(h, w, 3))
+        start += h * w * 3
+    return out
+
+
+def _check_size(h: int, w: int) -> None:
+    if h < 1 or w < 1 or h * w > MAX_PIXELS:
+        raise ValueError(f"image of {h}x{w} pixels: sides must be >= 1, at most {MAX_PIXELS} px")
 
 
 def encode_npy(array: np.ndarray) -> bytes:
@@ -101,10 +163,91 @@ def _encode_if_array(value: t.Any) -> t.Any:
     return encode_npy(value) if isinstance(value, np.ndarray) else value
 
 
-# `bytes` makes BentoML hand over the raw body; the validator turns it into an
-# array, which BentoML's batching then concatenates along axis 0.
+# `bytes` makes BentoML hand over the raw body; the validator turns it into images.
 NpyImages = t.Annotated[bytes, AfterValidator(decode_npy_images), ContentType(NPY_MEDIA_TYPE)]
 NpyTopK = t.Annotated[bytes, BeforeValidator(_encode_if_array), ContentType(NPY_MEDIA_TYPE)]
+
+
+def rgb_image(image: PILImage.Image) -> PILImage.Image:
+    """What the transformers pipeline makes of an image before its processor sees it."""
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
+# ------------------------------------------------------------ preprocessing
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeOnly:
+    """A processor that resizes to a fixed size with PIL, then rescales and normalises:
+    the resize is done with PIL per image (as the processor does it), the rest on the
+    whole batch in torch."""
+
+    height: int
+    width: int
+    resample: int  # a PIL filter code
+    rescale: float | None
+    mean: list[float] | None
+    std: list[float] | None
+
+
+# The processor methods whose generic PIL-backend versions make up ResizeOnly.
+_GENERIC_METHODS = (
+    "__call__", "preprocess", "_preprocess", "_preprocess_image_like_inputs",
+    "_further_process_kwargs", "_validate_preprocess_kwargs", "process_image",
+    "convert_to_rgb", "resize", "center_crop", "rescale", "normalize", "pad",
+)  # fmt: skip
+
+
+def _field(obj: t.Any, name: str) -> t.Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def resize_only(processor: t.Any) -> ResizeOnly | None:
+    """The processor as ResizeOnly, or None when it may do anything else (a crop, a
+    shortest-edge rule, padding, its own code, another backend)."""
+    try:
+        from transformers.image_processing_backends import PilBackend
+    except ImportError:
+        return None
+    cls = type(processor)
+    if not isinstance(processor, PilBackend):
+        return None
+    processor = t.cast(t.Any, processor)
+    if any(getattr(cls, m, None) is not getattr(PilBackend, m, None) for m in _GENERIC_METHODS):
+        return None
+    size = processor.size
+    keys = {k for k in ("height", "width", "shortest_edge", "longest_edge", "max_height",
+                        "max_width") if _field(size, k) is not None}  # fmt: skip
+    if not processor.do_resize or keys != {"height", "width"}:
+        return None
+    if processor.do_center_crop or getattr(processor, "do_pad", None):
+        return None
+    resample = processor.resample if processor.resample is not None else 2
+    if not isinstance(resample, int) or int(resample) not in range(6):
+        return None
+    mean = std = None
+    if processor.do_normalize:
+        n_mean, n_std = processor.image_mean, processor.image_std
+        mean = [float(v) for v in (n_mean if isinstance(n_mean, list | tuple) else [n_mean] * 3)]
+        std = [float(v) for v in (n_std if isinstance(n_std, list | tuple) else [n_std] * 3)]
+    return ResizeOnly(
+        height=int(_field(size, "height")),
+        width=int(_field(size, "width")),
+        resample=int(resample),
+        rescale=float(processor.rescale_factor) if processor.do_rescale else None,
+        mean=mean,
+        std=std,
+    )
+
+
+def _score_function(config: t.Any) -> str:
+    """The transformers pipeline's choice of scores for a classifier's logits."""
+    problem = getattr(config, "problem_type", None)
+    if problem == "regression":
+        return "none"
+    if problem == "multi_label_classification" or config.num_labels == 1:
+        return "sigmoid"
+    return "softmax"
 
 
 class Classifier:
@@ -119,7 +262,7 @@ class Classifier:
         device: str = DEVICE,
     ) -> None:
         import torch
-        from transformers import AutoModelForImageClassification
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         torch.set_num_threads(max(1, threads))
         self.torch = torch
@@ -136,34 +279,50 @@ class Classifier:
         self.labels = [str(config.id2label[i]) for i in range(len(config.id2label))]
         self.top_k = max(1, min(top_k, len(self.labels)))
         self.architecture = (config.architectures or [type(self.model).__name__])[0]
-        pre = json.loads((Path(model_dir) / "preprocessor_config.json").read_text())
-        self._fast = _simple_preprocessing(pre)
-        self._processor: t.Any = None
-        if self._fast is None:
-            from transformers import AutoImageProcessor
+        self.score_function = _score_function(config)
+        self.processor = AutoImageProcessor.from_pretrained(
+            model_dir, trust_remote_code=False, local_files_only=True
+        )
+        self.resize = resize_only(self.processor)
+        if self.resize is not None and not self._resize_only_agrees():
+            self.resize = None
 
-            self._processor = AutoImageProcessor.from_pretrained(
-                model_dir, trust_remote_code=False, local_files_only=True
-            )
-        self.image_size = self._fast.size if self._fast else _processor_size(pre)
-        self.resample = int(pre.get("resample", 2))
+    # -- preprocessing
 
-    def pixel_values(self, images: np.ndarray) -> t.Any:
-        """uint8 (N, H, W, 3) -> the model's input tensor, vectorised (no per-image Python)."""
+    def pixel_values(self, images: Images) -> list[tuple[list[int], t.Any]]:
+        """RGB uint8 images -> the model's input, as (positions, tensor) groups of one shape
+        (a processor without a crop may give images of several sizes)."""
+        if self.resize is not None:
+            return [(list(range(len(images))), self._resize_only(images))]
+        pixels = self.processor(images=[PILImage.fromarray(np.asarray(a)) for a in images])
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(pixels["pixel_values"]):
+            groups.setdefault(tuple(np.shape(p)), []).append(i)
+        values = pixels["pixel_values"]
         torch = self.torch
-        if self._fast is None:
-            out = self._processor(images=list(images), return_tensors="pt")
-            return out["pixel_values"].to(self.device)
-        pre = self._fast
+        return [
+            (idx, torch.from_numpy(np.stack([np.asarray(values[i]) for i in idx])).to(self.device))
+            for idx in groups.values()
+        ]
+
+    def _resize_only(self, images: Images) -> t.Any:
+        """ResizeOnly on a batch: PIL resize where an image is not at the size yet, then
+        rescale and normalise on the whole batch in torch."""
+        torch, pre = self.torch, self.resize
+        assert pre is not None
+        size = (pre.height, pre.width, 3)
+        if not (isinstance(images, np.ndarray) and images.shape[1:] == size):
+            filt = PILImage.Resampling(pre.resample)
+            target = (pre.width, pre.height)
+            images = np.stack([
+                np.asarray(a) if np.shape(a) == size
+                else np.asarray(PILImage.fromarray(np.asarray(a)).resize(target, filt))
+                for a in images
+            ])  # fmt: skip
         if not (images.flags.writeable and images.flags.c_contiguous):
             images = np.array(images, order="C")  # a request body is read-only; torch wants to own
         # uint8 crosses to the device (4x less than float), then is converted there.
-        x = torch.from_numpy(images).to(self.device)
-        x = x.permute(0, 3, 1, 2).float()
-        if tuple(x.shape[2:]) != pre.size:
-            x = torch.nn.functional.interpolate(
-                x, size=pre.size, mode=pre.mode, antialias=True, align_corners=False
-            ).clamp_(0, 255)
+        x = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float()
         if pre.rescale is not None:
             x = x * pre.rescale
         if pre.mean is not None and pre.std is not None:
@@ -171,80 +330,61 @@ class Classifier:
             x = (x - mean) / torch.tensor(pre.std, device=x.device).view(1, -1, 1, 1)
         return x
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
+    def _resize_only_agrees(self) -> bool:
+        """The batched path gives the processor's own pixel values on sample images."""
+        assert self.resize is not None
+        rng = np.random.default_rng(0)
+        h, w = self.resize.height, self.resize.width
+        samples = [rng.integers(0, 256, (sh, sw, 3), dtype=np.uint8)
+                   for sh, sw in ((h, w), (h + 7, max(1, w // 2) + 3), (3, 5))]  # fmt: skip
+        fast = self._resize_only(samples).cpu().numpy()
+        ref = self.processor(images=[PILImage.fromarray(a) for a in samples])["pixel_values"]
+        return all(
+            np.shape(r) == f.shape and np.allclose(np.asarray(r), f, rtol=0, atol=1e-5)
+            for r, f in zip(ref, fast, strict=True)
+        )
+
+    # -- inference
+
+    def predict(self, images: Images) -> np.ndarray:
         """Top-k (index, score) per image as a structured (N, K) array, best first."""
         torch = self.torch
         out = np.empty((len(images), self.top_k), dtype=TOPK_DTYPE)
         with torch.inference_mode():
             for start in range(0, len(images), self.chunk_size):
                 chunk = images[start : start + self.chunk_size]
-                logits = self.model(pixel_values=self.pixel_values(chunk)).logits
-                scores, indices = torch.softmax(logits.float(), dim=-1).topk(self.top_k, dim=-1)
-                out["index"][start : start + len(chunk)] = indices.cpu().numpy()
-                out["score"][start : start + len(chunk)] = scores.cpu().numpy()
+                for positions, pixels in self.pixel_values(chunk):
+                    rows = [start + i for i in positions]
+                    scores, indices = self._scores(self.model(pixel_values=pixels).logits)
+                    out["index"][rows] = indices
+                    out["score"][rows] = scores
         return out
 
+    def _scores(self, logits: t.Any) -> tuple[np.ndarray, np.ndarray]:
+        logits = logits.float()
+        if self.score_function == "softmax":
+            probs = self.torch.softmax(logits, dim=-1)
+        elif self.score_function == "sigmoid":
+            probs = self.torch.sigmoid(logits)
+        else:
+            probs = logits
+        scores, indices = probs.topk(self.top_k, dim=-1)
+        return scores.cpu().numpy(), indices.cpu().numpy()
+
     def metadata(self) -> dict[str, t.Any]:
+        pre = self.resize
         return {
+            "protocol": PROTOCOL,
             "labels": self.labels,
-            "image_size": list(self.image_size) if self.image_size else None,
             "top_k": self.top_k,
             "architecture": self.architecture,
-            "resample": self.resample,
             "device": self.device.type,
+            "resize": (
+                {"height": pre.height, "width": pre.width, "resample": pre.resample}
+                if pre is not None
+                else None
+            ),
         }
-
-
-@dataclasses.dataclass(frozen=True)
-class SimplePreprocessing:
-    """A processor that only resizes, rescales and normalises: done on the whole batch in torch."""
-
-    size: tuple[int, int]
-    mode: str  # torch interpolation matching the processor's PIL resample
-    rescale: float | None
-    mean: list[float] | None
-    std: list[float] | None
-
-
-# PIL resample codes -> torch modes (antialiased, as PIL's filters are).
-_RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}
-
-
-def _simple_preprocessing(pre: dict[str, t.Any]) -> SimplePreprocessing | None:
-    """The processor as resize→rescale→normalise, or None when it does more (crop, pad…)."""
-    if pre.get("do_center_crop") or pre.get("do_pad") or pre.get("do_convert_rgb") is False:
-        return None
-    size = pre.get("size") or {}
-    if not (isinstance(size, dict) and set(size) == {"height", "width"}):
-        return None
-    if pre.get("do_resize", True) is False:
-        return None
-    mode = _RESAMPLE_MODES.get(int(pre.get("resample", 2)))
-    if mode is None:
-        return None
-    rescale = float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else None
-    mean = std = None
-    if pre.get("do_normalize", True):
-        mean = [float(v) for v in pre.get("image_mean", [0.5, 0.5, 0.5])]
-        std = [float(v) for v in pre.get("image_std", [0.5, 0.5, 0.5])]
-    return SimplePreprocessing((int(size["height"]), int(size["width"])), mode, rescale, mean, std)
-
-
-def _processor_size(pre: dict[str, t.Any]) -> tuple[int, int] | None:
-    crop = pre.get("crop_size") if pre.get("do_center_crop") else None
-    size = crop or pre.get("size") or {}
-    if isinstance(size, dict) and "height" in size and "width" in size:
-        return int(size["height"]), int(size["width"])
-    if isinstance(size, dict) and "shortest_edge" in size:
-        return int(size["shortest_edge"]), int(size["shortest_edge"])
-    return None
-
-
-def _to_rgb_array(image: PILImage.Image, size: tuple[int, int] | None, resample: int) -> np.ndarray:
-    image = image.convert("RGB")
-    if size is not None and image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), PILImage.Resampling(resample))
-    return np.asarray(image, dtype=np.uint8)
 
 
 @bentoml.service(
@@ -258,23 +398,17 @@ class ImageClassifier:
     def __init__(self) -> None:
         self.classifier = Classifier(MODEL_DIR)
         # Warm up so the first real request does not pay for lazy initialisation.
-        size = self.classifier.image_size or (224, 224)
+        pre = self.classifier.resize
+        size = (pre.height, pre.width) if pre is not None else (224, 224)
         self.classifier.predict(np.zeros((1, size[0], size[1], 3), dtype=np.uint8))
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=MAX_BATCH_SIZE,
-        max_latency_ms=MAX_LATENCY_MS,
-    )
+    @bentoml.api
     def classify(self, images: NpyImages, /) -> NpyTopK:
-        batch = t.cast(np.ndarray, images)
-        return t.cast(bytes, self.classifier.predict(batch))
+        return t.cast(bytes, self.classifier.predict(t.cast(Images, images)))
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
     def classify_images(self, images: list[PILImage.Image]) -> list[dict[str, t.Any]]:
-        size = self.classifier.image_size
-        resample = self.classifier.resample
-        batch = np.stack([_to_rgb_array(img, size, resample) for img in images])
+        batch = [np.asarray(rgb_image(img)) for img in images]
         top = self.classifier.predict(batch)
         labels = self.classifier.labels
         return [

@@ -66,7 +66,6 @@ from dyff.evaluation import (
     Plan,
     assigned,
     compute_metrics,
-    decode_images,
     encode_json,
     encode_predictions,
     plan_inputs,
@@ -75,7 +74,7 @@ from dyff.evaluation import (
     top5_answerable,
 )
 from dyff.metrics import summary
-from dyff.runtime.client import ModelClient, TopK
+from dyff.runtime.client import Images, ModelClient, Resize, TopK, image_batches
 from dyff.schema import ConditionStatus, Evaluation, MetricsSummary, Progress, Shard
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -165,7 +164,7 @@ class CountingClient:
     def metadata(self) -> dict[str, Any]:
         return self.client.metadata()
 
-    def classify(self, images: np.ndarray, top_k: int) -> TopK:
+    def classify(self, images: Images, top_k: int) -> TopK:
         with self._lock:
             self.calls += 1
             self.images += len(images)
@@ -309,22 +308,31 @@ def model_server(
         yield url
 
 
-def check_served(inputs: Inputs, meta: dict[str, Any]) -> tuple[int, int] | None:
-    """The served model must be the recorded one (same labels); returns its image size."""
+def check_served(inputs: Inputs, meta: dict[str, Any]) -> Resize | None:
+    """The served model must be the recorded one (same labels); returns the resize its
+    processor lets the client do (None: send images as they are)."""
     served = meta.get("labels")
     recorded = inputs.model.status.labels
     if served is not None and recorded is not None and list(served) != list(recorded):
         raise WorkloadFailed(MODEL_MISMATCH, "the served model's labels are not the Model's")
     dataset_labels = list(inputs.dataset.status.labels or [])
-    if served is not None and recorded is None and list(served) != dataset_labels[: len(served)]:
-        # Without recorded labels the plan took predicted ids as dataset label ids.
+    mapping = inputs.evaluation.spec.label_mapping
+    by_index = mapping is not None and bool(mapping.by_index)
+    if (
+        served is not None
+        and recorded is None
+        and list(served) != dataset_labels[: len(served)]
+        and not (by_index and len(served) == len(dataset_labels))
+    ):
+        # Without recorded labels the plan took predicted ids as dataset label ids (what
+        # labelMapping byIndex says outright).
         raise WorkloadFailed(
             MODEL_MISMATCH,
             "the served model's labels differ from the dataset's; an image-form model "
-            "must predict the dataset's label ids",
+            "must predict the dataset's label ids (say so with spec.labelMapping "
+            "{byIndex: true})",
         )
-    size = meta.get("image_size")
-    return (int(size[0]), int(size[1])) if size else None
+    return Resize.from_metadata(meta)
 
 
 # ------------------------------------------------------------------ inference
@@ -335,8 +343,9 @@ class _ShardWork:
     shard: Shard
     row_ids: np.ndarray
     labels: np.ndarray
-    parts: list[TopK | None]
-    remaining: int
+    parts: list[TopK | None] = field(default_factory=list)  # one per request, in order
+    remaining: int = 0  # requests sent and not answered yet
+    sealed: bool = False  # every request of the shard has been sent
 
 
 def _load_shard(inputs: Inputs, blobs: BlobStore, shard: Shard) -> tuple[Any, list[bytes]]:
@@ -356,10 +365,12 @@ def infer_shards(
     *,
     batch_size: int,
     concurrency: int,
-    image_size: tuple[int, int] | None,
+    resize: Resize | None,
     on_shard: Callable[[Shard], None],
 ) -> None:
-    """Stream `shards` through the model and store each shard's prediction file."""
+    """Stream `shards` through the model and store each shard's prediction file. Requests
+    hold up to `batch_size` images (fewer when they are large) and run across shard
+    boundaries, `concurrency` in flight."""
     top_k = inputs.top_k
     n_labels = len(inputs.model.status.labels or inputs.label_names)
     want_k = min(top_k, n_labels)
@@ -381,27 +392,27 @@ def infer_shards(
         work, i, future = pending.popleft()
         work.parts[i] = future.result()
         work.remaining -= 1
-        if work.remaining == 0:
+        if work.sealed and work.remaining == 0:
             finish(work)
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="dyff-eval") as pool:
         try:
             for shard in shards:
                 table, images = _load_shard(inputs, blobs, shard)
-                n_batches = max(1, -(-len(images) // batch_size))
                 work = _ShardWork(
-                    shard,
-                    table.column("row_id").to_numpy(),
-                    table.column("label").to_numpy(),
-                    [None] * n_batches,
-                    n_batches,
+                    shard, table.column("row_id").to_numpy(), table.column("label").to_numpy()
                 )
-                for b in range(n_batches):
-                    # Decode while earlier requests are in flight.
-                    batch = decode_images(images[b * batch_size : (b + 1) * batch_size], image_size)
+                # Decoding happens here, while earlier requests are in flight.
+                for batch in image_batches(images, batch_size, resize):
                     while len(pending) >= concurrency:
                         complete_oldest()
-                    pending.append((work, b, pool.submit(client.classify, batch, top_k)))
+                    work.parts.append(None)
+                    work.remaining += 1
+                    future = pool.submit(client.classify, batch, top_k)
+                    pending.append((work, len(work.parts) - 1, future))
+                work.sealed = True
+                if work.remaining == 0:  # an empty shard, or every answer is in already
+                    finish(work)
             while pending:
                 complete_oldest()
         finally:
@@ -446,18 +457,21 @@ def _write_results(
     uid = ev.metadata.uid or ""
     paths = results.local_paths(blobs, plan.keys, scratch / "predictions")
     model_labels = inputs.model.status.labels
+    # Over the dataset's labels only: a prediction of a model label it lacks is wrong.
     doc = compute_metrics(
         paths,
-        inputs.label_names,
+        inputs.dataset_labels,
         ev.spec.metrics,
         expected_rows=plan.rows_total,
         top5=top5_answerable(inputs.top_k, len(model_labels) if model_labels else None),
+        model_classes=inputs.model_classes,
     )
     doc.update(
         modelDigest=inputs.model_digest,
         inferenceDigest=inputs.inference_digest,
-        topK=inputs.top_k,
+        topK=inputs.top_k_kept,  # what the files hold: topK clamped to the model's classes
         shards=plan.shards_total,
+        **inputs.label_report(),
     )
     blobs.put(layout.manifest_key(ev.account, ev.name, uid), encode_json({"files": plan.keys}))
     blobs.put(layout.metrics_key(ev.account, ev.name, uid), encode_json(doc))
@@ -568,7 +582,7 @@ def _infer(
         run = ev.spec.run
         with ModelClient(url, concurrency=run.concurrency) as http:
             client = CountingClient(http)
-            size = check_served(inputs, client.metadata())
+            resize = check_served(inputs, client.metadata())
 
             def shard_done(shard: Shard) -> None:
                 outcome.inferred.append(shard.sha256)
@@ -586,7 +600,7 @@ def _infer(
                 infer_shards(
                     inputs, blobs, client, todo,
                     batch_size=run.batch_size, concurrency=run.concurrency,
-                    image_size=size, on_shard=shard_done,
+                    resize=resize, on_shard=shard_done,
                 )  # fmt: skip
             finally:
                 outcome.inference_calls = client.calls

@@ -26,11 +26,17 @@ does: Linux's autogroup scheduling gives each session an equal share of a
 loaded machine, so the path (server session + client session) can still get
 more of a contended CPU than the bare loop; on an idle machine it cannot.
 
-Two lines, one per model:
+Three lines, one per model:
 - "vit_small": ViT-Small dimensions at 224 px, random weights (compute-bound);
   goal ratio >= 0.9.
 - "vit_tiny": the demo's 8 px digits ViT architecture (weights untrained: the
   cost is the same); overhead-bound; goal ratio >= 0.5.
+- "convnext_crop": a small ConvNext (1.9 M parameters, random weights) whose
+  processor resizes the shortest edge to 224/crop_pct and centre-crops 224, on
+  images of mixed sizes (180-360 px a side): the path sends every image at its
+  own size and the server runs the model's own processor. The bare loop is the
+  plain `AutoImageProcessor` + forward pass on the decoded images; goal ratio
+  >= 0.85.
 Each prints {"bench": "evaluation_throughput", "model": ..., "value": img/s,
 "unit": "images/s", "baseline": bare img/s, "ratio": value / baseline, ...}.
 """
@@ -38,6 +44,7 @@ Each prints {"bench": "evaluation_throughput", "model": ..., "value": img/s,
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -62,7 +69,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dyff.evaluation import decode_images, resolve  # noqa: E402
+from dyff.evaluation import resolve  # noqa: E402
+from dyff.runtime.client import Images  # noqa: E402
 from dyff.schema import Evaluation  # noqa: E402
 from dyff.workloads.evaluate import ServerOptions, model_server, run_evaluation  # noqa: E402
 from tests.workloads.evaluation_fixtures import Platform  # noqa: E402
@@ -75,7 +83,7 @@ class Case:
     model: str
     rows: int
     shard_rows: int
-    side: int  # image side in the dataset (the model's size: no resize anywhere)
+    side: int  # image side in the dataset (the model's size: no resize), 0: mixed sizes
     batch_size: int  # images per request on the evaluation path
     concurrency: int
     rounds: int
@@ -87,7 +95,29 @@ CASES = {
                       batch_size=32, concurrency=3, rounds=3, sample=32),
     "vit_tiny": Case("vit_tiny", int(os.environ.get("BENCH_TINY_ROWS", "20000")), 1000, 8,
                      batch_size=1000, concurrency=3, rounds=3, sample=4000),
+    "convnext_crop": Case("convnext_crop", int(os.environ.get("BENCH_CONVNEXT_ROWS", "96")), 32,
+                          0, batch_size=32, concurrency=3, rounds=3, sample=32),
 }  # fmt: skip
+
+
+def convnext_crop(out: Path) -> Path:
+    """A small ConvNext with the resize-then-crop processor (crop_pct), random weights."""
+    import torch
+    from transformers import ConvNextConfig, ConvNextForImageClassification
+    from transformers.models.convnext.image_processing_pil_convnext import (
+        ConvNextImageProcessorPil,
+    )
+
+    from dyff.tinymodels import DIGIT_LABELS, _save
+
+    torch.manual_seed(0)
+    config = ConvNextConfig(
+        hidden_sizes=[32, 64, 128, 256], depths=[2, 2, 4, 2],
+        id2label=dict(enumerate(DIGIT_LABELS)),
+        label2id={v: i for i, v in enumerate(DIGIT_LABELS)},
+    )  # fmt: skip
+    processor = ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=0.875)
+    return _save(ConvNextForImageClassification(config), processor, out)
 
 
 def tiny_vit_untrained(out: Path) -> Path:
@@ -114,40 +144,71 @@ def examples(case: Case) -> list[tuple[bytes, int]]:
     train, test = digits_splits()
     images = np.concatenate([test.images, train.images])
     labels = np.concatenate([test.labels, train.labels])
-    scale = case.side // images.shape[1]
     distinct = min(case.rows, len(images))
+    if case.side == 0:  # mixed sizes: each digit stretched to its own height and width
+        from PIL import Image
+
+        sizes = np.random.default_rng(0).integers(180, 361, (distinct, 2))
+        pngs = []
+        for img, (h, w) in zip(images[:distinct], sizes, strict=True):
+            buf = io.BytesIO()
+            Image.fromarray(img).resize((int(w), int(h)), Image.Resampling.BILINEAR).save(
+                buf, format="PNG"
+            )
+            pngs.append(buf.getvalue())
+        return [(pngs[i % distinct], int(labels[i % distinct])) for i in range(case.rows)]
+    scale = case.side // images.shape[1]
     if scale > 1:
         images = np.kron(images[:distinct], np.ones((1, scale, scale, 1), dtype=np.uint8))
     pngs = digits_png(images[:distinct])
     return [(pngs[i % distinct], int(labels[i % distinct])) for i in range(case.rows)]
 
 
-def bare_loop(model_dir: Path, images: np.ndarray, threads: int) -> Callable[[int], float]:
-    """The bare loop: the service's preprocessing + forward pass over `images`, batches of
-    32, in this process. Returns a function timing it over the first n images."""
+def bare_loop(model_dir: Path, images: Images, threads: int) -> Callable[[int], float]:
+    """The bare loop over `images` (decoded RGB), batches of 32, in this process: the
+    service's own batched preprocessing where it has one (a resize-only processor), else
+    the plain processor; then the forward pass. Returns a function timing it over the
+    first n images."""
     import torch
 
     from dyff.runtime.service import Classifier
 
     clf = Classifier(model_dir, top_k=5, threads=threads)
+
+    def pixels(batch: Images) -> Any:
+        if clf.resize is not None:
+            return clf.pixel_values(batch)[0][1]
+        from PIL import Image
+
+        pil = [Image.fromarray(a) for a in batch]
+        return clf.processor(images=pil, return_tensors="pt")["pixel_values"]
+
     with torch.inference_mode():
-        clf.model(pixel_values=clf.pixel_values(images[:BARE_BATCH]))  # warm, once
+        clf.model(pixel_values=pixels(images[:BARE_BATCH]))  # warm, once
 
     def run(n: int) -> float:
         with torch.inference_mode():
             start = time.perf_counter()
             for i in range(0, n, BARE_BATCH):
-                clf.model(pixel_values=clf.pixel_values(images[i : min(n, i + BARE_BATCH)]))
+                clf.model(pixel_values=pixels(images[i : min(n, i + BARE_BATCH)]))
             return n / (time.perf_counter() - start)
 
     return run
 
 
 def bare_worker(argv: list[str]) -> int:
-    """`--bare-worker MODEL_DIR IMAGES_NPY THREADS`: load once, then for each line `n` on
-    stdin print the images/s of the bare loop over n images."""
+    """`--bare-worker MODEL_DIR IMAGES_PARQUET THREADS`: decode the images once, then for
+    each line `n` on stdin print the images/s of the bare loop over n images."""
+    import pyarrow.parquet as pq
+
+    from dyff.runtime.client import decode_image
+
     model_dir, images_path, threads = Path(argv[0]), Path(argv[1]), int(argv[2])
-    run = bare_loop(model_dir, np.load(images_path, allow_pickle=False), threads)
+    encoded = pq.read_table(images_path).column("image").to_pylist()
+    images: Images = [decode_image(data) for data in encoded]
+    if all(a.shape == images[0].shape for a in images):
+        images = np.stack(images)  # one size: slices of one array, as the server gets them
+    run = bare_loop(model_dir, images, threads)
     print("ready", flush=True)
     for line in sys.stdin:
         print(run(int(line)), flush=True)
@@ -187,12 +248,15 @@ class BareWorker:
         self.proc.wait(timeout=60)
 
 
-def fastest_bare(model_dir: Path, images: np.ndarray, workdir: Path, sample: int) -> BareWorker:
+def fastest_bare(model_dir: Path, images: list[bytes], workdir: Path, sample: int) -> BareWorker:
     """The fastest bare configuration here, one torch thread or every core (idle OpenMP
     threads sleeping, as the workload's server has them), each timed twice on `sample`
     images, alternately."""
-    path = workdir / "images.npy"
-    np.save(path, images, allow_pickle=False)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = workdir / "images.parquet"
+    pq.write_table(pa.table({"image": pa.array(images, type=pa.binary())}), path)
     cpus = os.cpu_count() or 1
     configs = [(1, "default")] + ([(cpus, "PASSIVE")] if cpus > 1 else [])
     workers = [BareWorker(model_dir, path, t, p) for t, p in configs]
@@ -215,6 +279,8 @@ def run_case(case: Case, workdir: Path) -> dict[str, Any]:
     model_dir = workdir / "model"
     if case.model == "vit_small":
         random_vit_small(model_dir)
+    elif case.model == "convnext_crop":
+        convnext_crop(model_dir)
     else:
         tiny_vit_untrained(model_dir)
     bento = package_transformers(model_dir, workdir / "package")
@@ -224,8 +290,7 @@ def run_case(case: Case, workdir: Path) -> dict[str, Any]:
     platform.add_dataset("d", data, case.shard_rows)
     setup_s = time.perf_counter() - t0
 
-    decoded = decode_images([png for png, _ in data], (case.side, case.side))
-    bare_proc = fastest_bare(model_dir, decoded, workdir, case.sample)
+    bare_proc = fastest_bare(model_dir, [png for png, _ in data], workdir, case.sample)
     threads = bare_proc.threads
 
     order = {"model": "m", "dataset": "d", "batch_size": case.batch_size,
@@ -276,7 +341,7 @@ def run_case(case: Case, workdir: Path) -> dict[str, Any]:
         "cpu_ratio": round(statistics.median(cpu_ratios), 3),
         "rows": case.rows,
         "shards": -(-case.rows // case.shard_rows),
-        "image_px": case.side,
+        "image_px": case.side or "180-360 mixed",
         "batch_size": case.batch_size,
         "concurrency": case.concurrency,
         "bare_batch": BARE_BATCH,

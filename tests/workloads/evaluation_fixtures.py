@@ -111,10 +111,14 @@ class Platform:
         shard_rows: int,
         account: str = OWNER,
         public: bool = True,
+        names: list[str] | None = None,
     ) -> Dataset:
+        """Ingest `examples` as a Parquet dataset; `names` are its ClassLabel names
+        (default: the digits')."""
         from dyff.workloads.ingest_dataset import run as ingest
 
-        path = write_parquet(self.root / f"{account}-{name}.parquet", examples)
+        path = self.root / f"{account}-{name}.parquet"
+        path = write_parquet(path, examples, *([names] if names is not None else []))
         source = DatasetSource(form="parquet", upload=self._upload(
             account, "Dataset", name, path.read_bytes()))  # fmt: skip
         ds = Dataset(

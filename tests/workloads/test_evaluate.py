@@ -117,7 +117,7 @@ def test_end_to_end_through_bentoml(platform: Platform, tiny_model_dir: Path) ->
     # The manifest lists the cache keys in shard order; the rows are the dataset's, once.
     ds = platform.records.get(Dataset, OWNER, HELDOUT)
     assert ds.status.shards is not None
-    digest = layout.config_digest({"topK": 5})
+    digest = inference_digest({"topK": 5}, np.arange(10))
     assert platform.manifest(account, "e2e") == [
         layout.prediction_key(account, model.status.digest or "", digest, s.sha256)
         for s in ds.status.shards
@@ -293,9 +293,12 @@ def test_label_space_matches_by_name() -> None:
     same, ident = label_space(["a", "b"], ["a", "b"])
     assert same == ["a", "b"] and ident.tolist() == [0, 1]
     assert label_space(["a", "b"], None)[1].tolist() == [0, 1]
-    # The spec's digest alone for the usual case; a remapping joins the key.
-    assert inference_digest({"topK": 5}, ident) == layout.config_digest({"topK": 5})
-    assert inference_digest({"topK": 5}, mapping) != layout.config_digest({"topK": 5})
+    # The spec and the runtime's version for the usual case; a remapping joins the key.
+    from dyff.runtime import runtime_version
+
+    usual = layout.config_digest({"topK": 5, "runtime": runtime_version()})
+    assert inference_digest({"topK": 5}, ident) == usual
+    assert inference_digest({"topK": 5}, mapping) != usual
 
 
 def test_prediction_files_follow_the_contract() -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from dyff import layout
+from dyff.evaluation import inference_digest
 from dyff.schema import Dataset, Model
 from dyff.workloads.evaluate import Outcome, run_evaluation
 from tests.workloads.evaluation_fixtures import (
@@ -82,7 +83,7 @@ def test_other_inference_settings_infer_again(platform: Platform, served_tiny: s
     # Three kept of ten labels cannot answer top-5.
     assert doc["top5Accuracy"] is None and doc["accuracy"] > 0.9
     digests = {k.split("/")[-2] for k in platform.prediction_files(account)}
-    assert digests == {layout.config_digest({"topK": 5}), layout.config_digest({"topK": 3})}
+    assert digests == {inference_digest({"topK": k}, np.arange(10)) for k in (5, 3)}
     # Execution settings are not part of the key.
     other_run = evaluate(platform, served_tiny, account, "run", batch_size=7, concurrency=1)
     assert other_run.inference_calls == 0
@@ -123,3 +124,50 @@ def test_a_lost_prediction_file_is_inferred_again(platform: Platform, served_tin
     assert again.inferred == [lost.rsplit("/", 1)[1].removesuffix(".parquet")]
     assert again.inference_calls == CALLS_PER_SHARD
     assert platform.metrics_doc(account, "again")["rows"] == 450
+
+
+def test_other_runtime_code_infers_again_and_leaves_other_entries(
+    platform: Platform, served_tiny: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Predictions are keyed by the code that computed them (`runtime_version`): after a
+    change of that code nothing is reused, and the old entries stay as they were."""
+    import dyff.runtime
+
+    account = fresh_account()
+    evaluate(platform, served_tiny, account, "before")
+    before = {k: platform.blobs.get(k) for k in platform.prediction_files(account)}
+    assert len(before) == 10
+
+    real = dyff.runtime.runtime_version()
+    monkeypatch.setattr(dyff.runtime, "runtime_version", lambda: "0" * 64)
+    after = evaluate(platform, served_tiny, account, "after")
+    assert after.inferred == shards(platform, HELDOUT)
+    assert after.inference_calls == 10 * CALLS_PER_SHARD
+    assert set(platform.manifest(account, "after")).isdisjoint(before)
+    # The earlier entries are untouched, byte for byte.
+    assert {k: platform.blobs.get(k) for k in before} == before
+    assert len(platform.prediction_files(account)) == 20
+
+    monkeypatch.setattr(dyff.runtime, "runtime_version", lambda: real)
+    again = evaluate(platform, served_tiny, account, "again")
+    assert again.inference_calls == 0
+    assert platform.manifest(account, "again") == platform.manifest(account, "before")
+
+
+def test_runtime_version_names_the_serving_code(tmp_path: Path) -> None:
+    """The version is a digest of the runtime's sources and library versions, and a dyff
+    Bento is served with the current service code whatever its archive holds."""
+    import shutil
+
+    from dyff.models import SERVICE_SOURCE, unpack_bento
+    from dyff.runtime import runtime_version
+
+    assert len(runtime_version()) == 64
+    bento = tmp_path / "bento"
+    (bento / "src").mkdir(parents=True)
+    (bento / "bento.yaml").write_text("service: service:ImageClassifier\nname: dyff-model\n")
+    (bento / "src" / "service.py").write_text("# an older service\n")
+    archive = tmp_path / "old.tar"
+    shutil.make_archive(str(archive.with_suffix("")), "tar", bento)
+    served = unpack_bento(archive, tmp_path / "unpacked")
+    assert (served / "src" / "service.py").read_bytes() == SERVICE_SOURCE.read_bytes()

@@ -10,7 +10,14 @@ import httpx
 import numpy as np
 import pytest
 
-from dyff.runtime.client import ModelClient, decode_images, decode_topk, encode_images
+from dyff.runtime.client import (
+    ModelClient,
+    Resize,
+    decode_images,
+    decode_topk,
+    encode_images,
+    image_batches,
+)
 from dyff.runtime.serve import serve_bento
 from dyff.tinymodels import digits_png, to_pixel_values
 
@@ -33,19 +40,48 @@ def bare_top1(tiny_model_dir: Path, digits_test: Any) -> np.ndarray:
 def test_metadata(served_tiny: str) -> None:
     with ModelClient(served_tiny) as client:
         meta = client.metadata()
+    assert meta["protocol"] == 2
     assert meta["labels"] == [str(i) for i in range(10)]
-    assert meta["image_size"] == [8, 8]
     assert meta["top_k"] == 10
     assert meta["architecture"] == "ViTForImageClassification"
-    assert meta["resample"] == 2  # PIL bilinear, as the saved processor says
+    # A resize-only processor: the client may resize, with PIL bilinear as the processor does.
+    assert meta["resize"] == {"height": 8, "width": 8, "resample": 2}
 
 
-def test_decode_images_to_model_size(digits_test: Any) -> None:
-    same = decode_images(digits_png(digits_test.images[:5]), (8, 8))
+def test_decode_images_as_they_are_or_resized(digits_test: Any) -> None:
+    same = decode_images(digits_png(digits_test.images[:5]), Resize(8, 8, 2))
     np.testing.assert_array_equal(same, digits_test.images[:5])
     big = np.kron(digits_test.images[:3], np.ones((3, 3, 1), dtype=np.uint8))
-    small = decode_images(digits_png(big), (8, 8), resample=3)
-    assert small.shape == (3, 8, 8, 3) and small.dtype == np.uint8
+    small = decode_images(digits_png(big), Resize(8, 8, 3))
+    assert isinstance(small, np.ndarray) and small.shape == (3, 8, 8, 3)
+    mixed = decode_images(digits_png(digits_test.images[:2]) + digits_png(big[:1]))
+    assert isinstance(mixed, list) and [a.shape for a in mixed] == [(8, 8, 3)] * 2 + [(24, 24, 3)]
+
+
+def test_batches_are_bounded_by_count_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dyff.runtime import client
+
+    pngs = digits_png(np.zeros((7, 40, 40, 3), dtype=np.uint8))
+    assert [len(b) for b in image_batches(pngs, 3)] == [3, 3, 1]
+    monkeypatch.setattr(client, "MAX_REQUEST_PIXEL_BYTES", 2 * 40 * 40 * 3)
+    assert [len(b) for b in image_batches(pngs, 5)] == [2, 2, 2, 1]
+
+
+def test_images_of_several_sizes_in_one_request(served_tiny: str, digits_test: Any) -> None:
+    """The ragged payload: each image at its own size, resized by the server as the
+    processor would, gives what the same images resized by the client give."""
+    images = digits_test.images[:6]
+    mixed = [np.kron(img, np.ones((k, k, 1), dtype=np.uint8)) for k, img in
+             zip((1, 2, 3, 1, 5, 2), images, strict=True)]  # fmt: skip
+    with ModelClient(served_tiny) as client:
+        ragged = client.classify(mixed, top_k=3)
+        resized = client.classify(decode_images(_png_each(mixed), Resize(8, 8, 2)), 3)
+    np.testing.assert_array_equal(ragged.indices, resized.indices)
+    np.testing.assert_allclose(ragged.scores, resized.scores, atol=1e-6)
+
+
+def _png_each(images: list[np.ndarray]) -> list[bytes]:
+    return [digits_png(img[None])[0] for img in images]
 
 
 def test_served_predictions_match_bare_forward_pass(
@@ -83,7 +119,7 @@ def test_encoded_images_endpoint_agrees(
     assert all(len(a["scores"]) == 10 for a in answers)
 
 
-def test_other_image_sizes_are_resized(served_tiny: str, digits_test: Any) -> None:
+def test_other_image_sizes_are_resized_by_the_server(served_tiny: str, digits_test: Any) -> None:
     big = np.kron(digits_test.images[:64], np.ones((4, 4, 1), dtype=np.uint8))
     assert big.shape[1:] == (32, 32, 3)
     with ModelClient(served_tiny) as client:

@@ -223,6 +223,10 @@ def inputs_for(evaluation: Evaluation, model: Model, dataset: Dataset) -> Inputs
         raise WorkloadFailed(LABEL_MISMATCH, match.message)
     names, label_map = label_space(dataset_labels, model.status.labels, match)
     inference = spec.inference.wire()
+    if model.status.labels:
+        # The server keeps at most the model's classes: topK 5 and 10 of a 4-class model
+        # are the same predictions.
+        inference["topK"] = min(spec.inference.top_k, len(model.status.labels))
     if spec.label_mapping is not None:
         # An explicit mapping is part of the key, whatever ids it gives: the same model and
         # dataset with another mapping never reuse predictions. Without one, the key is

@@ -42,6 +42,7 @@ class TopK:
 Images = np.ndarray | list[np.ndarray]
 # A request's pixels are bounded: images beyond it go in the next request.
 MAX_REQUEST_PIXEL_BYTES = 64 << 20
+ORIENTATION = 0x0112  # the EXIF tag ImageOps.exif_transpose applies
 
 
 def encode_images(images: Images) -> bytes:
@@ -58,8 +59,14 @@ def encode_images(images: Images) -> bytes:
     if arrays and all(a.shape == arrays[0].shape for a in arrays):
         return _npy(np.stack(arrays))
     sizes = np.array([a.shape[:2] for a in arrays], dtype=np.int32).reshape(-1, 2)
-    flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0, np.uint8)
-    return _npy(sizes) + _npy(flat)
+    header = io.BytesIO()
+    total = sum(a.nbytes for a in arrays)
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (total,)}
+    )
+    # One copy of the pixels, into the body itself.
+    pixels = [memoryview(np.ascontiguousarray(a)).cast("B") for a in arrays]
+    return b"".join([_npy(sizes), header.getvalue(), *pixels])
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -107,10 +114,14 @@ def decode_image(data: bytes, resize: Resize | None = None) -> np.ndarray:
 
     # Only the formats ingestion accepts: no other decoder is ever tried.
     with Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as img:
-        rgb = ImageOps.exif_transpose(img).convert("RGB")
-    if resize is not None:
-        rgb = rgb.resize((resize.width, resize.height), Image.Resampling(resize.resample))
-    return np.asarray(rgb, dtype=np.uint8)
+        img.load()
+        # Both steps copy the whole image; skipped where they would copy it unchanged.
+        rgb = ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
+        if rgb.mode != "RGB":
+            rgb = rgb.convert("RGB")
+        if resize is not None:
+            rgb = rgb.resize((resize.width, resize.height), Image.Resampling(resize.resample))
+        return np.asarray(rgb, dtype=np.uint8)
 
 
 def decode_images(encoded: Iterable[bytes], resize: Resize | None = None) -> Images:

@@ -95,8 +95,8 @@ CASES = {
                       batch_size=32, concurrency=3, rounds=3, sample=32),
     "vit_tiny": Case("vit_tiny", int(os.environ.get("BENCH_TINY_ROWS", "20000")), 1000, 8,
                      batch_size=1000, concurrency=3, rounds=3, sample=4000),
-    "convnext_crop": Case("convnext_crop", int(os.environ.get("BENCH_CONVNEXT_ROWS", "96")), 32,
-                          0, batch_size=32, concurrency=3, rounds=3, sample=32),
+    "convnext_crop": Case("convnext_crop", int(os.environ.get("BENCH_CONVNEXT_ROWS", "192")), 32,
+                          0, batch_size=32, concurrency=3, rounds=5, sample=32),
 }  # fmt: skip
 
 

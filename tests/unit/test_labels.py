@@ -194,6 +194,21 @@ def test_mapping_is_part_of_the_reuse_key() -> None:
     assert all(k.startswith(layout.account_prefix("acme")) for k in keys)
 
 
+def test_top_k_beyond_the_models_classes_is_one_key() -> None:
+    """The server keeps at most the model's classes, so topK 3, 5 and 100 of a 3-class
+    model are one computation and share predictions; topK 2 is another."""
+    model, dataset = ready_pair(ANIMALS, ANIMALS)
+    shard = dataset.status.shards[0]
+
+    def key(top_k: int) -> str:
+        doc = factories.evaluation().wire()
+        doc["spec"]["inference"] = {"topK": top_k}
+        return inputs_for(Evaluation.model_validate(doc), model, dataset).prediction_key(shard)
+
+    assert key(3) == key(5) == key(100)
+    assert key(2) != key(3)
+
+
 def test_defaults_by_index_evaluate_and_defaults_alone_are_refused() -> None:
     model, dataset = ready_pair(DEFAULTS, DIGITS)
     inputs = inputs_for(evaluation_with({"byIndex": True}), model, dataset)

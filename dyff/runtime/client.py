@@ -65,7 +65,7 @@ def encode_images(images: Images) -> bytes:
         header, {"descr": "|u1", "fortran_order": False, "shape": (total,)}
     )
     # One copy of the pixels, into the body itself.
-    pixels = [memoryview(np.ascontiguousarray(a)).cast("B") for a in arrays]
+    pixels = [np.ascontiguousarray(a).data.cast("B") for a in arrays]
     return b"".join([_npy(sizes), header.getvalue(), *pixels])
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
-from dyff.workloads.common import WorkloadFailed
+from dyff.errors import WorkloadFailed
 
 CHUNK = 1024 * 1024
 ArchiveFormat = Literal["tar", "tar.gz", "zip"]

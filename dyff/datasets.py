@@ -44,8 +44,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from dyff.archives import DEFAULT_LIMITS, ArchiveLimits, BadArchive, archive_format, safe_extract
+from dyff.errors import WorkloadFailed
 from dyff.schema import Shard
-from dyff.workloads.common import WorkloadFailed
 
 log = logging.getLogger("dyff.datasets")
 

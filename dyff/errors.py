@@ -48,6 +48,14 @@ class ConfigError(DyffError):
     """Bad configuration; the message names the environment variable."""
 
 
+class WorkloadFailed(DyffError):
+    """The input is bad (a user error): the entity fails with this reason and message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def invalid_from_validation(exc: Exception, prefix: str = "") -> Invalid:
     """Turn a pydantic ValidationError into `Invalid` naming the first failing field."""
     errors = getattr(exc, "errors", None)

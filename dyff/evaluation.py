@@ -44,11 +44,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dyff import layout, metrics
+from dyff.errors import WorkloadFailed
 from dyff.labels import LABEL_MISMATCH, LabelMatch, match_labels
 from dyff.schema import Dataset, Entity, EntityRef, Evaluation, Model, Shard
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
-from dyff.workloads.common import WorkloadFailed
 
 DEPENDENCY_NOT_READY = "DependencyNotReady"
 DEPENDENCY_NOT_FOUND = "DependencyNotFound"

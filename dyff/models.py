@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dyff.errors import WorkloadFailed
 from dyff.schema import Resources
-from dyff.workloads.common import WorkloadFailed
 
 # Failure reasons (the Ready condition's reason on the Model).
 PICKLE_WEIGHTS = "PickleWeights"

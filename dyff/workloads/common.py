@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import Field
 
 from dyff import layout
-from dyff.errors import DyffError, Invalid, NotFound
+from dyff.errors import Invalid, NotFound, WorkloadFailed
 from dyff.schema import Dataset, Model, Schema
 from dyff.stores import BlobStore, RecordStore, open_blobs, open_records
 from dyff.stores.blobs import CHUNK, check_key
@@ -42,14 +42,6 @@ class WorkloadConfig(Schema):
 
     def stores(self) -> tuple[RecordStore, BlobStore]:
         return open_records(self.records_url), open_blobs(self.blobs_url)
-
-
-class WorkloadFailed(DyffError):
-    """The input is bad (a user error): the entity fails with this reason and message."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 SOURCE_NOT_FOUND = "SourceNotFound"

@@ -60,7 +60,7 @@ import numpy as np
 
 from dyff import layout, results
 from dyff.datasets import read_shard
-from dyff.errors import NotFound
+from dyff.errors import NotFound, WorkloadFailed
 from dyff.evaluation import (
     Inputs,
     Plan,
@@ -78,7 +78,7 @@ from dyff.runtime.client import Images, ModelClient, Resize, TopK, image_batches
 from dyff.schema import ConditionStatus, Evaluation, MetricsSummary, Progress, Shard
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
-from dyff.workloads.common import WorkloadConfig, WorkloadFailed, run_main
+from dyff.workloads.common import WorkloadConfig, run_main
 
 log = logging.getLogger("dyff.workloads.evaluate")
 

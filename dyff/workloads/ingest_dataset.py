@@ -28,16 +28,11 @@ from pathlib import Path
 
 from dyff import layout
 from dyff.datasets import DatasetInput, iter_shards, open_dataset
+from dyff.errors import WorkloadFailed
 from dyff.schema import Dataset, Shard
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
-from dyff.workloads.common import (
-    WorkloadConfig,
-    WorkloadFailed,
-    fetch_source,
-    report,
-    run_main,
-)
+from dyff.workloads.common import WorkloadConfig, fetch_source, report, run_main
 
 log = logging.getLogger("dyff.workloads.ingest_dataset")
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dyff import layout
+from dyff.errors import WorkloadFailed
 from dyff.models import (
     CONTAINER_RUNTIME_UNAVAILABLE,
     extract_archive,
@@ -53,13 +54,7 @@ from dyff.models import (
 from dyff.schema import Model
 from dyff.stores.blobs import CHUNK, BlobStore
 from dyff.stores.records import RecordStore
-from dyff.workloads.common import (
-    WorkloadConfig,
-    WorkloadFailed,
-    fetch_source,
-    report,
-    run_main,
-)
+from dyff.workloads.common import WorkloadConfig, fetch_source, report, run_main
 
 log = logging.getLogger("dyff.workloads.ingest_model")
 

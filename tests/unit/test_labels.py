@@ -11,12 +11,12 @@ import pytest
 from pydantic import ValidationError
 
 from dyff import layout
+from dyff.errors import WorkloadFailed
 from dyff.evaluation import inputs_for, label_space, match_labels
 from dyff.labels import LABEL_MISMATCH, describe
 from dyff.schema import Evaluation, LabelMapping, Shard
 from dyff.stores.file import FileBlobStore
 from dyff.stores.sqlite import SqliteRecordStore
-from dyff.workloads.common import WorkloadFailed
 from tests import factories
 
 DIGITS = [str(i) for i in range(10)]

@@ -21,7 +21,7 @@ from dyff.archives import (
     archive_format,
     safe_extract,
 )
-from dyff.workloads.common import WorkloadFailed
+from dyff.errors import WorkloadFailed
 
 # ------------------------------------------------------------------ builders
 

@@ -30,6 +30,7 @@ from dyff.datasets import (
     scan_parquet_labels,
     write_shard,
 )
+from dyff.errors import WorkloadFailed
 from dyff.schema import (
     Dataset,
     DatasetForm,
@@ -43,7 +44,6 @@ from dyff.schema import (
 )
 from dyff.stores.file import FileBlobStore
 from dyff.stores.sqlite import SqliteRecordStore
-from dyff.workloads.common import WorkloadFailed
 from dyff.workloads.ingest_dataset import main as ingest_main
 from tests import crd_validation
 from tests.workloads.dataset_fixtures import (

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dyff import layout, results
+from dyff.errors import WorkloadFailed
 from dyff.evaluation import (
     DEPENDENCY_NOT_FOUND,
     DEPENDENCY_NOT_READY,
@@ -36,7 +37,6 @@ from dyff.schema import (
     UploadSource,
 )
 from dyff.workloads import evaluate
-from dyff.workloads.common import WorkloadFailed
 from dyff.workloads.evaluate import MODEL_URL_ENV, run, run_evaluation
 from tests.workloads.evaluation_fixtures import (
     HELDOUT,

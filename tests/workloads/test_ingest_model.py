@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from dyff import layout
+from dyff.errors import WorkloadFailed
 from dyff.models import import_bento_archive, local_image_support, model_digest
 from dyff.schema import (
     ImageSource,
@@ -30,7 +31,7 @@ from dyff.schema import (
 )
 from dyff.stores.file import FileBlobStore
 from dyff.stores.sqlite import SqliteRecordStore
-from dyff.workloads.common import WorkloadConfig, WorkloadFailed
+from dyff.workloads.common import WorkloadConfig
 from dyff.workloads.ingest_model import discard, run
 
 ACCOUNT = "acme"

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import pytest
 
 from dyff import models
+from dyff.errors import WorkloadFailed
 from dyff.models import (
     ModelInfo,
     import_bento_archive,
@@ -23,7 +24,6 @@ from dyff.models import (
 )
 from dyff.schema import Resources
 from dyff.tinymodels import accuracy, digits_png, digits_splits
-from dyff.workloads.common import WorkloadFailed
 
 DIGEST = "a" * 64
 

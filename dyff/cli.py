@@ -514,17 +514,16 @@ def bootstrap(
     typer.echo(token)
 
 
-@app.command("up")
-def up(
-    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-    port: int = typer.Option(8765, help="Port to listen on."),
-    workers: int = typer.Option(2, help="Workloads running at once."),
-) -> None:
-    """Run dyff on this machine: the API, the controller and local workloads, with SQLite
-    and a blob folder under DYFF_DATA_DIR. Ctrl-C stops it; starting again resumes."""
-    from dyff.up import run
+def _plugin_commands() -> None:
+    """Commands that other packages register under the entry-point group `dyff.commands`
+    (`dyff up` comes from controller/up.py, which wires the apps together)."""
+    from importlib.metadata import entry_points
 
-    run(load_settings(), host=host, port=port, max_parallel=workers)
+    for entry in entry_points(group="dyff.commands"):
+        app.command(entry.name)(entry.load())
+
+
+_plugin_commands()
 
 
 def main() -> None:

@@ -38,8 +38,15 @@ class LocalExecutor:
     runs_containers = False
 
     def __init__(
-        self, records_url: str, blobs_url: str, work_dir: Path, max_parallel: int = 2
+        self,
+        records_url: str,
+        blobs_url: str,
+        work_dir: Path,
+        max_parallel: int = 2,
+        *,
+        package: str = "dyff.workloads",
     ) -> None:
+        self.package = package  # where workload modules live (tests bring their own)
         self.records_url = records_url
         self.blobs_url = blobs_url
         self.work_dir = work_dir
@@ -63,7 +70,7 @@ class LocalExecutor:
                     [
                         sys.executable,
                         "-m",
-                        f"dyff.workloads.{work.workload}",
+                        f"{self.package}.{work.workload}",
                         "--config",
                         str(work.config),
                     ],

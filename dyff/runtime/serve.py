@@ -140,29 +140,36 @@ def _serve(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(proc, url, log_path, startup_timeout)
+        wait_ready(url, startup_timeout, proc=proc, log_path=log_path)
         yield url
     finally:
         _stop(proc)
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float) -> None:
+def wait_ready(
+    url: str,
+    timeout: float,
+    *,
+    proc: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
+    interval: float = 0.2,
+) -> None:
+    """Wait until the model server at `url` answers `/readyz`. TimeoutError past `timeout`;
+    RuntimeError if `proc` (the server, when we started it) exits first. Both carry the
+    tail of `log_path` when given."""
     deadline = time.monotonic() + timeout
+    tail = (lambda: f":\n{_tail(log_path)}") if log_path is not None else (lambda: "")
     with httpx.Client(timeout=5.0) as client:
         while True:
-            code = proc.poll()
+            code = proc.poll() if proc is not None else None
             if code is not None:
-                raise RuntimeError(
-                    f"bentoml serve exited with {code} before it was ready:\n{_tail(log_path)}"
-                )
+                raise RuntimeError(f"bentoml serve exited with {code} before it was ready{tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{url}/readyz").status_code == 200:
+                if client.get(f"{url.rstrip('/')}/readyz").status_code == 200:
                     return
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"bentoml serve not ready after {timeout:.0f} s:\n{_tail(log_path)}"
-                )
-            time.sleep(0.2)
+                raise TimeoutError(f"model server {url} not ready after {timeout:.0f} s{tail()}")
+            time.sleep(interval)
 
 
 def server_processes(pid: int) -> list[psutil.Process]:

@@ -55,7 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from dyff import layout, results
@@ -232,18 +231,6 @@ def reaper(token: str) -> Iterator[None]:
             proc.wait(timeout=30)
 
 
-def _wait_ready(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    with httpx.Client(timeout=5.0) as http:
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if http.get(f"{url.rstrip('/')}/readyz").status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise WorkloadFailed(MODEL_NOT_SERVED, f"model server {url} not ready")
-            time.sleep(0.5)
-
-
 @dataclass
 class ServerOptions:
     """Knobs of the server a run starts; None leaves the service's default."""
@@ -269,7 +256,12 @@ def model_server(
     """The base URL of a server for the evaluation's model: `model_url` if given, else
     the model's Bento served on loopback until the block ends."""
     if model_url:
-        _wait_ready(model_url, MODEL_READY_TIMEOUT_S)
+        from dyff.runtime.serve import wait_ready
+
+        try:
+            wait_ready(model_url, MODEL_READY_TIMEOUT_S, interval=0.5)
+        except TimeoutError as exc:
+            raise WorkloadFailed(MODEL_NOT_SERVED, str(exc)) from None
         yield model_url
         return
     model = inputs.model

@@ -452,8 +452,9 @@ def test_cloud_run_service_shape() -> None:
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", service["metadata"]["name"])
     template = service["spec"]["template"]
     annotations = template["metadata"]["annotations"]
+    low = int(annotations["autoscaling.knative.dev/minScale"])
+    assert 0 <= low <= int(annotations["autoscaling.knative.dev/maxScale"])
     assert int(annotations["autoscaling.knative.dev/maxScale"]) >= 1
-    assert int(annotations["autoscaling.knative.dev/minScale"]) >= 0
     spec = template["spec"]
     assert isinstance(spec["containerConcurrency"], int) and spec["containerConcurrency"] > 0
     assert spec["serviceAccountName"].endswith(".iam.gserviceaccount.com")

@@ -1,4 +1,4 @@
-"""The kind tooling says what is missing: hack/kind-up.sh and the e2e skip reasons.
+"""The kind tooling says what is missing: hack/kind-up.sh.
 
 Fast and without docker: fake tools on a private PATH stand in for the real ones.
 """
@@ -9,10 +9,6 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-
-import pytest
-
-from tests.e2e import test_kind
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND_UP = ROOT / "hack" / "kind-up.sh"
@@ -59,26 +55,3 @@ def test_kind_up_says_when_the_docker_engine_is_down(tmp_path: Path) -> None:
 
 def test_kind_up_is_executable() -> None:
     assert os.access(KIND_UP, os.X_OK)
-
-
-def test_e2e_skip_reason_names_what_is_missing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PATH", str(fake_bin(tmp_path, {"docker": 1})))
-    reason = test_kind.kind_missing()
-    assert reason is not None
-    assert "no kubectl on PATH" in reason
-    assert "no kind on PATH" in reason
-    assert "no docker engine reachable" in reason
-
-
-def test_e2e_skip_reason_names_the_missing_cluster(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    bin_dir = fake_bin(tmp_path, {"docker": 0, "kubectl": 0})
-    (bin_dir / "kind").write_text(f"#!{shutil.which('bash')}\necho other\n")
-    (bin_dir / "kind").chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
-    assert test_kind.kind_missing() == (
-        f"no kind cluster named {test_kind.CLUSTER} (run hack/kind-up.sh)"
-    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -205,7 +206,7 @@ def test_digest_is_content_identity(tiny_model_dir: Path, tmp_path: Path) -> Non
     changed = copy_model(tiny_model_dir, tmp_path / "changed")
     edit_config(changed, lambda c: c["id2label"].update({"9": "nine"}))
     assert model_digest(changed) != d0
-    assert len(d0) == 64 and int(d0, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{64}", d0)
 
 
 # --------------------------------------------------------------------- bentos
@@ -370,7 +371,10 @@ def test_reasons_are_condition_reasons() -> None:
         models.BAD_CONFIG, models.BAD_WEIGHTS, models.UNSUPPORTED_FILE,
         models.UNSUPPORTED_BENTO, models.INVALID_IMAGE, models.CONTAINER_RUNTIME_UNAVAILABLE,
     ):  # fmt: skip
-        Condition(type="Ready", status="False", reason=reason)
+        # Condition validates the reason against the API conventions' pattern.
+        assert Condition(type="Ready", status="False", reason=reason).reason == reason
+    with pytest.raises(ValueError):
+        Condition(type="Ready", status="False", reason="not a reason")
 
 
 # ------------------------------------------------------- the service's model code

@@ -263,6 +263,27 @@ def test_hostile_label_and_names_are_escaped() -> None:
     assert_self_contained(html)
 
 
+def test_user_text_stays_text_in_attributes_and_template_syntax() -> None:
+    """Autoescape covers attributes too, and template syntax in user data is not evaluated."""
+    names = ["{{ 7 * 7 }}", "{% for x in y %}", 'a "quoted" & <b>bold</b>', "x' onmouseover='y"]
+    doc, labels, predicted, score = make_metrics(4, names=names)
+    pngs, _ = digit_pngs(2)
+    errors = confident_errors(labels, predicted, score, pngs)
+    errors[0]["row_id"] = '7" onerror="alert(1)'  # written into the thumbnail's alt attribute
+    html = report.render_report({"metadata": {"name": "{{ title }}"}}, doc, errors)
+    page = Page(html)
+    for section in ("confusion-matrix", "per-class"):
+        text = page.text(section)
+        assert all(name in text for name in names), section
+    assert "{{ title }}" in page.text("summary")
+    assert "<b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    attributes = {key for _, attrs, _ in page.elements for key in attrs}
+    assert not attributes & {"onerror", "onmouseover"}
+    alts = [a["alt"] for a in page.find("confident-errors", "img")]
+    assert alts[0] == 'row 7" onerror="alert(1)'
+    assert_self_contained(html)
+
+
 def test_missing_metrics_say_not_computed() -> None:
     doc = {"labels": ["cat", "dog"], "rows": 40, "accuracy": 0.75, "top5Accuracy": None}
     html = report.render_report(complete_evaluation(), doc, [])

@@ -16,8 +16,9 @@ The three forms a Model arrives in:
   must come as a container image instead, where it runs in its own sandbox.
 - **image**: a container image running a BentoML service that honours the
   contract in `dyff/runtime/service.py`, pinned by digest
-  (`validate_image_reference`, `model_server_container`). It needs a
-  container runtime; `local_image_support` says whether there is one.
+  (`validate_image_reference`; controller/executors/manifests.py runs it as the
+  evaluation's model server). It needs a container runtime;
+  `local_image_support` says whether there is one.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from dyff.errors import WorkloadFailed
-from dyff.schema import Resources
 
 # Failure reasons (the Ready condition's reason on the Model).
 PICKLE_WEIGHTS = "PickleWeights"
@@ -579,70 +579,6 @@ def validate_image_reference(ref: str) -> ImageReference:
     if len(m["name"]) > 255:
         raise WorkloadFailed(INVALID_IMAGE, "image name is longer than 255 characters")
     return ImageReference(name=m["name"], tag=m["tag"], digest=m["digest"])
-
-
-def model_server_container(
-    ref: str, port: int = 3000, resources: Resources | None = None
-) -> dict[str, Any]:
-    """The Kubernetes container that serves an image-form (or packaged) model.
-
-    Ready when BentoML's `/readyz` answers; restarted when `/livez` stops.
-    Offline and without telemetry; no privileges.
-    """
-    image = validate_image_reference(ref)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"bad port {port}")
-    requests: dict[str, str] = {}
-    limits: dict[str, Any] = {}
-    if resources is not None:
-        if resources.cpu:
-            requests["cpu"] = resources.cpu
-        if resources.memory:
-            requests["memory"] = limits["memory"] = resources.memory
-        if resources.gpu:
-            limits["nvidia.com/gpu"] = resources.gpu
-    container: dict[str, Any] = {
-        "name": "model-server",
-        "image": str(image),
-        "imagePullPolicy": "IfNotPresent",
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-        "env": [
-            {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
-            {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
-            {"name": "BENTOML_PORT", "value": str(port)},
-        ],
-        "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": port},
-            "periodSeconds": 5,
-            "timeoutSeconds": 5,
-            "failureThreshold": 3,
-        },
-        "startupProbe": {
-            # Loading a large model can take minutes; readiness waits for this.
-            "httpGet": {"path": "/readyz", "port": port},
-            "periodSeconds": 5,
-            "timeoutSeconds": 5,
-            "failureThreshold": 120,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/livez", "port": port},
-            "periodSeconds": 10,
-            "timeoutSeconds": 5,
-            "failureThreshold": 6,
-        },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-    }
-    if requests or limits:
-        container["resources"] = {
-            k: v for k, v in (("requests", requests), ("limits", limits)) if v
-        }
-    return container
 
 
 @dataclass(frozen=True)

@@ -542,6 +542,22 @@ def test_dockerfile(image: str) -> None:
                 assert f"!{src}" in ignore or f"!{src}/" in ignore, f"{src} is ignored"
 
 
+def test_runtime_image_ships_the_library_and_the_jobs_run_its_entry_point() -> None:
+    from controller.executors.manifests import POD_COMMAND
+
+    steps = m.dockerfile_instructions(CONFIG / "runtime" / "Dockerfile")
+    copied = {
+        src
+        for op, args in steps
+        if op == "COPY" and "--from" not in args
+        for src in shlex.split(args)[:-1]
+    }
+    assert copied == {"pyproject.toml", "README.md", "dyff"}
+    # The Jobs' command is a module of the library (python -m dyff.workloads.pod).
+    module = POD_COMMAND[-1]
+    assert module.startswith("dyff.") and (ROOT / (module.replace(".", "/") + ".py")).is_file()
+
+
 def test_controller_image_runs_as_the_deployment_user() -> None:
     steps = m.dockerfile_instructions(CONFIG / "controller" / "Dockerfile")
     user = [args for op, args in steps if op == "USER"][-1].split(":")[0]

@@ -10,14 +10,9 @@ from typing import Any
 
 import pytest
 
-from controller.executors.kubernetes import (
-    MAX_JOB_NAME,
-    JobSettings,
-    KubeApi,
-    KubernetesExecutor,
-    _workload_config_file,
-    job_name,
-)
+from controller.executors.kubernetes import JobSettings, KubernetesExecutor
+from controller.executors.manifests import MAX_JOB_NAME, job_name
+from controller.kube import KubeApi
 from controller.reconcilers.common import WorkState
 from dyff import layout
 from dyff.schema import (
@@ -35,6 +30,7 @@ from dyff.schema import (
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
 from dyff.workloads.common import WorkloadConfig
+from dyff.workloads.pod import workload_config_file
 from tests import factories
 from tests.controller.conftest import JOBS, kubectl_apply
 from tests.controller.kmock_cluster import Cluster
@@ -199,7 +195,7 @@ async def test_parallel_evaluation_of_an_image_model_is_an_indexed_job(
     assert env["DYFF_MODEL_URL"] == "http://127.0.0.1:8080"
 
     # In the Pod: the entry point gives the workload its shard of the Indexed Job.
-    path = _workload_config_file(
+    path = workload_config_file(
         {
             "DYFF_WORKLOAD_CONFIG": env["DYFF_WORKLOAD_CONFIG"],
             "JOB_COMPLETION_INDEX": "2",
@@ -374,17 +370,17 @@ def test_job_names_stay_dns_labels_and_distinct() -> None:
 def test_pod_entry_point_runs_the_workload_with_a_config_file(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from controller.executors import kubernetes
+    from dyff.workloads import pod
 
     ran: list[list[str]] = []
-    monkeypatch.setattr(kubernetes.os, "execv", lambda exe, argv: ran.append(argv))
+    monkeypatch.setattr(pod.os, "execv", lambda exe, argv: ran.append(argv))
     environ = {"DYFF_WORKLOAD_CONFIG": json.dumps({"name": "m1"}), "TMPDIR": str(tmp_path)}
-    kubernetes.main(["workload", "dyff.workloads.ingest_model"], environ)
+    pod.main(["workload", "dyff.workloads.ingest_model"], environ)
     (argv,) = ran
     assert argv[1:4] == ["-m", "dyff.workloads.ingest_model", "--config"]
     assert json.loads(Path(argv[4]).read_text()) == {"name": "m1"}  # no shard: not indexed
     # Only dyff's workloads can be started this way.
-    assert kubernetes.main(["workload", "os"], environ) == 64
+    assert pod.main(["workload", "os"], environ) == 64
     assert len(ran) == 1
 
 
@@ -399,25 +395,3 @@ async def test_objects_without_jobs_cost_no_request_once_the_jobs_were_listed(
     for i in range(5):  # e.g. evaluations waiting for their model
         assert await asyncio.to_thread(fresh.state, ("Evaluation", "acme", f"e{i}")) == WorkState()
     assert len(cluster._requests) == before
-
-
-def test_credential_refresh_runs_at_most_every_30_seconds() -> None:
-    """The kubeconfig loader's hook reloads the whole config on every request, and
-    installs itself again each time: it must stay throttled."""
-    from types import SimpleNamespace
-
-    from controller.executors.kubernetes import _throttle_refresh
-
-    calls: list[int] = []
-    config = SimpleNamespace()
-
-    def loader_hook(c: Any) -> None:
-        calls.append(1)
-        c.refresh_api_key_hook = loader_hook  # as kubernetes.config's _set_config does
-
-    config.refresh_api_key_hook = loader_hook
-    _throttle_refresh(config, 30.0)
-    for _ in range(100):
-        config.refresh_api_key_hook(config)
-    assert len(calls) == 1
-    assert config.refresh_api_key_hook is not loader_hook

@@ -19,11 +19,9 @@ from dyff.models import (
     import_bento_archive,
     local_image_support,
     model_digest,
-    model_server_container,
     validate_image_reference,
     validate_transformers_dir,
 )
-from dyff.schema import Resources
 from dyff.tinymodels import accuracy, digits_png, digits_splits
 
 DIGEST = "a" * 64
@@ -329,25 +327,6 @@ def test_invalid_image_references(ref: str) -> None:
     with pytest.raises(WorkloadFailed) as info:
         validate_image_reference(ref)
     assert info.value.reason == "InvalidImageReference"
-
-
-def test_model_server_container_spec() -> None:
-    ref = f"registry.example.com/team/model@sha256:{DIGEST}"
-    c = model_server_container(ref, 3000, Resources(cpu="2", memory="4Gi", gpu=1))
-    assert c["image"] == ref
-    assert c["ports"] == [{"name": "http", "containerPort": 3000, "protocol": "TCP"}]
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 3000}
-    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
-    assert c["resources"] == {
-        "requests": {"cpu": "2", "memory": "4Gi"},
-        "limits": {"memory": "4Gi", "nvidia.com/gpu": 1},
-    }
-    env = {e["name"]: e["value"] for e in c["env"]}
-    assert env["BENTOML_DO_NOT_TRACK"] == "true" and env["HF_HUB_OFFLINE"] == "1"
-    assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    assert "resources" not in model_server_container(ref, 8080)
-    with pytest.raises(WorkloadFailed):
-        model_server_container("registry.example.com/team/model:latest", 3000)
 
 
 def test_local_image_support(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,94 @@
+"""Each router stands on its own: a small app around one router, its state and the problem
+handlers, exercised in process (no server, no other router)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from api_shim import problems
+from api_shim.auth import current_caller
+from api_shim.routes import health, models_datasets
+from api_shim.state import AppState
+from dyff import accounts
+from dyff.accounts import Authenticator, Caller
+from dyff.stores.file import FileBlobStore
+from dyff.stores.sqlite import SqliteRecordStore
+
+
+def model_body(name: str, public: bool = False) -> dict[str, object]:
+    upload = {"sha256": hashlib.sha256(b"w").hexdigest(), "sizeBytes": 1}
+    return {
+        "name": name,
+        "spec": {"source": {"form": "transformers", "upload": upload}, "public": public},
+    }
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[FastAPI]:
+    records = SqliteRecordStore(tmp_path / "records.db")
+    blobs = FileBlobStore(tmp_path / "blobs")
+    app = FastAPI()
+    AppState(
+        records=records,
+        blobs=blobs,
+        authenticator=Authenticator(records),
+        cache_dir=tmp_path / "cache",
+        upload_ttl=timedelta(hours=1),
+        public_url="http://shim.test",
+    ).attach(app)
+    problems.install(app)
+    app.include_router(models_datasets.router)
+    yield app
+    records.close()
+    blobs.close()
+
+
+def test_the_models_router_alone_registers_reads_and_scopes(app: FastAPI) -> None:
+    records = app.state.dyff.records
+    accounts.create_account(records, "alice")
+    accounts.create_account(records, "bob")
+    alice, _ = accounts.mint_key(records, "alice")
+    bob, _ = accounts.mint_key(records, "bob")
+    with TestClient(app) as c:
+        created = c.post(
+            "/v1/models", json=model_body("m"), headers={"Authorization": f"Bearer {alice}"}
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["upload"]["url"].startswith("http://shim.test/v1/uploads/alice/")
+        got = c.get("/v1/models/m", headers={"Authorization": f"Bearer {alice}"})
+        assert got.status_code == 200 and got.json()["metadata"]["namespace"] == "alice"
+        # Another account's private model answers 404 as problem+json; no key answers 401.
+        hidden = c.get("/v1/models/m?account=alice", headers={"Authorization": f"Bearer {bob}"})
+        assert hidden.status_code == 404
+        assert hidden.headers["content-type"].startswith(problems.MEDIA_TYPE)
+        assert c.get("/v1/models/m").status_code == 401
+        # Only this router is mounted.
+        assert (
+            c.get("/v1/evaluations", headers={"Authorization": f"Bearer {alice}"}).status_code
+            == 404
+        )
+
+
+def test_the_caller_is_a_dependency_a_test_can_replace(app: FastAPI) -> None:
+    app.dependency_overrides[current_caller] = lambda: Caller(
+        account="carol", key_id="k", admin=False
+    )
+    with TestClient(app) as c:
+        assert c.post("/v1/models", json=model_body("pm", public=True)).status_code == 201
+        listed = c.get("/v1/models").json()["items"]
+        assert [m["metadata"]["name"] for m in listed] == ["pm"]
+        assert c.delete("/v1/models/pm").status_code == 202
+
+
+def test_the_health_router_needs_no_state() -> None:
+    app = FastAPI()
+    app.include_router(health.router)
+    with TestClient(app) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}

@@ -6,12 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help install crds lint format test test-fast demo bench clean
+.PHONY: help install crds argocd lint format test test-fast demo bench clean
 
 help:
 	@echo "make demo   run a real evaluation end to end on this machine"
 	@echo "make test   lint, type-check and run the whole suite (emulators included)"
 	@echo "make crds   regenerate crds/ from dyff/schema.py"
+	@echo "make argocd regenerate the Argo CD health checks from dyff/lifecycle.py"
 	@echo "make bench  run the benchmarks in hack/bench/"
 
 # A fresh machine gets the virtualenv from nothing; torch is pinned in
@@ -27,6 +28,9 @@ install: $(STAMP)
 
 crds: $(STAMP)
 	$(BIN)/python -m dyff.crdgen --out crds
+
+argocd: $(STAMP)
+	$(BIN)/python -m dyff.argocdgen --out config/argocd
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,9 +8,10 @@ For each kind (Model, Dataset, Evaluation):
 - delete (kopf's finalizer `dyff.io/cleanup` holds the CR): mark the record deleting
   and run passes until `reconcile_one` reports it finalized (work stopped, blobs
   deleted, record gone); kopf then removes the finalizer;
-- a timer, only while the CR is in a non-final phase (kopf's `when`), re-runs the pass
-  for what no event announces: an upload landing in the blob store, a dependency
-  becoming Ready;
+- a timer, only while the CR is in a phase its kind's lifecycle (`dyff.lifecycle`,
+  through the registry `controller.reconcile.KINDS`) calls neither final nor waiting
+  (kopf's `when`), re-runs the pass for what no event announces: an upload landing in
+  the blob store; a slower one does while it waits (for a dependency to become Ready);
 - every watch event updates what the record sync knows of the CRs.
 
 A Job labelled with its owner re-runs the owner's pass as soon as it changes. The
@@ -34,20 +35,13 @@ import kopf
 from pydantic import ValidationError
 
 from controller.executors import Executor
-from controller.executors.kubernetes import (
-    LABEL_KIND,
-    LABEL_NAME,
-    MANAGED_BY,
-    MANAGER,
-    KubeApi,
-    custom_object_path,
-)
-from controller.reconcile import Result, reconcile_one
+from controller.executors.manifests import LABEL_KIND, LABEL_NAME, MANAGED_BY, MANAGER
+from controller.kube import KubeApi, custom_object_path
+from controller.reconcile import KINDS, Result, reconcile_one
 from controller.sync import KeyLocks, RecordSync, adopt, plain
 from dyff.errors import DyffError, NotFound
 from dyff.schema import (
     GROUP,
-    RESOURCE_TYPES,
     VERSION,
     Entity,
     Evaluation,
@@ -64,13 +58,8 @@ FINALIZER = "dyff.io/cleanup"
 # kopf's own bookkeeping lives in annotations under this prefix (not in status: the
 # generated CRD schemas prune unknown status fields).
 KOPF_PREFIX = "kopf.dyff.io"
-FINAL_PHASES: dict[str, tuple[str, ...]] = {
-    "Model": ("Ready", "Failed"),
-    "Dataset": ("Ready", "Failed"),
-    "Evaluation": ("Complete", "Failed"),
-}
-# Phases that only another object's change ends (their timer is slower).
-WAITING_PHASES = ("Pending",)
+# The timer of phases that only another object's change ends (a kind's `waiting`) is
+# this much slower.
 WAITING_SLOWDOWN = 6
 T = TypeVar("T")
 
@@ -244,9 +233,13 @@ class Controller:
     async def _wake_dependents(self, kind: type[Entity], account: str, name: str) -> None:
         field = "model" if kind is Model else "dataset"
         try:
-            waiting = await self._call(
-                lambda: self.records.list_all(Evaluation, account, phase="Pending")
-            )
+            waiting = [
+                evaluation
+                for phase in sorted(KINDS[Evaluation].lifecycle.waiting)
+                for evaluation in await self._call(
+                    lambda p=phase: self.records.list_all(Evaluation, account, phase=p)
+                )
+            ]
             for evaluation in waiting:
                 ref = getattr(evaluation.spec, field)
                 if ref.name == name and ref.account in (None, account):
@@ -266,7 +259,7 @@ class Controller:
             kind = entity_type(labels.get(LABEL_KIND, ""))
         except ValueError:
             return
-        if kind not in RESOURCE_TYPES or not labels.get(LABEL_NAME):
+        if kind not in KINDS or not labels.get(LABEL_NAME):
             return
         await self.reconcile(kind, meta["namespace"], labels[LABEL_NAME])
 
@@ -318,7 +311,7 @@ def build_registry(
     def sync_probe(**_: Any) -> dict[str, Any]:
         return ctl.sync.health()
 
-    for kind in RESOURCE_TYPES:
+    for kind in KINDS:
         _register_kind(reg, ctl, kind)
 
     @kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: MANAGER}, registry=reg, id="owner")
@@ -332,7 +325,7 @@ def build_registry(
 
 def _register_kind(reg: kopf.OperatorRegistry, ctl: Controller, kind: type[Entity]) -> None:
     res = (GROUP, VERSION, kind.plural)
-    final = FINAL_PHASES[kind.kind_name]
+    life = KINDS[kind].lifecycle
 
     @kopf.on.resume(*res, registry=reg, id="reconcile")
     @kopf.on.create(*res, registry=reg, id="reconcile")
@@ -345,10 +338,11 @@ def _register_kind(reg: kopf.OperatorRegistry, ctl: Controller, kind: type[Entit
         await ctl.on_cr_deleted(kind, plain(body))
 
     def working(status: kopf.Status, **_: Any) -> bool:
-        return status.get("phase") not in (*final, *WAITING_PHASES)
+        phase = status.get("phase")
+        return not life.is_final(phase) and not life.is_waiting(phase)
 
     def waiting(status: kopf.Status, **_: Any) -> bool:
-        return status.get("phase") in WAITING_PHASES
+        return life.is_waiting(status.get("phase"))
 
     # Work in progress and uploads are watched often; evaluations waiting for their model
     # and dataset are woken when those settle (dependency_settled), so their timer is only

@@ -1,5 +1,6 @@
 """The local driver: the same reconcilers on one machine, against the record store
-directly (no custom resources), with workloads as local processes."""
+directly (no custom resources), with workloads as local processes. It passes over every
+kind of the registry (`controller.reconcile.KINDS`) in turn."""
 
 from __future__ import annotations
 
@@ -56,13 +57,3 @@ class LocalDriver:
             started = time.monotonic()
             self.reconcile_all()
             stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
-
-    def run_until(self, done: object, timeout: float) -> None:
-        """Reconcile until `done()` is true (for tests and the demo)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.reconcile_all()
-            if callable(done) and done():
-                return
-            time.sleep(self.interval)
-        raise TimeoutError(f"not done after {timeout}s")

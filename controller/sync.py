@@ -42,7 +42,8 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from controller.executors.kubernetes import ApiError, KubeApi, custom_object_path
+from controller.kube import ApiError, KubeApi, custom_object_path
+from dyff.lifecycle import lifecycle
 from dyff.schema import API_VERSION, RESOURCE_TYPES, Entity
 from dyff.stores.records import ChangeFeed, RecordStore
 
@@ -269,10 +270,11 @@ class KeyLocks:
         return self._locks[zlib.crc32("\0".join(key).encode()) % len(self._locks)]
 
 
-Finalize = Callable[[type[Entity], str, str], Awaitable[object]]
-# Called when a Model or Dataset reaches Ready or Failed: what waits for it can go on.
+# Runs passes until a record marked deleting is gone (the kopf adapter's `finalize`).
+FinalizeRecord = Callable[[type[Entity], str, str], Awaitable[object]]
+# Called when a record reaches one of its kind's settled phases (`dyff.lifecycle`: a
+# Model or Dataset Ready or Failed): what waits for it can go on.
 Settled = Callable[[type[Entity], str, str], None]
-SETTLED_PHASES = ("Ready", "Failed")
 
 
 class RecordSync:
@@ -284,7 +286,7 @@ class RecordSync:
         api: KubeApi,
         *,
         locks: KeyLocks,
-        finalize: Finalize,
+        finalize: FinalizeRecord,
         on_settled: Settled | None = None,
         interval: float = 0.25,
         concurrency: int = 16,
@@ -487,7 +489,7 @@ class RecordSync:
             was = cr.phase
             await self._apply_status(kind, key, entity, status)
             phase = entity.status.phase
-            settled = entity.kind != "Evaluation" and phase in SETTLED_PHASES and was != phase
+            settled = lifecycle(entity.kind).is_settled(phase) and was != phase
             if settled and self.on_settled is not None:
                 self.on_settled(kind, entity.account, entity.name)
         self.pushes += 1

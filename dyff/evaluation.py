@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dyff import layout, metrics
+from dyff.access import usable
 from dyff.errors import WorkloadFailed
 from dyff.labels import LABEL_MISMATCH, LabelMatch, match_labels
 from dyff.schema import Dataset, Entity, EntityRef, Evaluation, Model, Shard
@@ -168,7 +169,7 @@ def _dependency(
     owner = ref.account or account
     found = records.find(kind, owner, ref.name)
     # Another account's entity exists for us only if it is public (as in the shim).
-    if found is None or (owner != account and not found.spec.public):
+    if found is None or not usable(found, account):
         raise WorkloadFailed(DEPENDENCY_NOT_FOUND, f"{kind.kind_name} {owner}/{ref.name} not found")
     if found.metadata.deletion_timestamp is not None or not _is_ready(found):
         raise WorkloadFailed(

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from dyff.lifecycle import DATASET, EVALUATION, MODEL, Lifecycle
 
 GROUP = "dyff.io"
 VERSION = "v1alpha1"
@@ -110,6 +112,9 @@ class Condition(Schema):
 class Status(Schema):
     """What all three kinds report: phase, conditions, observedGeneration."""
 
+    # The kind's phases (`dyff.lifecycle`): a phase outside them is refused.
+    lifecycle: ClassVar[Lifecycle[Any] | None] = None
+
     phase: str | None = Field(default=None, description="Lifecycle phase, for humans.")
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -123,6 +128,13 @@ class Status(Schema):
         default=0, ge=0, description="The .metadata.generation the controller last acted on."
     )
     message: str | None = Field(default=None, description="Detail of the current phase.")
+
+    @field_validator("phase")
+    @classmethod
+    def _phase_of_the_kind(cls, phase: str | None) -> str | None:
+        if phase is not None and cls.lifecycle is not None:
+            cls.lifecycle.check(phase)
+        return phase
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -310,6 +322,7 @@ class ModelSpec(Schema):
 class ModelStatus(Status):
     """Observed state of a Model."""
 
+    lifecycle = MODEL
     digest: str | None = Field(
         default=None, description="sha256 of the packaged model: its identity for reuse."
     )
@@ -369,6 +382,7 @@ class Shard(Schema):
 class DatasetStatus(Status):
     """Observed state of a Dataset."""
 
+    lifecycle = DATASET
     rows: int | None = Field(default=None, ge=0, description="Number of rows.")
     shards: list[Shard] | None = Field(default=None, description="The Parquet shards, in order.")
     labels: list[str] | None = Field(default=None, description="Class labels, in id order.")
@@ -510,6 +524,7 @@ class MetricsSummary(Schema):
 class EvaluationStatus(Status):
     """Observed state of an Evaluation."""
 
+    lifecycle = EVALUATION
     progress: Progress | None = Field(default=None, description="Shards done, reused, rows.")
     metrics: MetricsSummary | None = Field(default=None, description="Headline metrics.")
     results_uri: str | None = Field(
@@ -548,8 +563,8 @@ class Entity(Schema):
     printer_columns: ClassVar[tuple[PrinterColumn, ...]]
     spec_type: ClassVar[type[Schema]]
     status_type: ClassVar[type[Status]]
-    # Phases in which a create of the same name restarts the object.
-    restartable_phases: ClassVar[tuple[str, ...]] = ("Failed",)
+    # Phases in which a create of the same name restarts the object (`dyff.lifecycle`).
+    restartable_phases: ClassVar[tuple[str, ...]] = ()
 
     api_version: Literal["dyff.io/v1alpha1"] = Field(default="dyff.io/v1alpha1")
     kind: str
@@ -590,6 +605,7 @@ class Model(Entity):
     )
     spec_type = ModelSpec
     status_type = ModelStatus
+    restartable_phases = tuple(sorted(MODEL.restartable))
 
     kind: Literal["Model"] = "Model"
     spec: ModelSpec
@@ -610,6 +626,7 @@ class Dataset(Entity):
     )
     spec_type = DatasetSpec
     status_type = DatasetStatus
+    restartable_phases = tuple(sorted(DATASET.restartable))
 
     kind: Literal["Dataset"] = "Dataset"
     spec: DatasetSpec
@@ -634,6 +651,7 @@ class Evaluation(Entity):
     )
     spec_type = EvaluationSpec
     status_type = EvaluationStatus
+    restartable_phases = tuple(sorted(EVALUATION.restartable))
 
     kind: Literal["Evaluation"] = "Evaluation"
     spec: EvaluationSpec

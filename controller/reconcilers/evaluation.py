@@ -1,5 +1,6 @@
 """The Evaluation lifecycle: Pending (waiting for its model and dataset; the reason says
-which) -> Running (progress: shards done/total, reused) -> Complete | Failed.
+which) -> Running (progress: shards done/total, reused) -> Complete | Failed (Deleting on
+deletion); the phases and what they mean are `dyff.lifecycle.EVALUATION`.
 
 A failed model or dataset fails the evaluation with reason FailedDependency.
 Once both are Ready, their labels are matched (`dyff.labels.match_labels`)
@@ -7,32 +8,38 @@ before any work starts: a refused match fails the evaluation with reason
 LabelMismatch (naming both label lists); a partial overlap sets the condition
 LabelsPartiallyMatched (True, listing the unmatched names) and proceeds.
 Evaluations already finished for their spec are left as they are.
+
+The plan (shards in all, shards whose predictions are cached) is computed once per
+generation, by `observe` from the model and dataset it has just read, and kept in
+`status.progress` from the first Running pass on; the workload keeps its reused count.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from controller.reconcilers.common import (
     NO_WORK,
     Outcome,
+    Reconciler,
     StopWork,
+    Stores,
     WorkState,
     deleting,
     drive_work,
     finished_for_generation,
-    settle,
 )
+from dyff.access import usable
+from dyff.errors import DyffError
 from dyff.labels import LABEL_MISMATCH, LABELS_PARTIALLY_MATCHED, match_labels
+from dyff.lifecycle import DATASET, EVALUATION, MODEL, settle
+from dyff.lifecycle import EvaluationPhase as Phase
 from dyff.schema import Dataset, Evaluation, EvaluationStatus, Model, Progress
 
-
-@dataclass(frozen=True)
-class Plan:
-    """Which shards already have predictions (reused) and which must be inferred."""
-
-    shards_total: int
-    shards_reused: int
+if TYPE_CHECKING:
+    from controller.executors import Executor
+    from dyff.stores.blobs import BlobStore
 
 
 @dataclass(frozen=True)
@@ -40,44 +47,105 @@ class EvaluationWorld:
     model: Model | None = None
     dataset: Dataset | None = None
     work: WorkState = NO_WORK
-    plan: Plan | None = None
+    # The plan for the current generation, when observe computed one: shards in all and
+    # shards reused, as status.progress shows them.
+    planned: Progress | None = None
+
+
+def plan_shown(evaluation: Evaluation) -> bool:
+    """The status already shows a plan, written for the current generation."""
+    status = evaluation.status
+    return (
+        status.progress is not None and status.observed_generation == evaluation.metadata.generation
+    )
+
+
+def _plan(
+    blobs: BlobStore, evaluation: Evaluation, model: Model | None, dataset: Dataset | None
+) -> Progress | None:
+    """The plan, from the model and dataset already read, when the status lacks one for
+    this generation and the evaluation may run (both Ready, not finished)."""
+    if (
+        model is None
+        or dataset is None
+        or model.metadata.deletion_timestamp is not None
+        or dataset.metadata.deletion_timestamp is not None
+        or model.status.phase != MODEL.succeeded
+        or dataset.status.phase != DATASET.succeeded
+        or plan_shown(evaluation)
+        or finished_for_generation(evaluation, EVALUATION)
+    ):
+        return None
+    from dyff.evaluation import plan_counts  # polars/pyarrow (~65 MB): only once needed
+
+    try:
+        total, reused = plan_counts(blobs, evaluation, model, dataset)
+    except DyffError:  # refused labels, no digest yet: decide (or the workload) says so
+        return None
+    return Progress(shards_total=total, shards_reused=reused)
+
+
+def observe(
+    stores: Stores, executor: Executor, work: WorkState, evaluation: Evaluation
+) -> EvaluationWorld:
+    """The model and dataset (one read for both; another account's only while public),
+    and the plan when one is due."""
+    spec, account = evaluation.spec, evaluation.account
+    model, dataset = stores.records.find_many(
+        [
+            (Model, spec.model.account or account, spec.model.name),
+            (Dataset, spec.dataset.account or account, spec.dataset.name),
+        ]
+    )
+    assert model is None or isinstance(model, Model)
+    assert dataset is None or isinstance(dataset, Dataset)
+    if not usable(model, account):
+        model = None
+    if not usable(dataset, account):
+        dataset = None
+    planned = _plan(stores.blobs, evaluation, model, dataset)
+    return EvaluationWorld(model, dataset, work, planned)
 
 
 def _waiting(
     evaluation: Evaluation, status: EvaluationStatus, reason: str, message: str
 ) -> Outcome:
-    settle(evaluation, status, "Pending", "False", reason, message)
+    settle(status, Phase.PENDING, "False", reason, message, evaluation.metadata.generation)
     return Outcome(status, requeue_after=2.0)
 
 
-def reconcile_evaluation(evaluation: Evaluation, world: EvaluationWorld) -> Outcome:
-    gone = deleting(evaluation, world.work)
+def decide(evaluation: Evaluation, world: EvaluationWorld) -> Outcome:
+    gone = deleting(evaluation, EVALUATION)
     if gone is not None:
         return gone
     status = evaluation.status.model_copy(deep=True)
     spec = evaluation.spec
-    deps = (("model", spec.model.name, world.model), ("dataset", spec.dataset.name, world.dataset))
-    for kind, name, dep in deps:
+    generation = evaluation.metadata.generation
+    deps = (
+        ("model", spec.model.name, world.model, MODEL),
+        ("dataset", spec.dataset.name, world.dataset, DATASET),
+    )
+    for kind, name, dep, _ in deps:
         if dep is None or dep.metadata.deletion_timestamp is not None:
             return _waiting(
                 evaluation, status, f"{kind.capitalize()}NotFound", f"{kind} {name!r} not found"
             )
-    for kind, name, dep in deps:
+    for kind, name, dep, life in deps:
         assert dep is not None
-        if dep.status.phase == "Failed":
+        if dep.status.phase == life.failed:
             why = dep.status.message or "failed"
             settle(
-                evaluation,
                 status,
-                "Failed",
+                Phase.FAILED,
                 "False",
                 "FailedDependency",
                 f"{kind} {name!r} failed: {why}",
+                generation,
             )
             return Outcome(status)
-    for kind, name, dep in deps:
+    for kind, name, dep, life in deps:
         assert dep is not None
-        if dep.status.phase != "Ready":
+        if dep.status.phase != life.succeeded:
             return _waiting(
                 evaluation,
                 status,
@@ -91,13 +159,12 @@ def reconcile_evaluation(evaluation: Evaluation, world: EvaluationWorld) -> Outc
         if labels is None
         else match_labels(world.model.status.labels, labels, spec.label_mapping)
     )
-    generation = evaluation.metadata.generation
     if (
         match is not None
         and not match.allowed
-        and not finished_for_generation(evaluation, ("Complete", "Failed"))
+        and not finished_for_generation(evaluation, EVALUATION)
     ):
-        settle(evaluation, status, "Failed", "False", LABEL_MISMATCH, match.message)
+        settle(status, Phase.FAILED, "False", LABEL_MISMATCH, match.message, generation)
         return Outcome(status, [StopWork()] if world.work.phase != "none" else [])
     if match is not None and match.partial:
         status.set_condition(
@@ -105,10 +172,12 @@ def reconcile_evaluation(evaluation: Evaluation, world: EvaluationWorld) -> Outc
         )
     elif status.condition(LABELS_PARTIALLY_MATCHED) is not None:
         status.conditions = [c for c in status.conditions if c.type != LABELS_PARTIALLY_MATCHED]
-    outcome = drive_work(evaluation, world.work, "evaluate", "Running", ("Complete",), status)
-    # Show the plan as soon as the dataset is known, before the workload reports progress.
-    if world.plan is not None and status.phase == "Running" and status.progress is None:
-        status.progress = Progress(
-            shards_total=world.plan.shards_total, shards_reused=world.plan.shards_reused
-        )
+    outcome = drive_work(evaluation, world.work, "evaluate", EVALUATION, status)
+    # Show the plan as soon as it is known, before the workload reports progress; a new
+    # generation's plan replaces the old generation's progress.
+    if world.planned is not None and status.phase == Phase.RUNNING and not plan_shown(evaluation):
+        status.progress = world.planned.model_copy()
     return outcome
+
+
+RECONCILER = Reconciler(Evaluation, EVALUATION, observe, decide)

@@ -311,17 +311,6 @@ class RecordStore(ABC):
         their own account's records through `list`."""
         return [_parse(kind, doc) for doc in self._scan(kind.kind_name)]
 
-    def changed_since(
-        self, kind: type[E], cursor: int = 0, limit: int = MAX_PAGE
-    ) -> tuple[builtins.list[E], int]:
-        """Records of a kind in every account written after `cursor` (0: all), in the order
-        of their last write, at most `limit`; and the cursor to pass next. For controllers
-        that mirror records elsewhere; `ChangeFeed` adds the overlap and deduplication."""
-        heads = self._changed_heads(kind.kind_name, cursor, limit)
-        docs = self._read_many([(kind.kind_name, account, name) for _, account, name in heads])
-        found = [_parse(kind, doc) for doc in docs if doc is not None]  # None: deleted since
-        return found, (heads[-1][0] if heads else cursor)
-
     def list_all(self, kind: type[E], account: str, **filters: Any) -> builtins.list[E]:
         """Every matching record, following pages."""
         out: builtins.list[E] = []

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from dyff import layout
 from dyff.errors import Invalid, NotFound, WorkloadFailed
+from dyff.lifecycle import lifecycle, settle
 from dyff.schema import Dataset, Model, Schema
 from dyff.stores import BlobStore, RecordStore, open_blobs, open_records
 from dyff.stores.blobs import CHUNK, check_key
@@ -115,10 +116,12 @@ def report(
     message: str,
     results: dict[str, Any],
 ) -> bool:
-    """Write an ingestion's outcome on its entity: phase Ready or Failed, the Ready
-    condition and observedGeneration for `generation`, and the result fields (all None
-    on failure, so nothing of a result is left). False when the entity is gone, or is
-    being deleted and the outcome is a success (its bytes are about to go)."""
+    """Write an ingestion's outcome on its entity: its kind's success or failure phase,
+    the Ready condition and observedGeneration for `generation` (`dyff.lifecycle.settle`),
+    and the result fields (all None on failure, so nothing of a result is left). False
+    when the entity is gone, or is being deleted and the outcome is a success (its bytes
+    are about to go)."""
+    life = lifecycle(kind.kind_name)
 
     def change(entity: Model | Dataset) -> None:
         if ready and entity.metadata.deletion_timestamp is not None:
@@ -126,11 +129,12 @@ def report(
         status = entity.status
         for field, value in results.items():
             setattr(status, field, value)
-        status.phase = "Ready" if ready else "Failed"
-        # A success carries a message only if the results give one (a summary).
-        status.message = results.get("message") if ready else message
-        status.observed_generation = generation
-        status.set_condition("Ready", "True" if ready else "False", reason, message, generation)
+        if ready:
+            # A success carries a message only if the results give one (a summary).
+            summary = results.get("message")
+            settle(status, life.succeeded, "True", reason, message, generation, summary=summary)
+        else:
+            settle(status, life.failed, "False", reason, message, generation)
 
     try:
         records.mutate(kind, account, name, change)

@@ -31,8 +31,8 @@ to the pods still working. The last pod to store a shard always sees them all
 evaluation; two that both see them all write the same files. A run without
 an index infers whatever is missing and always writes the metrics.
 
-Status fields are written by `set_status` only, so the controller can take
-over phases later without hunting for writes.
+Status fields are written by `set_status` only, which settles phases with the
+controller's own `dyff.lifecycle.settle`.
 """
 
 from __future__ import annotations
@@ -72,16 +72,18 @@ from dyff.evaluation import (
     resolve,
     top5_answerable,
 )
+from dyff.lifecycle import EvaluationPhase as Phase
+from dyff.lifecycle import settle
 from dyff.metrics import summary
 from dyff.runtime.client import Images, ModelClient, Resize, TopK, image_batches
 from dyff.schema import ConditionStatus, Evaluation, MetricsSummary, Progress, Shard
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
 from dyff.workloads.common import WorkloadConfig, run_main
+from dyff.workloads.pod import MODEL_URL_ENV
 
 log = logging.getLogger("dyff.workloads.evaluate")
 
-MODEL_URL_ENV = "DYFF_MODEL_URL"
 # Torch threads of the server a run starts (default: `server_threads`).
 MODEL_THREADS_ENV = "DYFF_MODEL_THREADS"
 # Set in the environment of the server a run starts: how the reaper finds it.
@@ -108,7 +110,7 @@ def set_status(
     account: str,
     name: str,
     *,
-    phase: str,
+    phase: Phase,
     generation: int,
     progress: Progress | None = None,
     metrics: MetricsSummary | None = None,
@@ -116,18 +118,19 @@ def set_status(
     model_digest: str | None = None,
     ready: tuple[ConditionStatus, str, str] | None = None,
 ) -> None:
-    """Write the evaluation's status fields (and only those): phase, progress, results and
-    the Ready condition `(status, reason, message)`. `shardsReused` counts what existed
-    before the evaluation started, so the first writer's value is kept on later writes."""
+    """Write the evaluation's status fields (and only those): progress, results, and the
+    phase with the Ready condition `(status, reason, message)` and observedGeneration
+    (`dyff.lifecycle.settle`; without `ready`, the phase alone). `shardsReused` counts
+    what existed before the evaluation started: the plan the controller computed for this
+    generation, or the first writer's, is kept on later writes."""
 
     def change(ev: Evaluation) -> None:
         if ev.metadata.deletion_timestamp is not None:
             raise Deleted(name)
         st = ev.status
-        st.phase = phase
         if progress is not None:
             new = progress.model_copy()
-            if st.progress is not None:
+            if st.progress is not None and st.observed_generation == generation:
                 new.shards_reused = st.progress.shards_reused
             st.progress = new
         if metrics is not None:
@@ -138,9 +141,9 @@ def set_status(
             st.model_digest = model_digest
         if ready is not None:
             status, reason, message = ready
-            st.message = message
-            st.set_condition("Ready", status, reason, message, generation)
-            st.observed_generation = generation
+            settle(st, phase, status, reason, message, generation)
+        else:
+            st.phase = phase
 
     try:
         records.mutate(Evaluation, account, name, change)
@@ -416,7 +419,7 @@ def infer_shards(
 
 
 @dataclass
-class Outcome:
+class RunReport:
     """What one run did (for tests and benchmarks)."""
 
     plan: Plan
@@ -481,7 +484,7 @@ def run_evaluation(
     shard_count: int | None = None,
     model_url: str | None = None,
     server: ServerOptions | None = None,
-) -> Outcome | None:
+) -> RunReport | None:
     """Run (or finish) one evaluation; None if it is being deleted. WorkloadFailed marks
     it Failed and propagates."""
     ev = records.get(Evaluation, account, name)
@@ -494,7 +497,7 @@ def run_evaluation(
     try:
         inputs = resolve(records, ev)
         plan = plan_inputs(inputs, blobs)
-        outcome = Outcome(plan=plan)
+        outcome = RunReport(plan=plan)
         todo = plan.to_infer
         if indexed:
             assert shard_index is not None and shard_count is not None
@@ -502,7 +505,7 @@ def run_evaluation(
         done = {s.sha256 for s in plan.shards} - {s.sha256 for s in plan.to_infer}
         set_status(
             records, account, name,
-            phase="Running", generation=generation, progress=_progress(plan, done),
+            phase=Phase.RUNNING, generation=generation, progress=_progress(plan, done),
             model_digest=inputs.model_digest,
             ready=("False", "Running", f"{plan.reused}/{plan.shards_total} shards reused, "
                    f"{len(todo)} to infer"),
@@ -531,7 +534,7 @@ def run_evaluation(
         outcome.metrics = doc
         set_status(
             records, account, name,
-            phase="Complete", generation=generation,
+            phase=Phase.COMPLETE, generation=generation,
             progress=_progress(plan, {s.sha256 for s in plan.shards}),
             metrics=MetricsSummary.model_validate(summary(doc)),
             results_uri=uri, model_digest=inputs.model_digest,
@@ -543,7 +546,7 @@ def run_evaluation(
     except WorkloadFailed as exc:
         with contextlib.suppress(Deleted):
             set_status(
-                records, account, name, phase="Failed", generation=generation,
+                records, account, name, phase=Phase.FAILED, generation=generation,
                 ready=("False", exc.reason, exc.message),
             )  # fmt: skip
         raise
@@ -559,7 +562,7 @@ def _infer(
     plan: Plan,
     todo: list[Shard],
     done: set[str],
-    outcome: Outcome,
+    outcome: RunReport,
     scratch: Path,
     *,
     model_url: str | None,
@@ -584,7 +587,7 @@ def _infer(
                 done.add(shard.sha256)
                 set_status(
                     records, ev.account, ev.name,
-                    phase="Running", generation=generation, progress=_progress(plan, now),
+                    phase=Phase.RUNNING, generation=generation, progress=_progress(plan, now),
                 )  # fmt: skip
 
             t1 = time.perf_counter()

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from dyff.schema import Dataset  # noqa: E402
-from dyff.workloads.evaluate import Outcome, run_evaluation  # noqa: E402
+from dyff.workloads.evaluate import RunReport, run_evaluation  # noqa: E402
 from hack.bench.evaluation_throughput import tiny_vit_untrained  # noqa: E402
 from tests.workloads.evaluation_fixtures import OWNER, Platform  # noqa: E402
 
@@ -65,7 +65,7 @@ def main() -> int:
         platform.add_dataset("base", digits(ROWS), SHARD_ROWS)
         platform.add_dataset("plus", digits(ROWS + ROWS // 10), SHARD_ROWS)
 
-        def evaluate(name: str, dataset: str) -> tuple[Outcome, float]:
+        def evaluate(name: str, dataset: str) -> tuple[RunReport, float]:
             platform.order(ACCOUNT, name, model="m", dataset=dataset, batch_size=BATCH)
             t = time.perf_counter()
             out = run_evaluation(

@@ -210,22 +210,23 @@ def test_scan_sees_every_account_for_controllers(record_store: RecordStore) -> N
 # ------------------------------------------------------------------ change feed
 
 
-def test_changed_since_pages_through_writes_in_write_order(record_store: RecordStore) -> None:
+def test_change_feed_pages_through_writes_in_write_order(record_store: RecordStore) -> None:
+    from dyff.stores.records import ChangeFeed
+
     record_store.create(factories.model("a", account="acme"))
     record_store.create(factories.model("b", account="globex"))
     record_store.create(factories.dataset("not-a-model"))
     record_store.create(factories.model("c", account="acme"))
     record_store.mutate(Model, "acme", "a", lambda m: setattr(m.status, "phase", "Ready"))
 
-    first, cursor = record_store.changed_since(Model, 0, limit=2)
-    assert [m.name for m in first] == ["b", "c"]
-    rest, cursor2 = record_store.changed_since(Model, cursor, limit=2)
-    assert [(m.name, m.status.phase) for m in rest] == [("a", "Ready")]
+    feed = ChangeFeed(record_store, Model, page=2)  # page=2: paging is exercised
+    found = feed.poll()
+    assert [(m.name, m.status.phase) for m in found] == [("b", None), ("c", None), ("a", "Ready")]
     current = record_store.get(Model, "acme", "a")
-    assert rest[0].metadata.resource_version == current.metadata.resource_version
-    assert cursor2 > cursor
-    nothing, cursor3 = record_store.changed_since(Model, cursor2)
-    assert nothing == [] and cursor3 == cursor2
+    assert found[-1].metadata.resource_version == current.metadata.resource_version
+    cursor = feed.cursor
+    assert cursor > 0
+    assert feed.poll() == [] and feed.cursor == cursor
 
 
 def test_change_feed_returns_each_version_once(record_store: RecordStore) -> None:
@@ -274,6 +275,7 @@ def test_sqlite_file_from_before_the_feed_is_migrated(tmp_path: Path) -> None:
     import json
     import sqlite3
 
+    from dyff.stores.records import ChangeFeed
     from dyff.stores.sqlite import SqliteRecordStore
 
     path = tmp_path / "records.db"
@@ -290,9 +292,8 @@ def test_sqlite_file_from_before_the_feed_is_migrated(tmp_path: Path) -> None:
                 (name, json.dumps(doc)),
             )
     store = SqliteRecordStore(path)
-    found, cursor = store.changed_since(Model)
-    assert sorted(m.name for m in found) == ["old1", "old2"]
+    feed = ChangeFeed(store, Model)
+    assert sorted(m.name for m in feed.poll()) == ["old1", "old2"]
     store.create(factories.model("new"))
-    newer, _ = store.changed_since(Model, cursor)
-    assert [m.name for m in newer] == ["new"]
+    assert [m.name for m in feed.poll()] == ["new"]
     store.close()

@@ -8,14 +8,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from controller.executors.kubernetes import (
-    LABEL_KIND,
-    LABEL_NAME,
-    JobSettings,
-    KubeApi,
-    KubernetesExecutor,
-)
+from controller.executors.kubernetes import JobSettings, KubernetesExecutor
+from controller.executors.manifests import LABEL_KIND, LABEL_NAME
 from controller.kopf_adapter import FINALIZER, Controller
+from controller.kube import KubeApi
 from controller.sync import CR_GENERATION
 from dyff import layout
 from dyff.schema import Dataset, Evaluation, Model, utcnow

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from controller.executors.kubernetes import ApiError, KubeApi
 from controller.kopf_adapter import Controller
+from controller.kube import ApiError, KubeApi
 from controller.sync import CR_GENERATION, RECORD_REF, KeyLocks, RecordSync, adopt, cr_status
 from dyff.schema import Evaluation, Model, utcnow
 from dyff.stores.blobs import BlobStore

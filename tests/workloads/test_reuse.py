@@ -10,7 +10,7 @@ import pytest
 
 from dyff.evaluation import inference_digest
 from dyff.schema import Dataset, Model
-from dyff.workloads.evaluate import Outcome, run_evaluation
+from dyff.workloads.evaluate import RunReport, run_evaluation
 from tests.workloads.evaluation_fixtures import (
     HELDOUT,
     HELDOUT_PLUS,
@@ -33,7 +33,7 @@ def platform(
     return shared_platform(tmp_path_factory, tiny_model_dir, tiny_bento)
 
 
-def evaluate(platform: Platform, url: str, account: str, name: str, **order: object) -> Outcome:
+def evaluate(platform: Platform, url: str, account: str, name: str, **order: object) -> RunReport:
     platform.order(account, name, **{"batch_size": BATCH, **order})  # type: ignore[arg-type]
     out = run_evaluation(platform.records, platform.blobs, account, name, model_url=url)
     assert out is not None

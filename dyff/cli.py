@@ -219,7 +219,7 @@ def wait_until_ready(c: Client, plural: str, name: str, timeout: float) -> dict[
             message = (entity.get("status") or {}).get("message") or ""
             bar.update(task, phase=_phase(entity), note=f"[dim]{message[:80]}[/dim]")
 
-        return c.wait(plural, name, until=("Ready",), timeout=timeout, on_change=update)
+        return c.wait(plural, name, timeout=timeout, on_change=update)
 
 
 # ---------------------------------------------------------------- models

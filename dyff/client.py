@@ -235,12 +235,17 @@ class Client:
         plural: str,
         name: str,
         *,
-        until: tuple[str, ...] = ("Ready", "Complete"),
+        until: tuple[str, ...] | None = None,
         timeout: float = 1800,
         interval: float = 1.0,
         on_change: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the phase is one of `until` (or Failed, which raises)."""
+        """Poll until the phase is one of `until` (default: the kind's success phase), or
+        its failure phase, which raises."""
+        from dyff.lifecycle import lifecycle
+
+        life = lifecycle(plural[:-1].capitalize())  # models -> Model
+        until = until or (life.succeeded,)
         deadline = time.monotonic() + timeout
         while True:
             entity = self.get(plural, name)
@@ -249,7 +254,7 @@ class Client:
             phase = (entity.get("status") or {}).get("phase")
             if phase in until:
                 return entity
-            if phase == "Failed":
+            if phase == life.failed:
                 raise DyffError(f"{plural[:-1]} {name} failed: {failure(entity)}")
             if time.monotonic() > deadline:
                 raise DyffError(f"{plural[:-1]} {name} still {phase} after {timeout:.0f}s")

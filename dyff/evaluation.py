@@ -47,6 +47,7 @@ from dyff import layout, metrics
 from dyff.access import usable
 from dyff.errors import WorkloadFailed
 from dyff.labels import LABEL_MISMATCH, LabelMatch, match_labels
+from dyff.lifecycle import lifecycle
 from dyff.schema import Dataset, Entity, EntityRef, Evaluation, Model, Shard
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -160,7 +161,8 @@ class Inputs:
 
 def _is_ready(entity: Model | Dataset) -> bool:
     ready = entity.status.condition("Ready")
-    return ready is not None and ready.status == "True" and entity.status.phase == "Ready"
+    succeeded = lifecycle(entity.kind_name).succeeded
+    return ready is not None and ready.status == "True" and entity.status.phase == succeeded
 
 
 def _dependency(

@@ -19,6 +19,7 @@ from api_shim.routes.entities import add_entity_routes
 from dyff.access import usable
 from dyff.errors import AlreadyExists, Conflict, Invalid
 from dyff.labels import LABEL_MISMATCH, match_labels
+from dyff.lifecycle import DatasetPhase, ModelPhase
 from dyff.schema import Dataset, Evaluation, EvaluationSpec, Model, ObjectMeta, Schema
 
 router = APIRouter()
@@ -65,8 +66,8 @@ def check_usable(scope: AccountScope, spec: EvaluationSpec) -> None:
     model, dataset = found
     assert isinstance(model, Model) and isinstance(dataset, Dataset)
     if (
-        model.status.phase == "Ready"
-        and dataset.status.phase == "Ready"
+        model.status.phase == ModelPhase.READY
+        and dataset.status.phase == DatasetPhase.READY
         and dataset.status.labels is not None
     ):
         match = match_labels(model.status.labels, dataset.status.labels, spec.label_mapping)

@@ -17,6 +17,7 @@ from api_shim.problems import responses
 from api_shim.state import AppState, StateDep
 from dyff import layout, results
 from dyff.errors import Conflict, NotFound
+from dyff.lifecycle import EvaluationPhase
 from dyff.schema import Dataset, Evaluation, Schema
 
 router = APIRouter(tags=["results"])
@@ -38,7 +39,7 @@ def evaluation_results(
     state: AppState, scope: AccountScope, name: str
 ) -> tuple[Evaluation, results.Results]:
     evaluation = scope.readable(Evaluation, name)
-    if evaluation.status.phase != "Complete":
+    if evaluation.status.phase != EvaluationPhase.COMPLETE:
         raise Conflict(
             f"evaluation {name!r} is {evaluation.status.phase or 'Pending'}, not Complete",
             field="status.phase",
@@ -69,7 +70,7 @@ def label_names(state: AppState, evaluation: Evaluation) -> list[str] | None:
 def get_metrics(name: NameStr, scope: ScopeDep, state: StateDep) -> dict[str, Any]:
     """The full metrics of a complete evaluation."""
     evaluation = scope.readable(Evaluation, name)
-    if evaluation.status.phase != "Complete":
+    if evaluation.status.phase != EvaluationPhase.COMPLETE:
         raise Conflict(f"evaluation {name!r} is not Complete", field="status.phase")
     key = layout.metrics_key(evaluation.account, name, evaluation.metadata.uid or "")
     doc: dict[str, Any] = json.loads(state.blobs.get(key))

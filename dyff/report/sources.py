@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from dyff import layout, results
 from dyff.errors import Conflict, DyffError
+from dyff.lifecycle import EvaluationPhase
 from dyff.report.page import render_report
 from dyff.schema import Dataset, Evaluation
 from dyff.stores.blobs import BlobStore
@@ -67,7 +68,7 @@ def build_report(
     shard is gone are shown as "image unavailable".
     """
     evaluation = records.get(Evaluation, account, name)
-    if evaluation.status.phase != "Complete":
+    if evaluation.status.phase != EvaluationPhase.COMPLETE:
         raise Conflict(
             f"evaluation {name!r} is {evaluation.status.phase or 'Pending'}, not Complete",
             field="status.phase",

@@ -50,14 +50,14 @@ def test_stale_update_is_refused_not_lost(record_store: RecordStore) -> None:
     created, _ = record_store.create(factories.model("m1"))
     a = record_store.get(Model, "acme", "m1")
     b = record_store.get(Model, "acme", "m1")
-    a.status.phase = "Ingesting"
+    a.status.phase = "Packaging"
     a = record_store.update(a)
     assert a.metadata.resource_version != created.metadata.resource_version
     b.status.phase = "Failed"
     with pytest.raises(Conflict) as exc:
         record_store.update(b)
     assert exc.value.field == "metadata.resourceVersion"
-    assert record_store.get(Model, "acme", "m1").status.phase == "Ingesting"
+    assert record_store.get(Model, "acme", "m1").status.phase == "Packaging"
 
 
 def test_spec_change_bumps_generation_status_change_does_not(record_store: RecordStore) -> None:

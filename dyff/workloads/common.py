@@ -12,7 +12,9 @@ import hashlib
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,59 @@ def report(
     except NotFound:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """A successful ingestion: the Ready condition's reason and message, and the status
+    fields to set (`message` among them sets the status message, a summary)."""
+
+    reason: str
+    message: str
+    results: dict[str, Any]
+
+
+def run_ingestion(
+    config: WorkloadConfig,
+    kind: type[Model] | type[Dataset],
+    ingest: Callable[[Any, BlobStore, Path], IngestReport],
+    discard: Callable[[RecordStore, BlobStore], None],
+    result_fields: tuple[str, ...],
+) -> None:
+    """The frame every ingestion shares: read the entity (nothing to do while it is being
+    deleted), run `ingest` in a scratch folder, report the outcome for the generation read.
+    Bad input (WorkloadFailed) is reported as the kind's failure, with every result field
+    cleared, and re-raised; on any failure, and when the entity went away meanwhile,
+    `discard` removes what the ingestion stored."""
+    records, blobs = config.stores()
+    account, name = config.account, config.name
+    entity = records.get(kind, account, name)
+    if entity.metadata.deletion_timestamp is not None:
+        log.info("%s/%s is being deleted; nothing to do", account, name)
+        return
+    generation = entity.metadata.generation
+    if config.scratch_dir:
+        Path(config.scratch_dir).mkdir(parents=True, exist_ok=True)
+    prefix = f"ingest-{kind.kind_name.lower()}-"
+    try:
+        with tempfile.TemporaryDirectory(dir=config.scratch_dir, prefix=prefix) as tmp:
+            done = ingest(entity, blobs, Path(tmp))
+    except WorkloadFailed as exc:
+        discard(records, blobs)
+        cleared = dict.fromkeys(result_fields)
+        if not report(records, kind, account, name, generation, ready=False,
+                      reason=exc.reason, message=exc.message, results=cleared):  # fmt: skip
+            log.info("%s/%s was deleted during ingestion", account, name)
+        raise
+    except BaseException:
+        # A crash (ours, not the user's): the controller retries; leave nothing behind.
+        discard(records, blobs)
+        raise
+    if not report(records, kind, account, name, generation, ready=True,
+                  reason=done.reason, message=done.message, results=done.results):  # fmt: skip
+        # Deleted while we worked: whatever we stored is nobody's.
+        discard(records, blobs)
+        log.info("%s/%s was deleted during ingestion; discarded what it stored", account, name)
 
 
 def run_main(run: Callable[[WorkloadConfig], None], argv: list[str] | None = None) -> int:

@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 from dyff import layout
 from dyff.datasets import DatasetInput, iter_shards, open_dataset
-from dyff.errors import WorkloadFailed
 from dyff.schema import Dataset, Shard
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
-from dyff.workloads.common import WorkloadConfig, fetch_source, report, run_main
+from dyff.workloads.common import (
+    IngestReport,
+    WorkloadConfig,
+    fetch_source,
+    run_ingestion,
+    run_main,
+)
 
 log = logging.getLogger("dyff.workloads.ingest_dataset")
 
@@ -96,65 +100,23 @@ def summary(opened: DatasetInput, shards: list[Shard], new: int | None = None) -
     )
 
 
-def mark_failed(
-    records: RecordStore, account: str, name: str, exc: WorkloadFailed, generation: int
-) -> None:
-    """Phase Failed, Ready=False with the reason; nothing of a result is left on the status."""
-    results = {"rows": None, "shards": None, "labels": None}
-    if not report(
-        records,
-        Dataset,
-        account,
-        name,
-        generation,
-        ready=False,
-        reason=exc.reason,
-        message=exc.message,
-        results=results,
-    ):
-        log.info("%s/%s was deleted during ingestion", account, name)
-
-
 def run(config: WorkloadConfig) -> None:
-    records, blobs = config.stores()
-    account, name = config.account, config.name
-    dataset = records.get(Dataset, account, name)
-    if dataset.metadata.deletion_timestamp is not None:
-        log.info("%s/%s is being deleted; nothing to do", account, name)
-        return
-    generation = dataset.metadata.generation
     written: dict[str, str] = {}
-    if config.scratch_dir:
-        Path(config.scratch_dir).mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.TemporaryDirectory(dir=config.scratch_dir, prefix="ingest-") as tmp:
-            opened, shards = ingest(dataset, blobs, Path(tmp), written)
-    except WorkloadFailed as exc:
-        discard(records, blobs, account, name, written)
-        mark_failed(records, account, name, exc, generation)
-        raise
 
-    msg = summary(opened, shards, len(written))
-    results = {
-        "rows": opened.rows,
-        "shards": shards,
-        "labels": opened.labels,
-        "message": summary(opened, shards),
-    }
-    if not report(
-        records,
-        Dataset,
-        account,
-        name,
-        generation,
-        ready=True,
-        reason="Ingested",
-        message=msg,
-        results=results,
-    ):
-        # Deleted while we worked: whatever we stored is nobody's.
-        discard(records, blobs, account, name, written)
-        log.info("%s/%s was deleted during ingestion; discarded its shards", account, name)
+    def ingested(dataset: Dataset, blobs: BlobStore, scratch: Path) -> IngestReport:
+        opened, shards = ingest(dataset, blobs, scratch, written)
+        results = {
+            "rows": opened.rows,
+            "shards": shards,
+            "labels": opened.labels,
+            "message": summary(opened, shards),
+        }
+        return IngestReport("Ingested", summary(opened, shards, len(written)), results)
+
+    def discard_written(records: RecordStore, blobs: BlobStore) -> None:
+        discard(records, blobs, config.account, config.name, written)
+
+    run_ingestion(config, Dataset, ingested, discard_written, ("rows", "shards", "labels"))
 
 
 def main(argv: list[str] | None = None) -> int:

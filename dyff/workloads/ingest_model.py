@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +53,13 @@ from dyff.models import (
 from dyff.schema import Model
 from dyff.stores.blobs import CHUNK, BlobStore
 from dyff.stores.records import RecordStore
-from dyff.workloads.common import WorkloadConfig, fetch_source, report, run_main
+from dyff.workloads.common import (
+    IngestReport,
+    WorkloadConfig,
+    fetch_source,
+    run_ingestion,
+    run_main,
+)
 
 log = logging.getLogger("dyff.workloads.ingest_model")
 
@@ -124,73 +129,30 @@ def discard(
             blobs.delete(key)
 
 
-def mark_failed(
-    records: RecordStore, account: str, name: str, exc: WorkloadFailed, generation: int
-) -> None:
-    """Phase Failed, Ready=False with the reason; no result is left on the status."""
-    results = {"digest": None, "bento_uri": None, "labels": None, "size_bytes": None}
-    if not report(
-        records,
-        Model,
-        account,
-        name,
-        generation,
-        ready=False,
-        reason=exc.reason,
-        message=exc.message,
-        results=results,
-    ):
-        log.info("%s/%s was deleted during ingestion", account, name)
-
-
 def run(config: WorkloadConfig) -> None:
-    records, blobs = config.stores()
-    account, name = config.account, config.name
-    model = records.get(Model, account, name)
-    if model.metadata.deletion_timestamp is not None:
-        log.info("%s/%s is being deleted; nothing to do", account, name)
-        return
-    generation = model.metadata.generation
     written: list[str] = []
-    if config.scratch_dir:
-        Path(config.scratch_dir).mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.TemporaryDirectory(dir=config.scratch_dir, prefix="ingest-model-") as tmp:
-            result = ingest(model, blobs, Path(tmp), written)
-    except WorkloadFailed as exc:
-        discard(records, blobs, account, name, written)
-        mark_failed(records, account, name, exc, generation)
-        raise
-    except BaseException:
-        # A crash (ours, not the user's): the controller retries; leave nothing behind.
-        discard(records, blobs, account, name, written)
-        raise
 
-    if model.spec.source.form == "image":
-        reason, msg = "ImageAccepted", f"image pinned at sha256:{result.digest}"
-    elif result.reused:
-        reason, msg = "Reused", f"same model as the stored Bento {result.digest[:12]}"
-    else:
-        reason, msg = "Packaged", f"packaged as Bento {result.digest[:12]}"
-    results = {
-        "digest": result.digest,
-        "bento_uri": result.bento_uri,
-        "labels": result.labels,
-        "size_bytes": result.size_bytes,
-    }
-    if not report(
-        records,
-        Model,
-        account,
-        name,
-        generation,
-        ready=True,
-        reason=reason,
-        message=msg,
-        results=results,
-    ):
-        discard(records, blobs, account, name, written)
-        log.info("%s/%s was deleted during ingestion; discarded its Bento", account, name)
+    def ingested(model: Model, blobs: BlobStore, scratch: Path) -> IngestReport:
+        result = ingest(model, blobs, scratch, written)
+        if model.spec.source.form == "image":
+            reason, msg = "ImageAccepted", f"image pinned at sha256:{result.digest}"
+        elif result.reused:
+            reason, msg = "Reused", f"same model as the stored Bento {result.digest[:12]}"
+        else:
+            reason, msg = "Packaged", f"packaged as Bento {result.digest[:12]}"
+        results = {
+            "digest": result.digest,
+            "bento_uri": result.bento_uri,
+            "labels": result.labels,
+            "size_bytes": result.size_bytes,
+        }
+        return IngestReport(reason, msg, results)
+
+    def discard_written(records: RecordStore, blobs: BlobStore) -> None:
+        discard(records, blobs, config.account, config.name, written)
+
+    fields = ("digest", "bento_uri", "labels", "size_bytes")
+    run_ingestion(config, Model, ingested, discard_written, fields)
 
 
 def main(argv: list[str] | None = None) -> int:

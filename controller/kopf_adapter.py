@@ -47,7 +47,6 @@ from dyff.schema import (
     Evaluation,
     Model,
     entity_type,
-    utcnow,
 )
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -206,12 +205,8 @@ class Controller:
             raise kopf.TemporaryError("cleanup is not finished yet", delay=2)
 
     def _mark_deleting(self, kind: type[Entity], account: str, name: str) -> None:
-        def mark(entity: Entity) -> None:
-            if entity.metadata.deletion_timestamp is None:
-                entity.metadata.deletion_timestamp = utcnow()
-
         with contextlib.suppress(NotFound):
-            self.records.mutate(kind, account, name, mark)
+            self.records.mark_deleting(kind, account, name)
 
     async def finalize(self, kind: type[Entity], account: str, name: str) -> bool:
         """Passes until the record is finalized (its work stopped, its blobs deleted, the

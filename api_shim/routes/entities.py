@@ -11,7 +11,7 @@ from api_shim.auth import ScopeDep
 from api_shim.params import AccountQuery, NameStr
 from api_shim.problems import responses
 from dyff.errors import Conflict, Invalid, NotFound
-from dyff.schema import Entity, Evaluation, Model, Schema, utcnow
+from dyff.schema import Entity, Evaluation, Model, Schema
 from dyff.stores.records import MAX_PAGE, RecordStore
 
 E = TypeVar("E", bound=Entity)
@@ -97,8 +97,8 @@ def add_entity_routes(router: APIRouter, kind: type[E]) -> None:
                 field="cascade",
             )
         for dependent in dependents:
-            _mark_deleting(records, Evaluation, account, dependent.name)
-        return _mark_deleting(records, kind, account, name)
+            records.mark_deleting(Evaluation, account, dependent.name)
+        return records.mark_deleting(kind, account, name)
 
 
 def _dependents(records: RecordStore, entity: Entity) -> list[Evaluation]:
@@ -110,11 +110,3 @@ def _dependents(records: RecordStore, entity: Entity) -> list[Evaluation]:
         and getattr(e.spec, field).account in (None, entity.account)
         and e.metadata.deletion_timestamp is None
     ]
-
-
-def _mark_deleting(records: RecordStore, kind: type[E], account: str, name: str) -> E:
-    def mark(entity: E) -> None:
-        if entity.metadata.deletion_timestamp is None:
-            entity.metadata.deletion_timestamp = utcnow()
-
-    return records.mutate(kind, account, name, mark)

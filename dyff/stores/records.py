@@ -264,6 +264,16 @@ class RecordStore(ABC):
                 time.sleep(random.uniform(0, 0.002 * min(attempt, 25)))
         raise Conflict(f"{kind.kind_name} {name!r} kept changing; gave up")
 
+    def mark_deleting(self, kind: type[E], account: str, name: str) -> E:
+        """Set the deletion mark (deletionTimestamp) once; the controller finishes the
+        deletion. NotFound when there is no such record."""
+
+        def mark(entity: E) -> None:
+            if entity.metadata.deletion_timestamp is None:
+                entity.metadata.deletion_timestamp = utcnow()
+
+        return self.mutate(kind, account, name, mark)
+
     def delete(
         self, kind: type[Entity], account: str, name: str, *, resource_version: str | None = None
     ) -> None:

@@ -297,3 +297,14 @@ def test_sqlite_file_from_before_the_feed_is_migrated(tmp_path: Path) -> None:
     store.create(factories.model("new"))
     assert [m.name for m in feed.poll()] == ["new"]
     store.close()
+
+
+def test_mark_deleting_marks_once(record_store: RecordStore) -> None:
+    record_store.create(factories.model("m1"))
+    first = record_store.mark_deleting(Model, "acme", "m1")
+    assert first.metadata.deletion_timestamp is not None
+    again = record_store.mark_deleting(Model, "acme", "m1")
+    assert again.metadata.deletion_timestamp == first.metadata.deletion_timestamp
+    assert record_store.get(Model, "acme", "m1").metadata.deletion_timestamp is not None
+    with pytest.raises(NotFound):
+        record_store.mark_deleting(Model, "acme", "nothing")

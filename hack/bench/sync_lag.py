@@ -135,6 +135,9 @@ class Watch:
 async def direct_creates(session: aiohttp.ClientSession, url: str, watch: Watch) -> list[float]:
     """POST a CR and wait for its watch event, one at a time: the API server's own lag."""
     lags = []
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "direct"}}
+    async with session.post(f"{url}/api/v1/namespaces", json=namespace) as response:
+        assert response.status < 300, await response.text()
     for i in range(DIRECT):
         doc = factories.evaluation(f"direct-{i}", account="direct").wire()
         started = time.time()

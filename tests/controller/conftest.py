@@ -1,25 +1,27 @@
 """Fixtures for the controller's kopf, sync and Kubernetes executor tests: an emulated
 API server (kmock), stores on local disk, workloads that report at once, and kopf
-running the dyff handlers in the test's event loop."""
+running the dyff handlers (kopf.testing.KopfRunner)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import logging
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
+import kmock
 import kopf
 import pytest
 import pytest_asyncio
+from kopf.testing import KopfRunner
 
 from controller.executors import WorkKey
-from controller.kopf_adapter import Controller
-from controller.kopf_adapter import run as run_operator
+from controller.kopf_adapter import Controller, build_registry, configure
 from controller.reconcilers.common import Workload, WorkState
 from dyff import layout
 from dyff.errors import NotFound
@@ -47,8 +49,13 @@ JOBS = "batch/v1/jobs"
 
 @pytest_asyncio.fixture
 async def cluster() -> AsyncIterator[Cluster]:
+    """An emulated cluster where the namespace of account acme already exists (objects
+    go only into namespaces that exist)."""
     async with serve() as c:
+        await create_namespace(c, "acme")
         yield c
+        # Kubernetes errors (404, 409, ...) are answers; anything else is a bug in the emulator.
+        assert [e for e in c.errors if not isinstance(e, kmock.KubernetesError)] == []
 
 
 @pytest.fixture
@@ -169,44 +176,50 @@ class FakeWorkloads:
 
 @asynccontextmanager
 async def operator(controller: Controller, cluster: Cluster) -> AsyncIterator[Controller]:
-    """kopf running dyff's handlers against `cluster` until the block ends, in a thread
-    with its own event loop, as in a controller process: kopf stops every task of its
-    loop when it exits, and the emulated cluster lives in the test's loop."""
+    """`kopf run --standalone --all-namespaces` with dyff's handlers and settings (those
+    `controller.kopf_adapter.run` uses) against `cluster` until the block ends, by kopf's
+    test runner: in a thread with its own event loop, as in a controller process. The
+    emulated cluster lives in the test's loop, so the runner is stopped from a thread."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=cluster.api_url, insecure=True)
 
-    started = threading.Event()
-    state: dict[str, Any] = {}
-
-    async def main() -> None:
-        state["loop"], state["stop"] = asyncio.get_running_loop(), asyncio.Event()
-        ready = asyncio.Event()
-        waiter = asyncio.create_task(ready.wait())
-        waiter.add_done_callback(lambda _: started.set())
-        await run_operator(controller, registry=registry, stop_flag=state["stop"], ready_flag=ready)
-
-    def thread_main() -> None:
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    runner = KopfRunner(
+        ["run", "--standalone", "--all-namespaces", "--quiet"],
+        registry=build_registry(controller, registry),
+        settings=settings,
+        timeout=20,
+    )
+    with process_state_restored():
+        runner.__enter__()  # returns at once; kopf starts in its thread
         try:
-            asyncio.run(main())
-        except BaseException as exc:
-            state["error"] = exc
+            yield controller
         finally:
-            started.set()
+            await asyncio.to_thread(runner.__exit__, None, None, None)
 
-    thread = threading.Thread(target=thread_main, name="kopf", daemon=True)
-    thread.start()
-    await asyncio.to_thread(started.wait, 15)
+
+@contextmanager
+def process_state_restored() -> Iterator[None]:
+    """`kopf run` sets process-wide state: the default registry, and logging (a root
+    handler writing to the runner's captured stderr, levels). Put it back afterwards."""
+    registry = kopf.get_default_registry()
+    root, aio = logging.getLogger(), logging.getLogger("asyncio")
+    handlers, level, aio_handlers, aio_propagate = (
+        root.handlers[:],
+        root.level,
+        aio.handlers[:],
+        aio.propagate,
+    )
     try:
-        yield controller
+        yield
     finally:
-        state["loop"].call_soon_threadsafe(state["stop"].set)
-        await asyncio.to_thread(thread.join, 20)
-        assert not thread.is_alive(), "kopf did not stop"
-        if "error" in state:
-            raise state["error"]
+        kopf.set_default_registry(registry)
+        root.handlers[:], aio.handlers[:], aio.propagate = handlers, aio_handlers, aio_propagate
+        root.setLevel(level)
 
 
 async def eventually(check: Callable[[], T], timeout: float = 20.0, every: float = 0.05) -> T:
@@ -223,6 +236,13 @@ async def eventually(check: Callable[[], T], timeout: float = 20.0, every: float
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not true within {timeout}s: {result!r}")
         await asyncio.sleep(every)
+
+
+async def create_namespace(cluster: Cluster, name: str) -> None:
+    """`kubectl create namespace NAME`."""
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    async with cluster.servers[0].client.post("/api/v1/namespaces", json=body) as response:
+        assert response.status == 201, await response.text()
 
 
 async def kubectl_apply(cluster: Cluster, doc: dict[str, Any]) -> dict[str, Any]:
@@ -255,6 +275,7 @@ __all__ = [
     "Dataset",
     "FakeWorkloads",
     "Model",
+    "create_namespace",
     "eventually",
     "kubectl_apply",
     "kubectl_delete",

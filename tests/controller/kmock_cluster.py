@@ -1,26 +1,19 @@
-"""A Kubernetes API server for tests: kmock's emulator plus what kopf and dyff rely on.
+"""A Kubernetes API server for the controller's tests: kmock's `KubernetesEmulator` (its
+HTTP server, URL parsing, routing, discovery, object store `objects` with every version
+of every object, merge and JSON patches, Kubernetes errors, request log: iterate the
+cluster) with its handling of object requests (a plain JSON merge; each request matched
+against all earlier ones) replaced by what a real API server does, each in one place:
 
-kmock (`KubernetesEmulator`) gives the HTTP server, URL parsing, resource discovery and
-Kubernetes-style errors; its object handling is a plain JSON merge, and it matches every
-request against the full history of earlier requests (quadratic: a few thousand
-requests take seconds each). `Cluster` keeps kmock's server and discovery and serves
-objects itself, as a real API server does:
-
-- `metadata.uid`, `resourceVersion` (one counter for everything), `generation` (bumped
-  only when `spec` changes, so kopf does not re-handle its own writes forever) and
-  `creationTimestamp`; `generateName`;
-- status subresources: `PATCH .../status` changes only `status`, other writes never
-  change it; a write that changes nothing is no new version and no watch event;
-- merge patches, JSON patches (a failed `test` is 422, as kopf expects) and server-side
-  apply (`application/apply-patch+yaml`): create-or-update, the applied labels and
-  annotations merged, the applied top-level fields (spec, or status on the
-  subresource) replacing what was there; `resourceVersion` preconditions;
-- deletion with finalizers, and garbage collection of objects whose `ownerReferences`
-  name a deleted object (Jobs go with their CR);
-- lists with equality label selectors; watches that resume from a `resourceVersion`
-  (replayed from an event log; 410 Gone when it is too old) and end at
-  `timeoutSeconds`;
-- namespaces (`/api/v1/namespaces[/NAME]`), which kmock's URL parser cannot route.
+- discovery: kmock's bundled built-ins, and dyff's resources from the CRDs in crds/;
+- `_stamp`: uid, creationTimestamp, generation (+1 for changes outside metadata and
+  status), resourceVersion (one counter; a write that changes nothing makes none);
+- `_confine`: the status subresource; ssa.py: server-side apply and field managers
+  (their rules: test_ssa_rules.py);
+- `_write`: finalizers, and garbage collection through ownerReferences;
+- `_watch` (a kmock reaction): watches resumed from a resourceVersion, ended at
+  timeoutSeconds; `_matches`: namespaces and equality label selectors;
+- `__call__`: namespaces (`/api/v1/namespaces[/NAME]`), which kmock's URL parser cannot
+  route; `_write`: objects go only into namespaces that exist.
 
 Run one on its own (for benchmarks): `python -m tests.controller.kmock_cluster PORT`.
 """
@@ -31,46 +24,36 @@ import asyncio
 import collections
 import copy
 import datetime
-import itertools
+import functools
 import json
 import random
 import re
 import string
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+import warnings
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
-from kmock._internal import dicts, enums, references, rendering
+import yaml
 
-from dyff.schema import GROUP, RESOURCE_TYPES, VERSION
+from tests.controller import ssa
 
+CRDS = sorted((Path(__file__).resolve().parents[2] / "crds").glob("*_*.yaml"))
+NAMESPACES = kmock.resource("v1/namespaces")
 NAMESPACE_PATH = re.compile(r"/api/v1/namespaces(?:/([^/]+))?/?")
-APPLY = "application/apply-patch"
-VERBS = {"get", "list", "watch", "create", "update", "patch", "delete"}
-# The built-in resources dyff and kopf use: kind, namespaced, subresources.
-BUILTIN = {
-    "v1/namespaces": ("Namespace", False, {"status"}),
-    "v1/pods": ("Pod", True, {"status", "log"}),
-    "v1/serviceaccounts": ("ServiceAccount", True, set()),
-    "v1/events": ("Event", True, set()),
-    "events.k8s.io/v1/events": ("Event", True, set()),
-    "batch/v1/jobs": ("Job", True, {"status"}),
-    "apiextensions.k8s.io/v1/customresourcedefinitions": (
-        "CustomResourceDefinition",
-        False,
-        {"status"},
-    ),
-}
+APPLY = "application/apply-patch+yaml"
+SERVER_FIELDS = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "resourceVersion")
 EVENT_LOG = 100_000
 
-RKey = tuple[str, str, str]  # (group, version, plural)
-OKey = tuple[RKey, str | None, str]  # (resource, namespace, name)
+Doc = dict[str, Any]
+Key = tuple[kmock.resource, str | None, str]  # (resource, namespace, name)
 
 
 def now() -> str:
@@ -81,64 +64,69 @@ def error(status: int, reason: str, message: str) -> kmock.KubernetesError:
     return kmock.KubernetesError(status=status, reason=reason, message=message)
 
 
-def rkey(resource: str | references.resource) -> RKey:
-    res = references.resource(resource) if isinstance(resource, str) else resource
-    return (res.group or "", str(res.version), str(res.plural))
+@functools.cache
+def _crds() -> list[Doc]:
+    return [
+        yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        for path in CRDS
+    ]
 
 
-def parse_selector(text: str) -> dict[str, str]:
-    out = {}
-    for part in filter(None, text.split(",")):
-        key, _, value = part.partition("=")
-        out[key.strip()] = value.strip().lstrip("=")
-    return out
+def _matches(doc: Doc, namespace: str | None, selector: str) -> bool:
+    """Whether the object is in `namespace` (None: any) and its labels match an
+    equality selector (`a=1,b==2`)."""
+    meta = doc.get("metadata", {})
+    wanted = (part.replace("==", "=").partition("=") for part in selector.split(",") if part)
+    labels = meta.get("labels") or {}
+    return namespace in (None, meta.get("namespace")) and all(
+        labels.get(k.strip()) == v.strip() for k, _, v in wanted
+    )
 
 
-def matches(doc: dict[str, Any], labels: dict[str, str]) -> bool:
-    have = doc.get("metadata", {}).get("labels") or {}
-    return all(have.get(k) == v for k, v in labels.items())
+def _manager(params: Any, headers: Any) -> str:
+    """The field manager: `fieldManager`, else the User-Agent up to its first '/'."""
+    return str(params.get("fieldManager") or headers.get("User-Agent", "").split("/")[0])
 
 
 @attrs.define(kw_only=True)
 class Cluster(kmock.KubernetesEmulator):
-    _counter: Iterator[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
-    _store: dict[OKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
-    _log: collections.deque[tuple[int, RKey, dict[str, Any]]] = attrs.field(
+    # False only for hack/bench/sync_lag.py, which posts CRs into a namespace it never makes.
+    namespaces_must_exist: bool = True
+    _version: int = attrs.field(default=0, init=False)
+    _log: collections.deque[tuple[int, kmock.resource, Doc]] = attrs.field(
         factory=lambda: collections.deque(maxlen=EVENT_LOG), init=False
     )
-    _watchers: dict[RKey, list[tuple[str | None, asyncio.Queue[Any]]]] = attrs.field(
+    _watchers: dict[kmock.resource, list[asyncio.Queue[Doc]]] = attrs.field(
         factory=lambda: collections.defaultdict(list), init=False
     )
-    _namespaces: dict[str, dict[str, Any]] = attrs.field(factory=dict, init=False)
-    _status_resources: set[RKey] = attrs.field(factory=set, init=False)
+    _list_maps: dict[kmock.resource, ssa.ListMaps] = attrs.field(factory=dict, init=False)
+    _status_subresources: set[kmock.resource] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        for name, (kind_name, namespaced, subresources) in BUILTIN.items():
-            self._declare(name, kind_name, namespaced, subresources)
-        for kind in RESOURCE_TYPES:
-            self._declare(
-                f"{GROUP}/{VERSION}/{kind.plural}",
-                kind.kind_name,
-                True,
-                {"status"},
-                shortnames=set(kind.short_names),
-                categories={"dyff"},
-            )
-
-    def _declare(
-        self, name: str, kind: str, namespaced: bool, subresources: set[str], **extra: Any
-    ) -> None:
-        self.resources[name] = kmock.ResourceInfo(
-            kind=kind,
-            singular=kind.lower(),
-            namespaced=namespaced,
-            subresources=subresources,
-            verbs=VERBS,
-            **extra,
-        )
-        if "status" in subresources:
-            self._status_resources.add(rkey(name))
+        with warnings.catch_warnings():  # kmock reads its bundle with a deprecated call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.resources.load_bundled()
+        for crd in _crds():
+            spec, names = crd["spec"], crd["spec"]["names"]
+            for version in spec["versions"]:
+                res = kmock.resource(
+                    group=spec["group"], version=version["name"], plural=names["plural"]
+                )
+                self.resources[res] = kmock.ResourceInfo(
+                    kind=names["kind"],
+                    singular=names["singular"],
+                    namespaced=spec["scope"] == "Namespaced",
+                    shortnames=names.get("shortNames", []),
+                    categories=names.get("categories", []),
+                    subresources=version.get("subresources", {}),
+                    verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+                )
+                self._list_maps[res] = ssa.list_maps(version["schema"]["openAPIV3Schema"])
+        self._status_subresources = {
+            r for r in self.resources if "status" in self.resources[r].subresources
+        }
+        self[kmock.action.WATCH] << self._watch
 
     # ---- for tests
 
@@ -149,273 +137,225 @@ class Cluster(kmock.KubernetesEmulator):
 
     def read(self, resource: str, namespace: str | None, name: str) -> Any:
         """The object's current document (a copy), or None."""
-        doc = self._store.get((rkey(resource), namespace, name))
-        return None if doc is None else copy.deepcopy(doc)
+        found = self._find((kmock.resource(resource), namespace, name))
+        return None if found is None else copy.deepcopy(found)
 
-    def items(self, resource: str) -> list[dict[str, Any]]:
-        rk = rkey(resource)
-        return [copy.deepcopy(d) for (r, _, _), d in list(self._store.items()) if r == rk]
+    def items(self, resource: str) -> list[Doc]:
+        return copy.deepcopy(self._list(kmock.resource(resource), None, "")["items"])
 
     async def set_status(self, resource: str, namespace: str, name: str, status: Any) -> None:
         """What a controller in the cluster (the Job controller, a kubelet) would write."""
-        async with self._lock:
-            key = (rkey(resource), namespace, name)
-            doc = copy.deepcopy(self._store[key])
-            doc["status"] = status
-            self._write(key, doc)
+        res = kmock.resource(resource)
+        base = f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}"
+        path = f"{base}/namespaces/{namespace}/{res.plural}/{name}/status"
+        patch = [{"op": "add", "path": "/status", "value": status}]
+        headers = {"Content-Type": "application/json-patch+json"}
+        async with self.patch(path, json=patch, headers=headers) as response:
+            assert response.status == 200, await response.text()
 
-    # ---- namespaces (outside kmock's URL parsing)
+    # ---- requests
 
     async def __call__(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         match = NAMESPACE_PATH.fullmatch(raw.path)
         if match is None:
             return await super().__call__(raw)
-        name = match.group(1)
-        if raw.method == "GET" and name is None:
-            items = list(self._namespaces.values())
-            return aiohttp.web.json_response({"kind": "NamespaceList", "items": items})
-        if raw.method == "GET" and name in self._namespaces:
-            return aiohttp.web.json_response(self._namespaces[name])
-        if raw.method == "POST" and name is None:
-            doc = await raw.json()
-            ns = doc["metadata"]["name"]
-            if ns in self._namespaces:
-                return await self._render_error(error(409, "AlreadyExists", f"namespace {ns}"))
-            doc["metadata"].update(self._new_meta())
-            doc["status"] = {"phase": "Active"}
-            self._namespaces[ns] = doc
-            return aiohttp.web.json_response(doc, status=201)
-        return await self._render_error(error(404, "NotFound", f"namespace {name!r} not found"))
+        key: Key = (NAMESPACES, None, match.group(1) or "")
+        try:
+            if raw.method == "POST" and not key[2]:
+                manager = _manager(raw.query, raw.headers)
+                return aiohttp.web.json_response(
+                    self._create(NAMESPACES, None, await raw.json(), manager), status=201
+                )
+            if raw.method == "GET":
+                found = self._existing(key) if key[2] else self._list(NAMESPACES, None, "")
+                return aiohttp.web.json_response(found)
+            raise error(405, "MethodNotAllowed", f"{raw.method} {raw.path}")
+        except kmock.KubernetesError as exc:
+            return await self._render_error(exc)
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        res, action = request.resource, request.action
+        if res is None or not res.plural or action in (None, kmock.action.WATCH):
+            return await super()._handle(request)  # kmock's routing: discovery, `_watch`
+        key: Key = (res, request.namespace, request.name or "")
+        manager, status = _manager(request.params, request.headers), 200
+        if action == kmock.action.LIST:
+            doc = self._list(res, request.namespace, request.params.get("labelSelector", ""))
+        elif action == kmock.action.FETCH:
+            doc = self._existing(key)
+        elif action == kmock.action.CREATE:
+            doc, status = self._create(res, request.namespace, request.data or {}, manager), 201
+        elif action == kmock.action.UPDATE:
+            status = 200 if self._find(key) else 201  # an apply that creates
+            doc = self._patch(request, key, manager)
+        else:
+            doc = self._delete(key)
+        return aiohttp.web.json_response(doc, status=status)
 
     # ---- objects
 
-    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        res = request.resource
-        if res is None or not res.plural or request.action is None:
-            return await super()._handle(request)  # discovery, by kmock
-        rk = rkey(res)
-        if request.action == enums.action.WATCH:
-            return await self._watch(request, rk)
-        status = 200
-        async with self._lock:
-            if request.action == enums.action.LIST:
-                payload = self._list(request, rk)
-            elif request.action == enums.action.FETCH:
-                payload = self._existing((rk, request.namespace, request.name or ""))
-            elif request.action == enums.action.CREATE:
-                payload, status = self._create(rk, request.namespace, request.data or {}), 201
-            elif request.action == enums.action.UPDATE:
-                payload = self._update(request, rk)
-            else:
-                payload = self._delete((rk, request.namespace, request.name or ""))
-        return aiohttp.web.json_response(payload, status=status)
+    def _find(self, key: Key) -> Doc | None:
+        found = key in self.objects and not self.objects[key].deleted
+        return self.objects[key].raw if found else None
 
-    def _new_meta(self) -> dict[str, Any]:
-        return {
-            "uid": str(uuid.uuid4()),
-            "resourceVersion": str(next(self._counter)),
-            "generation": 1,
-            "creationTimestamp": now(),
-        }
-
-    def _existing(self, key: OKey) -> dict[str, Any]:
-        doc = self._store.get(key)
+    def _existing(self, key: Key) -> Doc:
+        doc = self._find(key)
         if doc is None:
-            raise error(404, "NotFound", f"{key[0][2]} {key[2]!r} not found")
+            raise error(404, "NotFound", f"{key[0].plural} {key[2]!r} not found")
         return doc
 
-    def _emit(self, rk: RKey, kind: str, doc: dict[str, Any]) -> None:
-        # Stored documents are never changed in place (writes store new ones), so events
-        # and lists may share them.
-        event = {"type": kind, "object": doc}
-        self._log.append((int(doc["metadata"]["resourceVersion"]), rk, event))
-        namespace = doc["metadata"].get("namespace")
-        for wanted, queue in self._watchers[rk]:
-            if wanted is None or wanted == namespace:
-                queue.put_nowait(event)
+    def _has_status(self, res: kmock.resource) -> bool:
+        return res in self._status_subresources
 
-    def _create(self, rk: RKey, namespace: str | None, data: dict[str, Any]) -> dict[str, Any]:
-        doc = copy.deepcopy(data)
-        meta = doc.setdefault("metadata", {})
-        if not meta.get("name") and meta.get("generateName"):
-            suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
-            meta["name"] = meta["generateName"] + suffix
-        namespace = namespace or meta.get("namespace")
+    def _maps(self, res: kmock.resource) -> ssa.ListMaps:
+        return self._list_maps.get(res, ssa.METADATA_LIST_MAPS)
+
+    def _create(self, res: kmock.resource, namespace: str | None, data: Doc, manager: str) -> Doc:
+        doc = ssa.update({}, self._confine(res, "", {}, data), manager, maps=self._maps(res))
+        meta = doc["metadata"]
         if namespace is not None:
             meta["namespace"] = namespace
-        key = (rk, namespace, meta["name"])
-        if key in self._store:
-            raise error(409, "AlreadyExists", f"{rk[2]} {meta['name']!r} already exists")
-        for field in ("deletionTimestamp", "resourceVersion", "uid", "generation"):
-            meta.pop(field, None)
-        meta.update(self._new_meta())
-        if rk in self._status_resources:
-            doc.pop("status", None)  # set through the subresource only
-        self._store[key] = doc
-        self._emit(rk, "ADDED", doc)
-        return doc
+        if not meta.get("name") and meta.get("generateName"):
+            suffix = random.choices(string.ascii_lowercase + string.digits, k=5)
+            meta["name"] = meta["generateName"] + "".join(suffix)
+        key = (res, meta.get("namespace"), meta["name"])
+        if self._find(key) is not None:
+            raise error(409, "AlreadyExists", f"{res.plural} {meta['name']!r} already exists")
+        if res == NAMESPACES:
+            doc["status"] = {"phase": "Active"}
+        return self._write(key, doc, None)
 
-    def _update(self, request: rendering.Request, rk: RKey) -> dict[str, Any]:
-        key = (rk, request.namespace, request.name or "")
-        content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip()
-        applying = content_type.startswith(APPLY)
-        data = request.data
-        old = self._store.get(key)
-        if old is None:
-            if applying and request.subresource is None:
-                meta = {**(data.get("metadata") or {}), "name": key[2]}
-                return self._create(rk, key[1], {**data, "metadata": meta})
-            raise error(404, "NotFound", f"{rk[2]} {key[2]!r} not found")
-        if isinstance(data, dict):
-            wanted_rv = (data.get("metadata") or {}).get("resourceVersion")
-            if wanted_rv is not None and wanted_rv != old["metadata"]["resourceVersion"]:
-                raise error(409, "Conflict", "the object has been modified; read it again")
-        if applying:
-            new = self._apply(old, data, request.subresource)
-        elif isinstance(data, list):
+    def _patch(self, request: kmock.Request, key: Key, manager: str) -> Doc:
+        res, sub, maps = key[0], request.subresource or "", self._maps(key[0])
+        if (request.headers.get("Content-Type") or "").split(";")[0] == APPLY:
+            old = self._find(key) if not sub else self._existing(key)  # apply creates
+            applied = self._confine(res, sub, {}, request.data or {})
+            force = request.params.get("force") == "true"
             try:
-                new = jsonpatch.apply_patch(copy.deepcopy(old), data)
+                new = ssa.apply(
+                    old or {}, applied, manager, force=force, maps=maps, subresource=sub
+                )
+            except ssa.Conflict as exc:
+                raise error(409, "Conflict", f"Apply failed: {exc}") from None
+            if key[1] is not None:
+                new["metadata"]["namespace"] = key[1]
+        else:
+            old = self._existing(key)
+            patched = kmock.Object(ssa.without_managed_fields(old))
+            try:
+                patched.patch(request.data)
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
                 raise error(422, "Invalid", str(exc)) from None
-        else:
-            new = dict(dicts.merge_patch_dict(copy.deepcopy(old), data or {}))
-        if request.subresource == "status":
-            new = {**old, "status": new.get("status")}
-            if new["status"] is None:
-                del new["status"]
-        elif rk in self._status_resources:
-            new.pop("status", None)
-            if "status" in old:
-                new["status"] = old["status"]
-        # What only the server sets.
-        meta = new.setdefault("metadata", {})
-        for field in (
-            "uid",
-            "creationTimestamp",
-            "generation",
-            "resourceVersion",
-            "deletionTimestamp",
-        ):
-            if field in old["metadata"]:
-                meta[field] = old["metadata"][field]
-            else:
-                meta.pop(field, None)
-        if new == old:
-            return old  # no new version, no event
-        if new.get("spec") != old.get("spec"):
-            meta["generation"] = old["metadata"].get("generation", 1) + 1
-        return self._write(key, new)
+            new = self._confine(res, sub, old, patched.raw)
+            new = ssa.update(old, new, manager, maps=maps, subresource=sub)
+        return self._write(key, new, old)
 
-    @staticmethod
-    def _apply(
-        old: dict[str, Any], applied: dict[str, Any], subresource: str | None
-    ) -> dict[str, Any]:
-        new = copy.deepcopy(old)
+    def _confine(self, res: kmock.resource, subresource: str, old: Doc, new: Doc) -> Doc:
+        """What a write may change: through `/status`, status only; through the object
+        itself, anything but status (where status is a subresource)."""
         if subresource == "status":
-            new["status"] = copy.deepcopy(applied.get("status") or {})
+            new, old = old, new
+        elif not self._has_status(res):
             return new
-        meta = applied.get("metadata") or {}
-        for field in ("labels", "annotations"):
-            if field in meta:
-                new["metadata"][field] = {**(old["metadata"].get(field) or {}), **meta[field]}
-        for field, value in applied.items():
-            if field not in ("apiVersion", "kind", "metadata", "status"):
-                new[field] = copy.deepcopy(value)
+        kept = {k: v for k, v in new.items() if k != "status"}
+        return kept | ({"status": old["status"]} if old.get("status") is not None else {})
+
+    def _stamp(self, res: kmock.resource, new: Doc, old: Doc | None) -> Doc:
+        """What only the server writes."""
+        meta = new.setdefault("metadata", {})
+        for field in SERVER_FIELDS:
+            meta.pop(field, None)
+        if old is None:
+            meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+            return new
+        meta.update({f: old["metadata"][f] for f in SERVER_FIELDS if f in old["metadata"]})
+        outside = {"metadata", "status"} if self._has_status(res) else {"metadata"}
+        if any(new.get(k) != old.get(k) for k in (new.keys() | old.keys()) - outside):
+            meta["generation"] = old["metadata"].get("generation", 1) + 1
         return new
 
-    def _write(self, key: OKey, doc: dict[str, Any]) -> dict[str, Any]:
-        meta = doc["metadata"]
-        meta["resourceVersion"] = str(next(self._counter))
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
-            # The last finalizer is gone: the object goes, and what it owns after it.
-            del self._store[key]
-            self._emit(key[0], "DELETED", doc)
-            self._collect(meta.get("uid"))
+    def _write(self, key: Key, new: Doc, old: Doc | None, *, deleting: bool = False) -> Doc:
+        if old is None and key[1] and self.namespaces_must_exist:
+            self._existing((NAMESPACES, None, key[1]))  # 404 if the namespace is missing
+        new = self._stamp(key[0], new, old)
+        if deleting:
+            new["metadata"]["deletionTimestamp"] = now()
+        if new == old:
+            return new  # nothing changed: no new version, no event
+        self._version += 1
+        new["metadata"]["resourceVersion"] = str(self._version)
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            kind = "DELETED"  # the last finalizer is gone: so is the object
+            self.objects[key].delete()
+        elif key in self.objects:  # kmock keeps every version, and earlier lives
+            kind = "MODIFIED" if old else "ADDED"
+            self.objects[key].history.append(new)
         else:
-            self._store[key] = doc
-            self._emit(key[0], "MODIFIED", doc)
-        return doc
+            kind, self.objects[key] = "ADDED", new
+        event = {"type": kind, "object": new}  # stored documents are never changed in place
+        self._log.append((self._version, key[0], event))
+        for queue in self._watchers[key[0]]:
+            queue.put_nowait(event)
+        if kind == "DELETED":
+            self._collect(new["metadata"]["uid"])
+        return new
 
-    def _delete(self, key: OKey) -> dict[str, Any]:
-        doc = copy.deepcopy(self._existing(key))
-        if doc["metadata"].get("deletionTimestamp"):
-            return doc
-        doc["metadata"]["deletionTimestamp"] = now()
-        return self._write(key, doc)
+    def _delete(self, key: Key) -> Doc:
+        old = self._existing(key)
+        if old["metadata"].get("deletionTimestamp"):
+            return old
+        return self._write(key, {**old, "metadata": dict(old["metadata"])}, old, deleting=True)
 
-    def _collect(self, uid: str | None) -> None:
+    def _collect(self, uid: str) -> None:
         """Garbage collection: delete what named the deleted object as its owner."""
-        for key, doc in list(self._store.items()):
-            owners = doc["metadata"].get("ownerReferences") or []
-            if uid and key in self._store and any(o.get("uid") == uid for o in owners):
+        for key, obj in list(self.objects.items()):
+            owners = [] if obj.deleted else obj.raw["metadata"].get("ownerReferences") or []
+            if any(o.get("uid") == uid for o in owners) and self._find(key) is not None:
                 self._delete(key)
 
-    def _list(self, request: rendering.Request, rk: RKey) -> dict[str, Any]:
-        wanted = parse_selector(request.params.get("labelSelector", ""))
-        items = [
-            doc
-            for (r, ns, _), doc in self._store.items()
-            if r == rk and request.namespace in (None, ns) and matches(dict(doc), wanted)
-        ]
-        version = self._log[-1][0] if self._log else 0
-        return {"kind": "List", "metadata": {"resourceVersion": str(version)}, "items": items}
+    # ---- lists and watches
 
-    async def _watch(self, request: rendering.Request, rk: RKey) -> aiohttp.web.StreamResponse:
-        since = request.params.get("resourceVersion") or ""
-        wanted = parse_selector(request.params.get("labelSelector", ""))
-        timeout = float(request.params.get("timeoutSeconds") or 3600)
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        subscriber = (request.namespace, queue)
-        backlog: list[dict[str, Any]]
-        async with self._lock:
-            if not since.isdigit():
-                # No version: the current objects first, as synthetic ADDED events.
-                backlog = [
-                    {"type": "ADDED", "object": doc}
-                    for (r, ns, _), doc in self._store.items()
-                    if r == rk and request.namespace in (None, ns) and matches(dict(doc), wanted)
-                ]
-            elif self._log and self._log[0][0] > int(since) + 1 and len(self._log) == EVENT_LOG:
-                raise error(410, "Expired", f"too old resource version: {since}")
-            else:
-                backlog = [
-                    event
-                    for rv, r, event in self._log
-                    if rv > int(since)
-                    and r == rk
-                    and request.namespace in (None, event["object"]["metadata"].get("namespace"))
-                    and matches(event["object"], wanted)
-                ]
-            self._watchers[rk].append(subscriber)
-        raw = request._raw_request
-        assert raw is not None
-        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(raw)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+    def _list(self, res: kmock.resource, namespace: str | None, selector: str) -> Doc:
+        items = [
+            o.raw
+            for (r, _, _), o in self.objects.items()
+            if r == res and not o.deleted and _matches(o.raw, namespace, selector)
+        ]
+        return {"kind": "List", "metadata": {"resourceVersion": str(self._version)}, "items": items}
+
+    async def _watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        """A watch (kmock streams it): the events since its resourceVersion (or the
+        objects, as ADDED), then every new one, until timeoutSeconds."""
+        res, since = request.resource, request.params.get("resourceVersion") or ""
+        assert res is not None
+        queue: asyncio.Queue[Doc] = asyncio.Queue()
+        if not since.isdigit() or since == "0":
+            backlog = [{"type": "ADDED", "object": o} for o in self._list(res, None, "")["items"]]
+        elif len(self._log) == EVENT_LOG and self._log[0][0] > int(since) + 1:
+            raise error(410, "Expired", f"too old resource version: {since}")
+        else:
+            backlog = [event for rv, r, event in self._log if rv > int(since) and r == res]
+        for event in backlog:
+            queue.put_nowait(event)
+        self._watchers[res].append(queue)
+        selector, loop = request.params.get("labelSelector", ""), asyncio.get_running_loop()
+        deadline = loop.time() + float(request.params.get("timeoutSeconds") or 3600)
         try:
-            for event in backlog:
-                await response.write(json.dumps(event).encode() + b"\n")
-            while loop.time() < deadline:
-                if raw.transport is None or raw.transport.is_closing():
-                    break  # the client went away
-                try:
-                    event = await asyncio.wait_for(queue.get(), min(1.0, deadline - loop.time()))
-                except TimeoutError:
-                    continue
-                if matches(event["object"], wanted):
-                    await response.write(json.dumps(event).encode() + b"\n")
-        except (ConnectionError, RuntimeError):
-            pass  # the client went away mid-write
+            yield b""  # the headers, at once
+            while True:
+                event = await asyncio.wait_for(queue.get(), deadline - loop.time())
+                if _matches(event["object"], request.namespace, selector):
+                    yield event
+        except TimeoutError:
+            pass  # the watch ends, as the API server ends it
         finally:
-            self._watchers[rk].remove(subscriber)
-        return response
+            self._watchers[res].remove(queue)
 
 
 @asynccontextmanager
-async def serve(port: int | None = None) -> AsyncIterator[Cluster]:
+async def serve(port: int | None = None, **options: Any) -> AsyncIterator[Cluster]:
     """A Cluster listening on 127.0.0.1 (a free port unless given)."""
-    async with Cluster() as cluster, kmock.Server(cluster, port=port):
+    async with Cluster(**options) as cluster, kmock.Server(cluster, port=port):
         yield cluster
 
 

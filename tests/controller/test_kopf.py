@@ -173,7 +173,7 @@ async def test_record_created_through_the_store_appears_as_a_cr(
     async with operator(make_controller(cluster, records, blobs, fake), cluster):
         records.create(factories.evaluation("e1", account="globex"))
         cr = await eventually(lambda: cluster.read(EVALUATIONS, "globex", "e1"))
-        assert cluster._namespaces["globex"]["metadata"]["name"] == "globex"
+        assert cluster.read("v1/namespaces", None, "globex")["metadata"]["name"] == "globex"
         assert cr["spec"]["model"] == {"name": "m1"}
         # kopf took it over (finalizer) and its reconcile result came back as status.
         cr = await eventually(
@@ -259,7 +259,7 @@ async def test_deletion_through_finalizers_leaves_no_blob_and_no_job(
             )  # fmt: skip
     finally:
         runner.cancel()
-    job_watches = [r for r in cluster._requests if r.params.get("watch") == "true" and r.resource
+    job_watches = [r for r in cluster if r.params.get("watch") == "true" and r.resource
                    and r.resource.plural == "jobs"]  # fmt: skip
     assert job_watches
     assert all(

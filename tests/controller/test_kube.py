@@ -36,7 +36,7 @@ async def test_create_get_patch_apply_delete(cluster: Cluster) -> None:
     listing = await asyncio.to_thread(api.get, SA, labelSelector=selector({"x": "1"}))
     assert [i["metadata"]["name"] for i in listing["items"]] == ["a"]
 
-    requests = [r for r in cluster._requests if "serviceaccounts" in str(r.url)]
+    requests = [r for r in cluster if "serviceaccounts" in str(r.url)]
     kinds = [(r.method, r.headers.get("Content-Type", "").split(";")[0]) for r in requests]
     assert kinds[2] == ("PATCH", "application/merge-patch+json")
     assert kinds[3] == ("PATCH", "application/apply-patch+yaml")
@@ -46,7 +46,7 @@ async def test_create_get_patch_apply_delete(cluster: Cluster) -> None:
 
     await asyncio.to_thread(api.delete, f"{SA}/a")
     assert cluster.read("v1/serviceaccounts", "acme", "a") is None
-    delete = [r for r in cluster._requests if r.method == "DELETE"][-1]
+    delete = [r for r in cluster if r.method == "DELETE"][-1]
     assert delete.params["propagationPolicy"] == "Background"
 
 
@@ -66,7 +66,7 @@ async def test_errors_carry_the_status_and_gone_is_none(cluster: Cluster) -> Non
 async def test_list_pages_with_limit_and_continue(cluster: Cluster) -> None:
     api = KubeApi(host=cluster.api_url)
     await asyncio.to_thread(api.get, job_path(None), limit=500, **{"continue": "tok"})
-    (request,) = [r for r in cluster._requests if r.method == "GET"]
+    (request,) = [r for r in cluster if r.method == "GET"]
     assert (request.params["limit"], request.params["continue"]) == ("500", "tok")
 
 
@@ -125,7 +125,7 @@ async def test_kubeconfig_credentials_are_fetched_once_until_they_expire(
     for _ in range(20):
         await asyncio.to_thread(api.find, f"{SA}/nobody")
     assert runs.read_text() == "x"
-    assert {r.headers.get("Authorization") for r in cluster._requests} == {"Bearer token-1"}
+    assert {r.headers.get("Authorization") for r in cluster} == {"Bearer token-1"}
 
 
 async def test_expired_kubeconfig_credentials_are_fetched_again(
@@ -135,4 +135,4 @@ async def test_expired_kubeconfig_credentials_are_fetched_again(
     api = KubeApi.from_kubeconfig(str(path))
     await asyncio.to_thread(api.find, f"{SA}/nobody")
     assert len(runs.read_text()) == 2  # at load, then before the request
-    assert cluster._requests[-1].headers.get("Authorization") == "Bearer token-2"
+    assert list(cluster)[-1].headers.get("Authorization") == "Bearer token-2"

@@ -32,7 +32,7 @@ from dyff.stores.records import RecordStore
 from dyff.workloads.common import WorkloadConfig
 from dyff.workloads.pod import workload_config_file
 from tests import factories
-from tests.controller.conftest import JOBS, kubectl_apply
+from tests.controller.conftest import JOBS, create_namespace, kubectl_apply
 from tests.controller.kmock_cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -291,6 +291,7 @@ async def test_a_new_generation_gets_its_own_job_and_stop_deletes_them_all(
 ) -> None:
     records.create(factories.model("m1"))
     records.create(factories.model("m1", account="globex"))
+    await create_namespace(cluster, "globex")
     key = ("Model", "acme", "m1")
     await start(executor, key, "ingest_model", 1)
     await start(executor, key, "ingest_model", 1)  # again: the same Job, no error
@@ -309,7 +310,7 @@ async def test_a_new_generation_gets_its_own_job_and_stop_deletes_them_all(
 
     await asyncio.to_thread(executor.stop, key)
     assert [(j["metadata"]["namespace"]) for j in cluster.items(JOBS)] == ["globex"]
-    deletes = [r for r in cluster._requests if r.method == "DELETE"]
+    deletes = [r for r in cluster if r.method == "DELETE"]
     assert len(deletes) == 2
     assert all(r.params["propagationPolicy"] == "Background" for r in deletes)
     assert await asyncio.to_thread(executor.state, key) == WorkState()
@@ -355,7 +356,7 @@ async def test_existing_service_account_is_patched_once_per_account(
     await start(executor, ("Dataset", "acme", "d1"), "ingest_dataset")
     account = cluster.read("v1/serviceaccounts", "acme", "dyff-workload")
     assert account["metadata"]["labels"]["app.kubernetes.io/part-of"] == "dyff"
-    touched = [r for r in cluster._requests if "serviceaccounts" in str(r.url)]
+    touched = [r for r in cluster if "serviceaccounts" in str(r.url)]
     assert [r.method for r in touched] == ["POST", "GET", "PATCH"]  # ours: one GET, one PATCH
 
 
@@ -391,7 +392,7 @@ async def test_objects_without_jobs_cost_no_request_once_the_jobs_were_listed(
     await start(executor, ("Model", "acme", "m1"), "ingest_model")
     fresh = KubernetesExecutor(executor.api, records, executor.settings)  # a restart
     assert await asyncio.to_thread(fresh.state, ("Model", "acme", "m1")) == WorkState("running", 1)
-    before = len(cluster._requests)
+    before = len(cluster)
     for i in range(5):  # e.g. evaluations waiting for their model
         assert await asyncio.to_thread(fresh.state, ("Evaluation", "acme", f"e{i}")) == WorkState()
-    assert len(cluster._requests) == before
+    assert len(cluster) == before

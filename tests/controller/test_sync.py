@@ -37,7 +37,7 @@ def make_sync(cluster: Cluster, records: RecordStore, api: KubeApi | None = None
 def applies(cluster: Cluster, subresource: str | None = None) -> list[Any]:
     return [
         r
-        for r in cluster._requests
+        for r in cluster
         if r.method == "PATCH"
         and r.headers.get("Content-Type") == "application/apply-patch+yaml"
         and r.subresource == subresource
@@ -55,7 +55,7 @@ async def test_a_record_becomes_its_cr_by_server_side_apply(
     cr = cluster.read(EVALUATIONS, "globex", "e1")
     assert cr["spec"] == created.spec.wire()
     assert cr["metadata"]["annotations"][RECORD_REF] == f"{created.metadata.uid}/1"
-    assert "globex" in cluster._namespaces  # the account's namespace, created first
+    assert cluster.read("v1/namespaces", None, "globex")  # the account's namespace, created first
     (apply,) = applies(cluster)
     assert apply.params == {"fieldManager": "dyff", "force": "true"}
     assert applies(cluster, "status") == []  # a new record's empty status: nothing to write

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -46,6 +45,7 @@ from PIL import Image
 from dyff.archives import DEFAULT_LIMITS, ArchiveLimits, BadArchive, archive_format, safe_extract
 from dyff.errors import WorkloadFailed
 from dyff.schema import Shard
+from dyff.untrusted import NestedTooDeeply, load_json
 
 log = logging.getLogger("dyff.datasets")
 
@@ -152,6 +152,11 @@ def check_image(data: bytes | None, where: str, max_pixels: int = MAX_PIXELS) ->
             im.load()
     except WorkloadFailed:
         raise
+    except Image.DecompressionBombError:
+        # Pillow's own guard, before our size check could look: a decompression bomb.
+        raise WorkloadFailed(
+            IMAGE_TOO_LARGE, f"{where}: image declares more than {max_pixels} pixels"
+        ) from None
     except Exception as exc:  # Pillow raises many types for bad input
         raise WorkloadFailed(
             CORRUPT_IMAGE, f"{where}: not a decodable PNG or JPEG image ({exc})"
@@ -193,8 +198,10 @@ def hf_features(schema: pa.Schema) -> dict[str, Any] | None:
     if raw is None:
         return None
     try:
-        doc = json.loads(raw)
-    except ValueError:
+        doc = load_json(raw, "the Parquet file's huggingface metadata", BAD_SCHEMA)
+    except NestedTooDeeply:
+        raise  # built to hurt the reader, not merely of a shape we do not know
+    except WorkloadFailed:
         return None
     info = doc.get("info", doc) if isinstance(doc, dict) else None
     features = info.get("features") if isinstance(info, dict) else None

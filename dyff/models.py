@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from dyff.errors import WorkloadFailed
+from dyff.untrusted import load_json, load_yaml
 
 # Failure reasons (the Ready condition's reason on the Model).
 PICKLE_WEIGHTS = "PickleWeights"
@@ -52,6 +53,7 @@ UNSUPPORTED_BENTO = "UnsupportedBento"
 INVALID_IMAGE = "InvalidImageReference"
 CONTAINER_RUNTIME_UNAVAILABLE = "ContainerRuntimeUnavailable"
 PACKAGING_FAILED = "PackagingFailed"
+MODEL_DOES_NOT_RUN = "ModelDoesNotRun"
 
 CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"
@@ -66,6 +68,8 @@ KEPT_JSON = frozenset({CONFIG, PREPROCESSOR, SAFETENSORS_INDEX})
 ARCHITECTURE_PATTERN = re.compile(r"^[A-Z][A-Za-z0-9]*ForImageClassification$")
 MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+# What the service accepts as one image (dyff/runtime/service.py MAX_PIXELS).
+MAX_SERVED_PIXELS = 8192 * 8192
 
 SERVICE_SOURCE = Path(__file__).resolve().parent / "runtime" / "service.py"
 SERVICE_TARGET = "service:ImageClassifier"
@@ -130,10 +134,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         raise WorkloadFailed(MISSING_FILE, f"{what} is missing ({path.name} required)")
     if path.stat().st_size > MAX_JSON_BYTES:
         raise WorkloadFailed(BAD_CONFIG, f"{path.name} is larger than {MAX_JSON_BYTES} bytes")
-    try:
-        doc = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise WorkloadFailed(BAD_CONFIG, f"{path.name} is not valid JSON: {exc}") from None
+    doc = load_json(path.read_bytes(), path.name, BAD_CONFIG)
     if not isinstance(doc, dict):
         raise WorkloadFailed(BAD_CONFIG, f"{path.name} must hold a JSON object")
     return doc
@@ -176,10 +177,7 @@ def _check_safetensors(path: Path, name: str) -> None:
         (n,) = struct.unpack("<Q", head)
         if n < 2 or n > MAX_SAFETENSORS_HEADER or 8 + n > size:
             raise WorkloadFailed(BAD_WEIGHTS, f"{name}: not a safetensors file (bad header)")
-        try:
-            header = json.loads(f.read(n))
-        except (ValueError, UnicodeDecodeError):
-            raise WorkloadFailed(BAD_WEIGHTS, f"{name}: not a safetensors file") from None
+        header = load_json(f.read(n), f"{name}: the safetensors header", BAD_WEIGHTS)
     if not isinstance(header, dict):
         raise WorkloadFailed(BAD_WEIGHTS, f"{name}: not a safetensors file")
     data_size = size - 8 - n
@@ -297,23 +295,27 @@ def _image_size(pre: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def _load_check(root: Path) -> None:
-    """Load model and processor the way the server will; a mismatch is the user's error."""
+    """Load model and processor the way the server will, and classify one image of the
+    processor's declared size: a model that cannot is the user's error, said now rather
+    than when an evaluation serves it."""
     import transformers
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        _model, info = AutoModelForImageClassification.from_pretrained(
+        model, info = AutoModelForImageClassification.from_pretrained(
             root,
             trust_remote_code=False,
             use_safetensors=True,
             local_files_only=True,
             output_loading_info=True,
         )
-        AutoImageProcessor.from_pretrained(root, trust_remote_code=False, local_files_only=True)
+        processor = AutoImageProcessor.from_pretrained(
+            root, trust_remote_code=False, local_files_only=True
+        )
     except Exception as exc:  # transformers raises many types for a bad folder
-        raise WorkloadFailed(BAD_WEIGHTS, f"the model does not load: {exc}") from None
+        raise WorkloadFailed(BAD_WEIGHTS, f"the model does not load: {_scrub(exc, root)}") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
     missing = list(info.get("missing_keys") or [])
@@ -324,6 +326,48 @@ def _load_check(root: Path) -> None:
             "the weights do not fit the architecture: "
             f"missing {missing[:5]}, mismatched {[m[0] for m in mismatched[:5]]}",
         )
+    _test_classify(model, processor, _image_size(_read_json(root / PREPROCESSOR, "")), root)
+
+
+def _test_classify(model: Any, processor: Any, size: tuple[int, int] | None, root: Path) -> None:
+    """One gray image of the declared size (224 x 224 if none) through the processor and
+    the forward pass, as the service will do it; ModelDoesNotRun with the error if not."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    h, w = size or (224, 224)
+    if not (h > 0 and w > 0 and h * w <= MAX_SERVED_PIXELS):
+        raise WorkloadFailed(
+            MODEL_DOES_NOT_RUN,
+            f"the processor declares {w}x{h} images; dyff serves images of at most "
+            f"{MAX_SERVED_PIXELS} pixels",
+        )
+    try:
+        with torch.inference_mode():
+            pixels = processor(images=[Image.new("RGB", (w, h), (128, 128, 128))])
+            batch = torch.from_numpy(np.stack(pixels["pixel_values"]))
+            logits = model.eval()(pixel_values=batch).logits
+    except Exception as exc:  # whatever the model raises is the user's error
+        raise WorkloadFailed(
+            MODEL_DOES_NOT_RUN,
+            f"the model cannot classify a {w}x{h} image prepared by its own processor: "
+            f"{_scrub(exc, root)}",
+        ) from None
+    if tuple(logits.shape) != (1, len(model.config.id2label)):
+        raise WorkloadFailed(
+            MODEL_DOES_NOT_RUN,
+            f"the model answers logits of shape {tuple(logits.shape)} for one image, not "
+            f"(1, {len(model.config.id2label)}) for its labels",
+        )
+
+
+def _scrub(exc: BaseException, root: Path) -> str:
+    """An exception's first line, without the server's paths (users see it in status)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:500]
+    for path in {str(root), str(root.resolve()), str(root.parent)}:
+        text = text.replace(path, "<model>")
+    return text
 
 
 def _file_sha256(path: Path) -> str:
@@ -470,12 +514,11 @@ def unpack_bento(archive: Path, dest: Path) -> Path:
     """Unpack a stored Bento archive for serving (checked extraction). A Bento of dyff's own
     service gets the current `dyff/runtime/service.py`: the code that computes predictions
     is always the one the prediction cache is keyed by (`dyff.runtime.runtime_version`)."""
-    import yaml
 
     dest = Path(dest)
     if not (dest / "bento.yaml").is_file():
         extract_archive(archive, dest)
-    manifest = yaml.safe_load((dest / "bento.yaml").read_bytes()) or {}
+    manifest = load_yaml((dest / "bento.yaml").read_bytes(), "bento.yaml", UNSUPPORTED_BENTO) or {}
     service = dest / "src" / "service.py"
     if manifest.get("service") == SERVICE_TARGET and service.is_file():
         shutil.copyfile(SERVICE_SOURCE, service)
@@ -492,7 +535,6 @@ def import_bento_archive(archive: Path, workdir: Path, *, load_check: bool = Tru
     in the Bento is never run: ingestion repackages the validated model with
     the current service. Anything else is refused (UnsupportedBento).
     """
-    import yaml
 
     workdir = Path(workdir)
     bento_dir = extract_archive(archive, workdir / "bento")
@@ -505,10 +547,7 @@ def import_bento_archive(archive: Path, workdir: Path, *, load_check: bool = Tru
     raw = (bento_dir / "bento.yaml").read_bytes()
     if len(raw) > MAX_JSON_BYTES:
         raise WorkloadFailed(UNSUPPORTED_BENTO, "bento.yaml is too large")
-    try:
-        manifest = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise WorkloadFailed(UNSUPPORTED_BENTO, f"bento.yaml is not valid YAML: {exc}") from None
+    manifest = load_yaml(raw, "bento.yaml", UNSUPPORTED_BENTO)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("service"), str):
         raise WorkloadFailed(UNSUPPORTED_BENTO, "bento.yaml names no service")
     if manifest["service"] != SERVICE_TARGET or manifest.get("entry_service") != SERVICE_NAME:

@@ -2,27 +2,60 @@
 
 At most `max_parallel` run at once (the rest wait their turn, reported as
 running); each runs in its own process group so stopping it takes its children
-(a `bentoml serve`) too. Nothing is persisted: after a restart the reconcilers
-see no work and start it again, and the workloads are safe to rerun.
+(a `bentoml serve`) too. After a restart the reconcilers see no work and start
+it again, and the workloads are safe to rerun.
+
+Workloads never outlive the process that started them:
+- on Linux each is started with `PR_SET_PDEATHSIG = SIGKILL`, so the kernel kills
+  it when its parent dies, SIGKILL included. The death signal follows the *thread* that
+  forked, so every workload is started from one thread that lives as long as the
+  executor;
+- every process of a workload's tree carries `DYFF_WORK_DIR` (its work folder) in its
+  environment, and a running workload's pid and start time are in `worker.json` in its
+  work folder. A guard process (controller.executors.guard), watching a pipe only this
+  process holds, kills all of them once the pipe closes, however this process ends: the
+  children a workload starts in sessions of their own (the evaluate workload's reaper
+  does the same for its `bentoml serve`), and on platforms without a parent-death signal
+  the workloads themselves;
+- `recover()`, on start, kills whatever an earlier instance left (by identity: a recycled
+  pid is never hit) before any work starts again, so one work key never has two workers.
+
+Work folders, `WORK/<kind>/<account>/<name>/`: `config.json`, `log.txt`, `scratch/`
+(downloads, the Bento, the server's files) and `worker.json` while it runs. When the
+work ends its scratch folder and `worker.json` go; the config and the log stay while
+the entity exists (a failure's message quotes the log, and the log is what a user
+reads to learn why). `stop` — the entity is deleted, or its work abandoned for a new
+spec — removes the whole folder. `sweep()`, on start, removes the folders of entities
+that no longer exist and the scratch of interrupted work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from controller.executors import WorkKey
+from controller.executors.guard import WORK_DIR_ENV, WORKER_FILE, kill_leftovers
 from controller.reconcilers.common import Workload, WorkState
 
 # Exit codes of dyff.workloads.common.run_main: 0 done, 2 bad input (reported in status).
 REPORTED = (0, 2)
+STOP_GRACE_S = 10.0
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -32,6 +65,32 @@ class _Work:
     config: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    cleaned: bool = False
+
+    @property
+    def folder(self) -> Path:
+        return self.config.parent
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child die (SIGKILL) when its parent dies: Linux's
+    `prctl(PR_SET_PDEATHSIG)`. None where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 class LocalExecutor:
@@ -54,31 +113,80 @@ class LocalExecutor:
         self._work: dict[WorkKey, _Work] = {}
         self._queue: deque[WorkKey] = deque()
         self._lock = threading.Lock()
+        self._preexec = die_with_parent()
+        # One long-lived thread starts every workload (see the module's docstring).
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="dyff-spawn")
+        self._guard: subprocess.Popen[bytes] | None = None
+
+    def _start_guard(self) -> None:
+        """The guard (controller.executors.guard): it outlives this process to kill what
+        the parent-death signal cannot reach (a workload's children in sessions of their
+        own) and, where there is no such signal, the workloads themselves."""
+        if self._guard is not None:
+            return
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        read_end, write_end = os.pipe()
+        try:
+            self._guard = subprocess.Popen(
+                [sys.executable, "-m", "controller.executors.guard", str(self.work_dir)],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C of the terminal does not reach it
+            )
+        finally:
+            os.close(read_end)
+        self._guard_pipe = write_end  # never inherited: os.pipe fds are not inheritable
+
+    def _folder(self, key: WorkKey) -> Path:
+        kind, account, name = key
+        return self.work_dir / kind.lower() / account / name
+
+    def _spawn(self, work: _Work) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "BENTOML_DO_NOT_TRACK": "true",
+            WORK_DIR_ENV: str(work.folder.resolve()),
+        }
+        with open(work.log, "ab") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    f"{self.package}.{work.workload}",
+                    "--config",
+                    str(work.config),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=self._preexec,  # started from one thread only (see above)
+            )
+        with contextlib.suppress(psutil.Error, OSError):
+            started = psutil.Process(proc.pid).create_time()
+            (work.folder / WORKER_FILE).write_text(
+                json.dumps({"pid": proc.pid, "createTime": started, "parent": os.getpid()})
+            )
+        return proc
 
     def _pump(self) -> None:
-        running = sum(
-            1 for w in self._work.values() if w.proc is not None and w.proc.poll() is None
-        )
+        running = 0
+        for work in self._work.values():
+            if work.proc is None:
+                continue
+            if work.proc.poll() is None:
+                running += 1
+            elif not work.cleaned:
+                _end(work.folder)  # the work ended: its scratch goes, its log stays
+                work.cleaned = True
         while self._queue and running < self.max_parallel:
             key = self._queue.popleft()
-            work = self._work.get(key)
-            if work is None or work.proc is not None:
+            waiting = self._work.get(key)
+            if waiting is None or waiting.proc is not None:
                 continue
-            env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENTOML_DO_NOT_TRACK": "true"}
-            with open(work.log, "ab") as log:
-                work.proc = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        f"{self.package}.{work.workload}",
-                        "--config",
-                        str(work.config),
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
+            self._start_guard()
+            waiting.proc = self._spawner.submit(self._spawn, waiting).result()
             running += 1
 
     def state(self, key: WorkKey) -> WorkState:
@@ -95,55 +203,113 @@ class LocalExecutor:
             return WorkState("failed", work.generation, f"exit {code}; {_tail(work.log)}")
 
     def start(self, key: WorkKey, workload: Workload, generation: int) -> None:
-        kind, account, name = key
-        folder = self.work_dir / kind.lower() / account / name
-        folder.mkdir(parents=True, exist_ok=True)
-        config = folder / "config.json"
-        config.write_text(
-            json.dumps(
-                {
-                    "recordsUrl": self.records_url,
-                    "blobsUrl": self.blobs_url,
-                    "account": account,
-                    "name": name,
-                    "scratchDir": str(folder / "scratch"),
-                }
-            )
-        )
+        _, account, name = key
+        folder = self._folder(key)
         with self._lock:
-            self._kill(key)
+            self._kill([key])
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(folder / "scratch", ignore_errors=True)  # a fresh start
+            config = folder / "config.json"
+            config.write_text(
+                json.dumps(
+                    {
+                        "recordsUrl": self.records_url,
+                        "blobsUrl": self.blobs_url,
+                        "account": account,
+                        "name": name,
+                        "scratchDir": str(folder / "scratch"),
+                    }
+                )
+            )
             self._work[key] = _Work(workload, generation, config, folder / "log.txt")
             self._queue.append(key)
             self._pump()
 
-    def _kill(self, key: WorkKey) -> None:
-        work = self._work.pop(key, None)
-        if work is None or work.proc is None or work.proc.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(work.proc.pid, sig)
-            except ProcessLookupError:
+    def _kill(self, keys: Iterable[WorkKey]) -> None:
+        """Stop the work of `keys` (their process groups): SIGTERM, then SIGKILL after a
+        grace period shared by all."""
+        procs, folders = [], []
+        for key in keys:
+            work = self._work.pop(key, None)
+            if work is not None:
+                folders.append(work.folder)
+                if work.proc is not None and work.proc.poll() is None:
+                    procs.append(work.proc)
+        self._signal(procs)
+        for folder in folders:  # interrupted work: its scratch goes, its log stays
+            _end(folder)
+
+    @staticmethod
+    def _signal(procs: list[subprocess.Popen[bytes]]) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for proc in procs:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, sig)
+            deadline = time.monotonic() + STOP_GRACE_S
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+            procs = [p for p in procs if p.poll() is None]
+            if not procs:
                 return
-            try:
-                work.proc.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
     def stop(self, key: WorkKey) -> None:
+        """Stop the key's work and remove its work folder (the entity is deleted, or its
+        work is abandoned)."""
         with self._lock:
-            self._kill(key)
+            self._kill([key])
+            folder = self._folder(key)
+            kill_leftovers(folder)  # its children in sessions of their own
+            shutil.rmtree(folder, ignore_errors=True)
 
     def work_keys(self) -> list[WorkKey]:
         with self._lock:
             return list(self._work)
 
+    def recover(self) -> int:
+        """Kill every workload (and its tree) a previous instance left running under the
+        work folder; returns how many processes were killed. Call before starting work."""
+        return kill_leftovers(self.work_dir)
+
+    def sweep(self, keep: Iterable[WorkKey]) -> list[Path]:
+        """After `recover`: remove the work folders of every key not in `keep` (the
+        entities that exist) and the scratch of interrupted work. Returns the folders
+        removed."""
+        kept = {self._folder(k) for k in (*keep, *self._work)}
+        removed = []
+        with self._lock:
+            for folder in sorted(self.work_dir.glob("*/*/*")):
+                if folder in kept:
+                    if not any(self._folder(k) == folder for k in self._work):
+                        _end(folder)
+                    continue
+                if folder.is_dir():
+                    shutil.rmtree(folder, ignore_errors=True)
+                else:
+                    folder.unlink(missing_ok=True)
+                removed.append(folder)
+            for pattern in ("*/*", "*"):  # account and kind folders left empty
+                for empty in self.work_dir.glob(pattern):
+                    with contextlib.suppress(OSError):
+                        empty.rmdir()
+        return removed
+
     def close(self) -> None:
         with self._lock:
-            for key in list(self._work):
-                self._kill(key)
+            self._kill(list(self._work))
             self._queue.clear()
+        self._spawner.shutdown(wait=True)
+        if self._guard is not None:  # it sweeps what is left, then exits
+            os.close(self._guard_pipe)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._guard.wait(60)
+            self._guard = None
+
+
+def _end(folder: Path) -> None:
+    shutil.rmtree(folder / "scratch", ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (folder / WORKER_FILE).unlink()
 
 
 def _tail(path: Path, n: int = 600) -> str:

@@ -1,8 +1,16 @@
-"""Record store backend: SQLite, the embedded default for one machine (`sqlite:///PATH`)."""
+"""Record store backend: SQLite, the embedded default for one machine (`sqlite:///PATH`).
+
+The file shrinks: new files are made with `auto_vacuum = INCREMENTAL`, every delete
+is followed by `PRAGMA incremental_vacuum` (free pages go back to the file system once
+the WAL is checkpointed), and `compact()` (run by `dyff up` at start, when no other
+process has the file open) converts an older file once with a VACUUM.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -38,6 +46,11 @@ CREATE INDEX IF NOT EXISTS records_phase ON records (kind, account, phase, name)
 CREATE TABLE IF NOT EXISTS feed_sequence (id INTEGER PRIMARY KEY CHECK (id = 0), value INTEGER);
 INSERT OR IGNORE INTO feed_sequence VALUES (0, 0);
 """
+log = logging.getLogger("dyff.stores.sqlite")
+
+# `compact()` converts files whose live data is at most this large (VACUUM copies it).
+COMPACT_MAX_BYTES = 1 << 30
+AUTO_VACUUM_INCREMENTAL = 2
 FEED_INDEX = "CREATE INDEX IF NOT EXISTS records_updated ON records (kind, updated)"
 
 
@@ -50,6 +63,8 @@ class SqliteRecordStore(RecordStore):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._conn() as conn:
+            # Takes effect on a new file only (before its first table); see `compact`.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
         self._migrate()
@@ -69,6 +84,44 @@ class SqliteRecordStore(RecordStore):
                     )
                 conn.execute("UPDATE feed_sequence SET value=? WHERE id=0", (len(keys),))
             conn.execute(FEED_INDEX)
+
+    def compact(self, max_bytes: int = COMPACT_MAX_BYTES) -> bool:
+        """Give free pages back: a file made without incremental auto-vacuum is converted
+        with one VACUUM (when its live data is at most `max_bytes`; it needs the file to
+        itself, so it is skipped while another connection holds it), then free pages are
+        released. Returns whether the file was converted."""
+        conn = self._conn()
+        converted = False
+        (mode,) = conn.execute("PRAGMA auto_vacuum").fetchone()
+        if mode != AUTO_VACUUM_INCREMENTAL:
+            (pages,) = conn.execute("PRAGMA page_count").fetchone()
+            (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+            (size,) = conn.execute("PRAGMA page_size").fetchone()
+            if (pages - free) * size <= max_bytes:
+                conn.execute("PRAGMA busy_timeout=0")
+                try:
+                    # The mode of a file in WAL mode cannot change: leave WAL for the VACUUM.
+                    conn.execute("PRAGMA journal_mode=DELETE")
+                    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                    conn.execute("VACUUM")
+                    converted = True
+                except sqlite3.OperationalError as exc:
+                    log.warning("not compacting %s: %s", self.path, exc)
+                finally:
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA busy_timeout=30000")
+        self._release_free_pages()
+        return converted
+
+    def _release_free_pages(self) -> None:
+        conn = self._conn()
+        try:
+            # executescript steps the pragma to the end (execute frees one page per call).
+            conn.executescript("PRAGMA incremental_vacuum;")
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.OperationalError as exc:  # busy: the next delete tries again
+            log.debug("incremental vacuum of %s: %s", self.path, exc)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -102,6 +155,21 @@ class SqliteRecordStore(RecordStore):
     def _transact(
         self, kind: str, account: str, name: str, body: Callable[[StoredDoc | None], TxResult]
     ) -> StoredDoc | None:
+        deleted: list[bool] = []
+        try:
+            return self._transact_once(kind, account, name, body, deleted)
+        finally:
+            if deleted:
+                self._release_free_pages()
+
+    def _transact_once(
+        self,
+        kind: str,
+        account: str,
+        name: str,
+        body: Callable[[StoredDoc | None], TxResult],
+        deleted: list[bool],
+    ) -> StoredDoc | None:
         with self._write_tx() as conn:
             current = self._select(conn, kind, account, name)
             result = body(current)
@@ -112,6 +180,7 @@ class SqliteRecordStore(RecordStore):
                     "DELETE FROM records WHERE kind=? AND account=? AND name=?",
                     (kind, account, name),
                 )
+                deleted.append(True)
                 return None
             assert isinstance(result, dict)
             version = (current.version if current else 0) + 1

@@ -43,8 +43,14 @@ class Up:
         return self.log.read_text(errors="replace")
 
 
-def start_up(tmp: Path, port: int | None = None, extra_env: dict[str, str] | None = None) -> Up:
-    """Start `dyff up` on a free port over `tmp`, wait until it answers."""
+def start_up(
+    tmp: Path,
+    port: int | None = None,
+    extra_env: dict[str, str] | None = None,
+    module: str = "dyff.cli",
+) -> Up:
+    """Start `dyff up` (`python -m MODULE up`) on a free port over `tmp`, wait until it
+    answers."""
     port = port or free_port()
     env = {
         **os.environ,
@@ -57,7 +63,7 @@ def start_up(tmp: Path, port: int | None = None, extra_env: dict[str, str] | Non
     log = tmp / f"up-{port}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dyff.cli", "up", "--port", str(port)],
+            [sys.executable, "-m", module, "up", "--port", str(port)],
             env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

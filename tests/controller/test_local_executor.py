@@ -3,7 +3,11 @@ running at once, and stopping that takes a workload's children too."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +15,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from controller.executors.local import LocalExecutor
+from controller.executors.local import (
+    WORK_DIR_ENV,
+    WORKER_FILE,
+    LocalExecutor,
+    die_with_parent,
+)
 
 FAKES = "tests.controller.fake_workloads"
 
@@ -85,3 +94,103 @@ def test_a_restart_replaces_the_running_one(executor: LocalExecutor) -> None:
     assert executor.state(key).generation == 2 and _alive(executor) == 1
     executor.close()
     assert executor.work_keys() == [] and _alive(executor) == 0
+
+
+def test_ended_work_keeps_its_log_not_its_scratch(executor: LocalExecutor, tmp_path: Path) -> None:
+    key = ("Model", "acme", "m")
+    folder = tmp_path / "model" / "acme" / "m"
+    executor.start(key, "scratchy", 1)  # type: ignore[arg-type]
+    eventually(lambda: executor.state(key).phase == "succeeded")
+    assert not (folder / "scratch").exists() and not (folder / WORKER_FILE).exists()
+    assert "scratchy done" in (folder / "log.txt").read_text()
+    executor.stop(key)  # the entity is deleted: everything goes
+    assert not folder.exists()
+
+
+def test_stopped_and_closed_work_leave_no_scratch(executor: LocalExecutor, tmp_path: Path) -> None:
+    executor.max_parallel = 2
+    a, b = ("Evaluation", "acme", "a"), ("Evaluation", "acme", "b")
+    for key in (a, b):
+        executor.start(key, "spawn", 1)  # type: ignore[arg-type]
+        (tmp_path / "evaluation" / "acme" / key[2] / "scratch").mkdir()
+    worker = json.loads((tmp_path / "evaluation" / "acme" / "a" / WORKER_FILE).read_text())
+    assert psutil.Process(worker["pid"]).create_time() == worker["createTime"]
+    executor.stop(a)
+    assert not (tmp_path / "evaluation" / "acme" / "a").exists()
+    executor.close()
+    assert not (tmp_path / "evaluation" / "acme" / "b" / "scratch").exists()
+    assert (tmp_path / "evaluation" / "acme" / "b" / "log.txt").exists()
+
+
+def test_recover_kills_leftovers_by_identity(tmp_path: Path) -> None:
+    folder = tmp_path / "evaluation" / "acme" / "e"
+    folder.mkdir(parents=True)
+    sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+    named = subprocess.Popen(sleep, start_new_session=True)
+    (folder / WORKER_FILE).write_text(
+        json.dumps({"pid": named.pid, "createTime": psutil.Process(named.pid).create_time()})
+    )
+    marked = subprocess.Popen(sleep, env={**os.environ, WORK_DIR_ENV: str(folder.resolve())})
+    # A pid whose start time does not match is someone else's: left alone.
+    other = subprocess.Popen(sleep)
+    (tmp_path / "evaluation" / "acme" / "x").mkdir()
+    (tmp_path / "evaluation" / "acme" / "x" / WORKER_FILE).write_text(
+        json.dumps({"pid": other.pid, "createTime": 1.0})
+    )
+    try:
+        ex = LocalExecutor("sqlite:///r.db", "file:///b", tmp_path, package=FAKES)
+        assert ex.recover() == 2
+        assert named.wait(10) is not None and marked.wait(10) is not None
+        assert other.poll() is None
+        ex.close()
+    finally:
+        for p in (named, marked, other):
+            p.kill()
+            p.wait()
+
+
+def test_sweep_removes_what_no_entity_owns(tmp_path: Path) -> None:
+    for name in ("kept", "gone"):
+        folder = tmp_path / "dataset" / "acme" / name
+        (folder / "scratch").mkdir(parents=True)
+        (folder / "log.txt").write_text("log")
+    ex = LocalExecutor("sqlite:///r.db", "file:///b", tmp_path, package=FAKES)
+    removed = ex.sweep([("Dataset", "acme", "kept")])
+    ex.close()
+    assert removed == [tmp_path / "dataset" / "acme" / "gone"]
+    assert (tmp_path / "dataset" / "acme" / "kept" / "log.txt").exists()
+    assert not (tmp_path / "dataset" / "acme" / "kept" / "scratch").exists()
+
+
+def _gone(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_workloads_die_with_the_process_that_started_them(tmp_path: Path) -> None:
+    if die_with_parent() is None:
+        pytest.skip("no parent-death signal on this platform")
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from controller.executors.local import LocalExecutor\n"
+        f"ex = LocalExecutor('sqlite:///r.db', 'file:///b', Path({str(tmp_path)!r}),"
+        f" package={FAKES!r})\n"
+        "ex.start(('Evaluation', 'acme', 'e'), 'spawn', 1)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    folder = tmp_path / "evaluation" / "acme" / "e"
+    try:
+        eventually((folder / "pid").is_file)
+        worker = psutil.Process(json.loads((folder / WORKER_FILE).read_text())["pid"])
+        child = psutil.Process(int((folder / "pid").read_text()))  # the workload's own
+        parent.kill()  # SIGKILL: no finally, no atexit
+        parent.wait()
+        for proc in (worker, child):
+            eventually(functools.partial(_gone, proc))
+    finally:
+        parent.kill()
+        parent.wait()

@@ -15,8 +15,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 
-from api_shim import observability, problems
+from api_shim import edge, observability, problems
 from api_shim.routes import accounts, evaluations, health, models_datasets, results, uploads
 from api_shim.state import AppState
 from dyff.accounts import Authenticator
@@ -46,6 +48,8 @@ def create_app(
         description="Evaluate AI models: register models and datasets, order evaluations, "
         "query their results.",
         lifespan=lifespan,
+        docs_url=None,  # served below, with a Content-Security-Policy of its own
+        redoc_url=None,
     )
     AppState(
         records=records,
@@ -56,7 +60,18 @@ def create_app(
         public_url=public_url,
     ).attach(app)
     problems.install(app)
+    app.add_middleware(edge.BodyLimits)  # inside observability: refusals are logged and counted
     observability.install(app)
+    # Outside everything, Starlette's error middleware included: every response gets them.
+    build = app.build_middleware_stack
+    setattr(app, "build_middleware_stack", lambda: edge.SecurityHeaders(build()))  # noqa: B010
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(openapi_url="/openapi.json", title="dyff")
+        html = bytes(page.body).decode()
+        return HTMLResponse(html, headers={"Content-Security-Policy": edge.docs_csp(html)})
+
     # Each included router costs every request routed past it a match, so the hot routes
     # (ordering, reading entities) come first. No path is served by two routers, so the
     # order changes no answer, only the order of /openapi.json's paths.

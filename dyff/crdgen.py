@@ -76,16 +76,44 @@ def _resolve(node: Any, defs: dict[str, Any], rules: dict[str, list[dict[str, st
             out[key] = {k: _resolve(v, defs, rules) for k, v in value.items()}
         else:
             out[key] = _resolve(value, defs, rules)
+    _map_keys(out)
     if "properties" in out:
         # Structural schemas forbid additionalProperties beside properties;
         # unknown fields are pruned by the API server instead.
         out.pop("additionalProperties", None)
     if out.get("type") == "object" and title in rules:
-        out["x-kubernetes-validations"] = rules[title]
+        out["x-kubernetes-validations"] = [*rules[title], *out.get("x-kubernetes-validations", [])]
     if "default" in out and out["default"] is None:
         del out["default"]
     # type and description first, for people reading crds/.
     return {k: out[k] for k in sorted(out, key=lambda k: _FIRST.get(k, len(_FIRST)))}
+
+
+def _map_keys(out: dict[str, Any]) -> None:
+    """A map's key constraints (pydantic's `propertyNames`, or `patternProperties` for a
+    key pattern), which structural schemas cannot carry, as a CEL rule over the keys; the
+    value schema becomes `additionalProperties`."""
+    keys = dict(out.pop("propertyNames", None) or {})
+    by_pattern = out.pop("patternProperties", None)
+    if by_pattern:
+        if len(by_pattern) != 1:
+            raise ValueError(f"several key patterns: {sorted(by_pattern)}")
+        ((pattern, value),) = by_pattern.items()
+        out["additionalProperties"] = value
+        keys["pattern"] = pattern
+    checks = []
+    if "minLength" in keys:
+        checks.append(f"size(k) >= {keys['minLength']}")
+    if "maxLength" in keys:
+        checks.append(f"size(k) <= {keys['maxLength']}")
+    if "pattern" in keys:
+        if "'" in keys["pattern"]:
+            raise ValueError(f"key pattern with a quote: {keys['pattern']!r}")
+        checks.append(f"k.matches(r'{keys['pattern']}')")
+    if checks:
+        out.setdefault("x-kubernetes-validations", []).append(
+            {"rule": f"self.all(k, {' && '.join(checks)})", "message": "invalid map key"}
+        )
 
 
 def openapi_schema(cls: type[Schema]) -> dict[str, Any]:

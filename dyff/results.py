@@ -28,11 +28,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 
 from dyff.errors import Invalid
 from dyff.schema import Schema
@@ -50,18 +50,30 @@ PREDICTION_SCHEMA: dict[str, Any] = {
 }
 COLUMNS = tuple(PREDICTION_SCHEMA)
 MAX_LIMIT = 10_000
+# Bounds of every query parameter, so no query can make polars raise (an offset past int64
+# overflows `slice`; a label id past int32 cannot meet the int32 columns).
+MAX_OFFSET = 10**12
+MAX_LABEL_ID = 2**31 - 1
+MAX_LABEL_FILTERS = 1000
+LabelId = Annotated[int, Field(ge=0, le=MAX_LABEL_ID)]
 # Label ids below this are counted in dense tables (the pairs in DENSE_LABELS**2 counters).
 DENSE_LABELS = 256
 
 
 class PredictionQuery(Schema):
-    """A structured query over an evaluation's predictions."""
+    """A structured query over an evaluation's predictions. Every parameter is bounded, and a
+    list parameter naming a value twice is refused (naming the parameter), not de-duplicated:
+    `columns` decides the order of the answer's columns, so a repeat is a caller's mistake."""
 
-    label: list[int] | None = Field(
-        default=None, description="Keep rows whose true label is one of these."
+    label: list[LabelId] | None = Field(
+        default=None,
+        max_length=MAX_LABEL_FILTERS,
+        description="Keep rows whose true label is one of these.",
     )
-    predicted: list[int] | None = Field(
-        default=None, description="Keep rows predicted as one of these."
+    predicted: list[LabelId] | None = Field(
+        default=None,
+        max_length=MAX_LABEL_FILTERS,
+        description="Keep rows predicted as one of these.",
     )
     correct: bool | None = Field(
         default=None, description="Keep only right (true) or wrong (false) rows."
@@ -76,10 +88,29 @@ class PredictionQuery(Schema):
         default="row_id", description="Ordering of the rows."
     )
     columns: list[Literal[COLUMNS]] | None = Field(  # type: ignore[valid-type]
-        default=None, description="Columns to return (default all)."
+        default=None, max_length=len(COLUMNS), description="Columns to return (default all)."
     )
-    offset: int = Field(default=0, ge=0, description="Rows to skip.")
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET, description="Rows to skip.")
     limit: int = Field(default=100, ge=1, le=MAX_LIMIT, description="Rows to return.")
+
+    @field_validator("label", "predicted", "columns")
+    @classmethod
+    def _no_repeats(cls, values: list[Any] | None) -> list[Any] | None:
+        if values is not None and len(set(values)) != len(values):
+            repeated = sorted({str(v) for v in values if values.count(v) > 1})
+            raise ValueError(f"names {', '.join(repeated)} more than once")
+        return values
+
+
+def checked(q: PredictionQuery) -> PredictionQuery:
+    """`q` validated again: a query built without validation (`model_construct`, or changed
+    after it was made) is refused with Invalid, naming the parameter, before polars sees it."""
+    try:
+        return PredictionQuery.model_validate(q.model_dump(by_alias=True))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"][:1]) or None
+        raise Invalid(f"{field}: {error['msg']}", field=field) from None
 
 
 def _filters(q: PredictionQuery) -> pl.Expr | None:
@@ -115,6 +146,7 @@ class Results:
         return pl.scan_parquet(self.paths, glob=False)
 
     def rows(self, q: PredictionQuery) -> pl.DataFrame:
+        q = checked(q)
         lf = self.scan()
         where = _filters(q)
         if where is not None:
@@ -132,7 +164,7 @@ class Results:
 
     def count(self, q: PredictionQuery | None = None) -> int:
         lf = self.scan()
-        where = _filters(q) if q else None
+        where = _filters(checked(q)) if q else None
         if where is not None:
             lf = lf.filter(where)
         return int(lf.select(pl.len()).collect().item())

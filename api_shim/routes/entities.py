@@ -15,6 +15,9 @@ from dyff.schema import Entity, Evaluation, Model, Schema
 from dyff.stores.records import MAX_PAGE, RecordStore
 
 E = TypeVar("E", bound=Entity)
+# A label filter is `key=value` of a metadata label (`dyff.schema.LabelKey`, `LabelValue`).
+MAX_LABEL_FILTERS = 16
+MAX_LABEL_FILTER_CHARS = 400
 
 
 class ListPage(Schema, Generic[E]):
@@ -50,9 +53,10 @@ def add_entity_routes(router: APIRouter, kind: type[E]) -> None:
     def list_all(
         scope: ScopeDep,
         name: Annotated[str | None, Query(max_length=63, description="Name prefix.")] = None,
-        phase: Annotated[str | None, Query(max_length=40)] = None,
+        phase: Annotated[str | None, Query(max_length=40, pattern=r"^[A-Za-z]+$")] = None,
         label: Annotated[
-            list[str] | None, Query(description="key=value; repeat for several.")
+            list[Annotated[str, Field(max_length=MAX_LABEL_FILTER_CHARS)]] | None,
+            Query(max_length=MAX_LABEL_FILTERS, description="key=value; repeat for several."),
         ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         page_token: Annotated[str | None, Query(alias="pageToken", max_length=200)] = None,
@@ -62,6 +66,8 @@ def add_entity_routes(router: APIRouter, kind: type[E]) -> None:
             k, sep, v = item.partition("=")
             if not sep or not k:
                 raise Invalid(f"label filter {item!r} is not key=value", field="label")
+            if k in labels:
+                raise Invalid(f"label filter names key {k!r} more than once", field="label")
             labels[k] = v
         page = scope.records.list(
             kind,

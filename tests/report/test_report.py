@@ -474,6 +474,27 @@ PROBE = """<script>addEventListener("load", () => {
 });</script>"""
 
 
+def under_policy(html: str, *scripts: str) -> str:
+    """The page under the shim's Content-Security-Policy for it (as a meta tag, which a
+    file:// page obeys; frame-ancestors aside), with these inline scripts allowed by hash."""
+    import base64
+    import hashlib
+
+    from api_shim.edge import REPORT_CSP
+
+    hashes = [
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+        for s in scripts
+    ]
+    policy = "; ".join(
+        [p for p in REPORT_CSP.split("; ") if not p.startswith("frame-ancestors")]
+        + ([f"script-src {' '.join(hashes)}"] if hashes else [])
+    )
+    meta = f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
+    assert html.count('<meta charset="utf-8">') == 1
+    return html.replace('<meta charset="utf-8">', '<meta charset="utf-8">' + meta)
+
+
 def chromium(args: list[str], profile: Path, timeout: float = 30) -> str:
     """Run headless Chromium in its own process group; always leave nothing behind."""
     proc = subprocess.Popen(
@@ -510,7 +531,10 @@ def rendered(tmp_path: Path) -> Iterator[Path]:
 def test_report_renders_in_headless_chromium(rendered: Path, tmp_path: Path) -> None:
     # The DOM after load, with a probe of what the browser decoded and laid out.
     probed = tmp_path / "probed.html"
-    probed.write_text(rendered.read_text().replace("</body>", PROBE + "</body>"))
+    # Under the shim's policy for the report: the probe is let in by its hash, nothing else.
+    probe_body = PROBE.removeprefix("<script>").removesuffix("</script>")
+    page_under_policy = under_policy(rendered.read_text(), probe_body)
+    probed.write_text(page_under_policy.replace("</body>", PROBE + "</body>"))
     dom = chromium(["--dump-dom", probed.as_uri()], tmp_path / "profile-dom")
     page = Page(dom)
     assert page.find("confusion-matrix", "svg") and page.find("reliability", "svg")
@@ -527,8 +551,10 @@ def test_report_renders_in_headless_chromium(rendered: Path, tmp_path: Path) -> 
 
     # A screenshot of the page as it is: not blank, and the charts' colours are there.
     shot = tmp_path / "report.png"
+    strict = tmp_path / "strict.html"
+    strict.write_text(under_policy(rendered.read_text()))
     chromium(
-        [f"--screenshot={shot}", "--window-size=1280,2000", rendered.as_uri()],
+        [f"--screenshot={shot}", "--window-size=1280,2000", strict.as_uri()],
         tmp_path / "profile-shot",
     )
     im = Image.open(shot).convert("RGB")

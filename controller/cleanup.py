@@ -4,11 +4,12 @@ content)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 
-from dyff import layout
+from dyff import layout, uploads
 from dyff.errors import NotFound
-from dyff.schema import Dataset, Entity, Evaluation, Model
+from dyff.schema import Dataset, Entity, Evaluation, Model, UploadTicket
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
 
@@ -30,9 +31,18 @@ def _manifest_files(blobs: BlobStore, evaluation: Evaluation) -> set[str]:
 
 
 def cleanup(records: RecordStore, blobs: BlobStore, entity: Entity) -> int:
-    """Delete what `entity` owns; returns how many objects were deleted."""
+    """Delete what `entity` owns (its upload tickets included); returns how many objects
+    were deleted."""
     account = entity.account
-    deleted = blobs.delete_prefix(_uploads_prefix(entity))
+    deleted = 0
+    if isinstance(entity, Model | Dataset):
+        # Tickets first, so no upload starts while the uploads are deleted (one already
+        # running checks its entity again after storing and removes what it stored).
+        for ticket in uploads.tickets_of(records, entity):
+            with contextlib.suppress(NotFound):
+                records.delete(UploadTicket, account, ticket.name)
+                deleted += 1
+    deleted += blobs.delete_prefix(_uploads_prefix(entity))
     if isinstance(entity, Model):
         digest = entity.status.digest
         others = {

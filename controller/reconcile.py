@@ -25,6 +25,7 @@ from controller.reconcilers.common import (
     StopWork,
     Stores,
 )
+from dyff.accounts import finish_account_deletion
 from dyff.errors import Conflict, NotFound
 from dyff.schema import Entity
 from dyff.stores.blobs import BlobStore
@@ -76,6 +77,8 @@ def reconcile_one(
         elif isinstance(action, Release):
             with contextlib.suppress(NotFound):
                 records.delete(kind, account, name)
+            # The last entity of a deleted account takes the account's records with it.
+            finish_account_deletion(records, account)
             return Result(outcome, finalized=True)
     if outcome.status.wire() == entity.status.wire():
         return Result(outcome)

@@ -8,6 +8,7 @@ constant time. The secret has 256 bits of entropy, so a plain sha256 is enough
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -17,7 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from dyff.errors import AlreadyExists, DyffError, NotFound
-from dyff.schema import Account, AccountSpec, ApiKey, ApiKeySpec, ObjectMeta, utcnow
+from dyff.schema import (
+    RESOURCE_TYPES,
+    Account,
+    AccountSpec,
+    ApiKey,
+    ApiKeySpec,
+    IdempotencyRecord,
+    ObjectMeta,
+    UploadTicket,
+    utcnow,
+)
 from dyff.stores.records import RecordStore
 
 PREFIX = "dyff"
@@ -79,22 +90,79 @@ def revoke_key(records: RecordStore, account: str, key_id: str) -> ApiKey:
     return records.mutate(ApiKey, account, key_id, revoke)
 
 
+def revoke_all_keys(records: RecordStore, account: str) -> list[ApiKey]:
+    """Revoke every key of an account; returns those that were still live."""
+    revoked = []
+    for key in records.list_all(ApiKey, account):
+        if not key.spec.revoked:
+            revoked.append(revoke_key(records, account, key.name))
+    return revoked
+
+
+@dataclass(frozen=True)
+class AccountDeletion:
+    keys_revoked: int
+    entities_deleting: int
+    finished: bool  # the account's records are gone
+
+
+def delete_account(records: RecordStore, name: str) -> AccountDeletion:
+    """Delete an account: mark it deleting (its keys stop at once: `authenticate` refuses
+    any key of a deleted account), revoke its keys, and mark each of its models, datasets
+    and evaluations deleting, so the controller stops their work and deletes their bytes.
+    When it holds nothing the account's records go now; otherwise the controller's
+    `finish_account_deletion`, run as each entity is released, removes them after the
+    last. Deleting again marks anything that was created meanwhile."""
+    records.mark_deleting(Account, name, name)  # NotFound for an unknown account
+    keys = revoke_all_keys(records, name)
+    marked = 0
+    for kind in RESOURCE_TYPES:
+        for entity in records.list_all(kind, name):
+            if entity.metadata.deletion_timestamp is None:
+                records.mark_deleting(kind, name, entity.name)
+                marked += 1
+    return AccountDeletion(len(keys), marked, finish_account_deletion(records, name))
+
+
+def finish_account_deletion(records: RecordStore, name: str) -> bool:
+    """Remove a deleted account's records (keys, tickets, idempotency records, the
+    account) once it holds no model, dataset or evaluation; True when it is gone. Does
+    nothing to an account not marked deleting."""
+    account = records.find(Account, name, name)
+    if account is None:
+        return True
+    if account.metadata.deletion_timestamp is None:
+        return False
+    if any(records.list(kind, name, limit=1).items for kind in RESOURCE_TYPES):
+        return False
+    for kind in (ApiKey, UploadTicket, IdempotencyRecord):
+        for record in records.list_all(kind, name):
+            with contextlib.suppress(NotFound):
+                records.delete(kind, name, record.name)
+    with contextlib.suppress(NotFound):
+        records.delete(Account, name, name)
+    return True
+
+
 def authenticate(records: RecordStore, token: str, now: datetime | None = None) -> Caller:
     """The caller a bearer token stands for; Unauthorized for anything else."""
     parts = token.split(".")
     if len(parts) != 4 or parts[0] != PREFIX:
         raise Unauthorized("malformed API key")
     _, account, key_id, secret = parts
-    try:
-        key = records.find(ApiKey, account, key_id)
+    try:  # the key and its account in one round trip
+        found, owner = records.find_many([(ApiKey, account, key_id), (Account, account, account)])
     except DyffError:
-        key = None
+        found = owner = None
+    key = found if isinstance(found, ApiKey) else None
     # Compare even when the key is missing, so timing does not tell which part was wrong.
     expected = key.spec.secret_hash if key else "0" * 64
     if not hmac.compare_digest(expected, hash_secret(secret)) or key is None:
         raise Unauthorized("invalid API key")
     if key.spec.revoked:
         raise Unauthorized("API key revoked")
+    if owner is None or owner.metadata.deletion_timestamp is not None:
+        raise Unauthorized("the API key's account is deleted")
     if key.spec.expires is not None and key.spec.expires <= (now or utcnow()):
         raise Unauthorized("API key expired")
     return Caller(account=account, key_id=key_id, admin=key.spec.admin, expires=key.spec.expires)
@@ -150,8 +218,9 @@ class Authenticator:
                 self._cache[digest] = (caller, now + self.ttl)
         return caller
 
-    def forget(self, account: str, key_id: str) -> None:
+    def forget(self, account: str, key_id: str | None = None) -> None:
+        """Drop the cached callers of one key, or of every key of the account."""
         with self._lock:
             for digest, (caller, _) in list(self._cache.items()):
-                if caller.account == account and caller.key_id == key_id:
+                if caller.account == account and key_id in (None, caller.key_id):
                     del self._cache[digest]

@@ -292,6 +292,35 @@ for _group, _plural in ((models, "models"), (datasets, "datasets"), (evaluations
     _crud(_group, _plural)
 
 
+def _resume(group: typer.Typer, plural: str) -> None:
+    @group.command("upload")
+    def upload(
+        name: str,
+        path: Path = typer.Argument(..., help="The file or folder that was declared."),
+        wait: bool = typer.Option(False, help="Wait until it is Ready; fail if it fails."),
+        timeout: float = typer.Option(3600, help="Seconds to wait at most."),
+    ) -> None:
+        """Upload the file of one still waiting for it, with a fresh upload ticket (when
+        the registration's expired or the upload was cut off)."""
+        if not path.exists():
+            raise DyffError(f"{path}: no such file or folder")
+        with client() as c:
+            with _upload_progress() as bar:
+                task = bar.add_task(f"upload {path.name}", total=None)
+
+                def advance(sent: int, total: int) -> None:
+                    bar.update(task, completed=sent, total=total)
+
+                entity = c.resume_upload(plural, name, path, progress=advance)
+            if wait:
+                entity = wait_until_ready(c, plural, name, timeout)
+        show(plural, entity)
+
+
+_resume(models, "models")
+_resume(datasets, "datasets")
+
+
 # ------------------------------------------------------------ evaluations
 
 
@@ -512,6 +541,34 @@ def bootstrap(
     finally:
         records.close()
     typer.echo(token)
+
+
+@admin.command("fsck")
+def fsck(
+    fix: bool = typer.Option(False, "--fix", help="Remove what belongs to nothing."),
+) -> None:
+    """List records, blobs and upload tickets that belong to nothing (entities of deleted
+    accounts, tickets and uploads of deleted entities, caches of models and datasets
+    gone); --fix removes them (entities are marked deleting, for the controller)."""
+    from dyff import fsck as check
+    from dyff.stores import open_blobs, open_records
+
+    settings = load_settings()
+    records, blobs = open_records(settings.records), open_blobs(settings.blobs)
+    try:
+        orphans = check.find_orphans(records, blobs)
+        if state.json:
+            typer.echo(json.dumps([o.__dict__ for o in orphans], indent=2))
+        else:
+            table = new_table(["STORE", "KIND", "ACCOUNT", "NAME", "WHY"])
+            for o in orphans:
+                table.add_row(o.store, o.kind, o.account, o.name, o.reason)
+            print_table(table)
+        if fix:
+            err.print(f"removed {check.fix(records, blobs, orphans)} of {len(orphans)}")
+    finally:
+        records.close()
+        blobs.close()
 
 
 def _plugin_commands() -> None:

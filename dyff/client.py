@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import tarfile
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +79,13 @@ def file_digest(path: Path) -> tuple[str, int]:
 
 
 def pack_directory(folder: Path, dest: Path) -> Path:
-    """A folder as a .tar.gz of its regular files (no links), deterministic order."""
-    with tarfile.open(dest, "w:gz") as tar:
+    """A folder as a .tar.gz of its regular files (no links), deterministic order and
+    bytes (the gzip header's time is 0), so packing it again gives the same sha256."""
+    with (
+        open(dest, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         for path in sorted(folder.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
@@ -120,7 +127,8 @@ class Client:
 
     def get(self, plural: str, name: str, account: str | None = None) -> dict[str, Any]:
         params = {"account": account} if account else None
-        result: dict[str, Any] = self._call("GET", f"/v1/{plural}/{name}", params=params).json()
+        path = f"/v1/{plural}/{_seg(name)}"
+        result: dict[str, Any] = self._call("GET", path, params=params).json()
         return result
 
     def list_all(self, plural: str, **filters: Any) -> Iterator[dict[str, Any]]:
@@ -134,7 +142,8 @@ class Client:
 
     def delete(self, plural: str, name: str, cascade: bool = False) -> dict[str, Any]:
         params = {"cascade": "true"} if cascade else None
-        result: dict[str, Any] = self._call("DELETE", f"/v1/{plural}/{name}", params=params).json()
+        path = f"/v1/{plural}/{_seg(name)}"
+        result: dict[str, Any] = self._call("DELETE", path, params=params).json()
         return result
 
     # ------------------------------------------------------------ upload
@@ -168,6 +177,32 @@ class Client:
                 self.upload(created["upload"], path, size, progress)
             item: dict[str, Any] = created["item"]
             return item
+
+    def resume_upload(
+        self,
+        plural: str,
+        name: str,
+        path: Path,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Upload the file of a model or dataset still waiting for it, with a fresh ticket
+        (the registration's expired or was lost). `path` must be what was declared (a
+        folder is packed again, to the same bytes). Returns the entity."""
+        entity = self.get(plural, name)
+        declared = ((entity.get("spec") or {}).get("source") or {}).get("upload") or {}
+        with tempfile.TemporaryDirectory() as tmp:
+            if path.is_dir():
+                path = pack_directory(path, Path(tmp) / f"{name}.tar.gz")
+            sha256, size = file_digest(path)
+            if (sha256, size) != (declared.get("sha256"), declared.get("sizeBytes")):
+                raise DyffError(
+                    f"{path.name} ({size} bytes, sha256 {sha256[:12]}) is not the upload "
+                    f"{plural[:-1]} {name} declared ({declared.get('sizeBytes')} bytes, "
+                    f"sha256 {str(declared.get('sha256'))[:12]})"
+                )
+            info = self._call("POST", f"/v1/{plural}/{_seg(name)}/upload").json()
+            self.upload(info, path, size, progress)
+        return self.get(plural, name)
 
     def upload(
         self,
@@ -261,7 +296,8 @@ class Client:
             time.sleep(interval)
 
     def metrics(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/v1/evaluations/{name}/metrics").json()
+        path = f"/v1/evaluations/{_seg(name)}/metrics"
+        result: dict[str, Any] = self._call("GET", path).json()
         return result
 
     def label_names(self, name: str) -> list[str]:
@@ -272,12 +308,12 @@ class Client:
     def predictions(self, name: str, **query: Any) -> dict[str, Any]:
         params = {k: v for k, v in query.items() if v is not None}
         result: dict[str, Any] = self._call(
-            "GET", f"/v1/evaluations/{name}/predictions", params=params
+            "GET", f"/v1/evaluations/{_seg(name)}/predictions", params=params
         ).json()
         return result
 
     def report(self, name: str) -> str:
-        return self._call("GET", f"/v1/evaluations/{name}/report").text
+        return self._call("GET", f"/v1/evaluations/{_seg(name)}/report").text
 
     # -------------------------------------------------------------- apply
 
@@ -326,6 +362,13 @@ def failure(entity: dict[str, Any]) -> str:
     reason = ready.get("reason")
     message = status.get("message") or ready.get("message") or "no message"
     return f"{reason}: {message}" if reason else str(message)
+
+
+def _seg(name: str) -> str:
+    """`name` as one URL path segment: every reserved character escaped, and `.`/`..`
+    escaped too (httpx would resolve them as dot segments), so no name can change the route."""
+    quoted = urllib.parse.quote(name, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _ref(value: str) -> dict[str, str]:

@@ -31,6 +31,33 @@ URI_PATTERN = r"^(gs|file)://.+"
 # A Kubernetes object name (RFC 1123 DNS subdomain, kept to a label so it can
 # also name namespaces, Jobs and blob prefixes).
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_NAME_CHARS = 63
+
+# Limits, declared once: pydantic enforces them at every edge and `dyff.crdgen` emits them
+# as the CRDs' maxLength/maxItems/maxProperties/minimum/maximum (README, "Limits").
+MAX_SIZE_BYTES = 2**40  # 1 TiB, an upload's or a blob's declared size (well inside int64)
+MAX_LABELS = 64  # metadata labels of one object
+MAX_ANNOTATIONS = 128
+MAX_ANNOTATION_CHARS = 256 * 1024  # Kubernetes' limit on all annotations together
+MAX_FILENAME_CHARS = 255
+MAX_QUANTITY_CHARS = 32  # a resource quantity such as `4Gi`
+MAX_GPUS = 64
+MAX_OPAQUE_CHARS = 256  # uid, resourceVersion
+# Kubernetes label syntax: an optional DNS-subdomain prefix and `/`, then a name of 63.
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LabelKey = Annotated[str, Field(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+AnnotationKey = Annotated[str, Field(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN)]
+AnnotationValue = Annotated[str, Field(max_length=MAX_ANNOTATION_CHARS)]
+Labels = Annotated[
+    dict[LabelKey, LabelValue],
+    Field(max_length=MAX_LABELS, description="Labels, for filtering."),
+]
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=MAX_NAME_CHARS)]
 
 
 def utcnow() -> datetime:
@@ -175,17 +202,23 @@ class ObjectMeta(Schema):
         pattern=NAME_PATTERN,
         max_length=63,
     )
-    uid: str | None = Field(default=None, description="Unique id, set at creation.")
+    uid: str | None = Field(
+        default=None, max_length=MAX_OPAQUE_CHARS, description="Unique id, set at creation."
+    )
     generation: int = Field(default=1, ge=1, description="Bumped on every change of spec.")
     resource_version: str | None = Field(
-        default=None, description="Opaque version for optimistic concurrency."
+        default=None,
+        max_length=MAX_OPAQUE_CHARS,
+        description="Opaque version for optimistic concurrency.",
     )
     creation_timestamp: datetime | None = Field(default=None, description="When it was created.")
     deletion_timestamp: datetime | None = Field(
         default=None, description="Set when deletion was requested; the controller cleans up."
     )
-    labels: dict[str, str] = Field(default_factory=dict, description="Labels, for filtering.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
+    labels: Labels = Field(default_factory=dict)
+    annotations: dict[AnnotationKey, AnnotationValue] = Field(
+        default_factory=dict, max_length=MAX_ANNOTATIONS, description="Annotations."
+    )
 
 
 # --------------------------------------------------------------------- sources
@@ -194,10 +227,14 @@ class ObjectMeta(Schema):
 class UploadSource(Schema):
     """An archive or file the user uploads through the shim's upload URL."""
 
-    sha256: str = Field(description="sha256 of the upload, hex.", pattern=SHA256_PATTERN)
-    size_bytes: int = Field(description="Size of the upload in bytes.", ge=1)
+    sha256: str = Field(
+        description="sha256 of the upload, hex.", pattern=SHA256_PATTERN, max_length=64
+    )
+    size_bytes: int = Field(description="Size of the upload in bytes.", ge=1, le=MAX_SIZE_BYTES)
     filename: str | None = Field(
-        default=None, description="Original file name; its extension tells the archive format."
+        default=None,
+        max_length=MAX_FILENAME_CHARS,
+        description="Original file name; its extension tells the archive format.",
     )
 
 
@@ -216,9 +253,14 @@ class UriSource(Schema):
         description="gs:// or file:// URI of the object.", pattern=URI_PATTERN, max_length=2048
     )
     sha256: str | None = Field(
-        default=None, description="sha256 of the object, hex; required.", pattern=SHA256_PATTERN
+        default=None,
+        description="sha256 of the object, hex; required.",
+        pattern=SHA256_PATTERN,
+        max_length=64,
     )
-    size_bytes: int | None = Field(default=None, description="Size in bytes, if known.", ge=1)
+    size_bytes: int | None = Field(
+        default=None, description="Size in bytes, if known.", ge=1, le=MAX_SIZE_BYTES
+    )
 
 
 class ImageSource(Schema):
@@ -295,9 +337,13 @@ class DatasetSource(Schema):
 class Resources(Schema):
     """Compute resources for a workload container."""
 
-    cpu: str | None = Field(default=None, description="CPU request, e.g. `2`.")
-    memory: str | None = Field(default=None, description="Memory request, e.g. `4Gi`.")
-    gpu: int | None = Field(default=None, ge=0, description="nvidia.com/gpu limit.")
+    cpu: str | None = Field(
+        default=None, max_length=MAX_QUANTITY_CHARS, description="CPU request, e.g. `2`."
+    )
+    memory: str | None = Field(
+        default=None, max_length=MAX_QUANTITY_CHARS, description="Memory request, e.g. `4Gi`."
+    )
+    gpu: int | None = Field(default=None, ge=0, le=MAX_GPUS, description="nvidia.com/gpu limit.")
 
 
 class ModelSpec(Schema):
@@ -394,11 +440,14 @@ class DatasetStatus(Status):
 class EntityRef(Schema):
     """A reference to a Model or Dataset by name."""
 
-    name: str = Field(description="Name of the referenced object.", pattern=NAME_PATTERN)
+    name: str = Field(
+        description="Name of the referenced object.", pattern=NAME_PATTERN, max_length=63
+    )
     account: str | None = Field(
         default=None,
         description="Owning account, if not the evaluation's own (the object must be public).",
         pattern=NAME_PATTERN,
+        max_length=63,
     )
 
 
@@ -423,11 +472,6 @@ class LabelMapping(Schema):
             message="exactly one of byIndex: true, map must be set",
             check=lambda d: int(bool(d.get("byIndex"))) + int("map" in d) == 1,
         ),
-        Rule(
-            cel=f"!has(self.map) || self.map.all(k, size(k) >= 1 && size(k) <= {MAX_LABEL_CHARS})",
-            message=f"labelMapping.map keys must be 1 to {MAX_LABEL_CHARS} characters",
-            check=lambda d: all(1 <= len(k) <= MAX_LABEL_CHARS for k in d.get("map", {})),
-        ),
     )
 
     by_index: bool | None = Field(
@@ -436,7 +480,8 @@ class LabelMapping(Schema):
         "model left at LABEL_0..LABEL_N against a dataset of integer labels 0..N); both "
         "sides must have as many labels.",
     )
-    map: dict[str, LabelName] | None = Field(
+    # Its keys' bounds reach the CRD as a CEL rule on the map (`dyff.crdgen`).
+    map: dict[LabelName, LabelName] | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_MAPPED_LABELS,
@@ -488,6 +533,7 @@ class EvaluationSpec(Schema):
     )
     metrics: list[MetricName] = Field(
         default_factory=lambda: list(ALL_METRICS),
+        max_length=len(ALL_METRICS),
         description="Metrics to compute.",
     )
     label_mapping: LabelMapping | None = Field(
@@ -676,7 +722,9 @@ class InternalRecord(Entity):
 class AccountSpec(Schema):
     """An account: the unit of ownership and isolation."""
 
-    display_name: str | None = Field(default=None, description="Human name of the account.")
+    display_name: str | None = Field(
+        default=None, max_length=256, description="Human name of the account."
+    )
 
 
 class Account(InternalRecord):
@@ -742,7 +790,12 @@ class IdempotencySpec(Schema):
     request_hash: str = Field(description="sha256 of the request.", pattern=SHA256_PATTERN)
     target_kind: str = Field(description="Kind of the entity the request created.")
     target_name: str = Field(description="Name of that entity.")
-    status_code: int = Field(description="HTTP status of the first answer.")
+    status_code: int = Field(
+        description="HTTP status of the first answer; 0 while the first request runs."
+    )
+    response: dict[str, Any] | None = Field(
+        default=None, description="Body of the first answer, replayed to every retry."
+    )
 
 
 class IdempotencyRecord(InternalRecord):

@@ -10,6 +10,8 @@ before the object appears.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import hmac
 import secrets
 import tempfile
@@ -21,9 +23,10 @@ from pydantic import Field
 
 from dyff import layout
 from dyff.accounts import Unauthorized, hash_secret
-from dyff.errors import Conflict, DyffError
+from dyff.errors import AlreadyExists, Conflict, DyffError, NotFound
 from dyff.schema import (
     Dataset,
+    Entity,
     Model,
     ObjectMeta,
     Schema,
@@ -59,6 +62,14 @@ def upload_source(entity: Model | Dataset) -> UploadSource | None:
     return entity.spec.source.upload
 
 
+def ticket_name(entity: Model | Dataset) -> str:
+    """The one ticket of an entity's upload: named by kind, name and uid, so a retry or a
+    renewal rewrites it (the old token stops working) and an entity made again under the
+    same name never meets its predecessor's ticket."""
+    ident = f"{entity.kind_name}/{entity.name}/{entity.metadata.uid or ''}"
+    return "u" + hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
 def open_ticket(
     records: RecordStore,
     blobs: BlobStore,
@@ -66,7 +77,8 @@ def open_ticket(
     base_url: str,
     ttl: timedelta = DEFAULT_TTL,
 ) -> UploadInfo | None:
-    """An upload URL for an entity whose source is `upload`; None for other sources."""
+    """An upload URL for an entity whose source is `upload`; None for other sources.
+    The entity has one ticket: opening it again issues a new token (the old one stops)."""
     source = upload_source(entity)
     if source is None:
         return None
@@ -83,26 +95,44 @@ def open_ticket(
                 expires=expires.isoformat(),
             )
     token = secrets.token_urlsafe(32)
-    ticket_id = "u" + secrets.token_hex(12)
-    ticket = UploadTicket(
-        metadata=ObjectMeta(name=ticket_id, namespace=entity.account),
-        spec=UploadTicketSpec(
-            target_kind=entity.kind_name,
-            target_name=entity.name,
-            key=key,
-            sha256=source.sha256,
-            size_bytes=source.size_bytes,
-            token_hash=hash_secret(token),
-            expires=expires,
-        ),
+    name = ticket_name(entity)
+    spec = UploadTicketSpec(
+        target_kind=entity.kind_name,
+        target_name=entity.name,
+        key=key,
+        sha256=source.sha256,
+        size_bytes=source.size_bytes,
+        token_hash=hash_secret(token),
+        expires=expires,
     )
-    records.create(ticket)  # a new ticket has no phase yet: it is open
+    try:  # a new ticket has no phase yet: it is open
+        records.create(
+            UploadTicket(metadata=ObjectMeta(name=name, namespace=entity.account), spec=spec)
+        )
+    except AlreadyExists:
+
+        def reissue(ticket: UploadTicket) -> None:
+            if ticket.status.phase == "Claimed" and ticket.spec.expires > utcnow():
+                raise Conflict("an upload for this ticket is in progress", field="upload")
+            ticket.spec = spec
+            ticket.status.phase = None
+
+        records.mutate(UploadTicket, entity.account, name, reissue)
     return UploadInfo(
         method="PUT",
-        url=f"{base_url.rstrip('/')}/v1/uploads/{entity.account}/{ticket_id}",
+        url=f"{base_url.rstrip('/')}/v1/uploads/{entity.account}/{name}",
         token=token,
         expires=expires.isoformat(),
     )
+
+
+def tickets_of(records: RecordStore, entity: Entity) -> list[UploadTicket]:
+    """The upload tickets of an entity (any incarnation of its name)."""
+    return [
+        t
+        for t in records.list_all(UploadTicket, entity.account)
+        if t.spec.target_kind == entity.kind_name and t.spec.target_name == entity.name
+    ]
 
 
 def _set_phase(ticket: UploadTicket, phase: str) -> None:
@@ -111,10 +141,14 @@ def _set_phase(ticket: UploadTicket, phase: str) -> None:
 
 def _claim(records: RecordStore, account: str, ticket_id: str, token: str) -> UploadTicket:
     ticket = records.find(UploadTicket, account, ticket_id)
-    expected = ticket.spec.token_hash if ticket else "0" * 64
-    if not hmac.compare_digest(expected, hash_secret(token)) or ticket is None:
-        # A forged token and an unknown ticket look the same.
-        raise Unauthorized("invalid upload token")
+    if ticket is None:
+        # Ticket names say nothing secret (the token is the secret).
+        raise NotFound(
+            "upload ticket not found: its entity was deleted, or it was never issued",
+            field="ticket",
+        )
+    if not hmac.compare_digest(ticket.spec.token_hash, hash_secret(token)):
+        raise Unauthorized("invalid upload token (a renewed ticket's old token stops working)")
     if ticket.spec.expires <= utcnow():
         raise Unauthorized("upload token expired")
     if ticket.status.phase not in (None, "Open"):
@@ -140,6 +174,7 @@ def receive(
     spec = ticket.spec
     ok = False
     try:
+        _check_owner(records, ticket)
         if content_length is not None and content_length > spec.size_bytes:
             raise TooLarge(
                 f"upload of {content_length} bytes exceeds the declared {spec.size_bytes}",
@@ -156,12 +191,39 @@ def receive(
                 spool.write(chunk)
             spool.seek(0)
             info = blobs.put(spec.key, spool, sha256=spec.sha256, size=spec.size_bytes)  # type: ignore[arg-type]
+        try:
+            # Deleted while the bytes came: the cleanup may have run already, so the
+            # bytes go here (a deletion marked after this check cleans them up itself).
+            _check_owner(records, ticket)
+        except DyffError:
+            blobs.delete(spec.key)
+            raise
         ok = True
         return info
     finally:
-        # Used on success; on failure the ticket opens again for a correct retry.
-        records.mutate(
-            UploadTicket, account, ticket_id, lambda t: _set_phase(t, "Used" if ok else "Open")
+        # Used on success; on failure the ticket opens again for a correct retry. A
+        # ticket deleted with its entity meanwhile stays deleted.
+        with contextlib.suppress(NotFound):
+            records.mutate(
+                UploadTicket, account, ticket_id, lambda t: _set_phase(t, "Used" if ok else "Open")
+            )
+
+
+def _check_owner(records: RecordStore, ticket: UploadTicket) -> None:
+    """The ticket's entity still exists (the same one, not one made again under its name)
+    and is not being deleted; otherwise nothing may be stored for it."""
+    kind: type[Model] | type[Dataset] = Model if ticket.spec.target_kind == "Model" else Dataset
+    name = ticket.spec.target_name
+    entity = records.find(kind, ticket.account, name)
+    if entity is None or ticket_name(entity) != ticket.name:
+        raise NotFound(
+            f"{kind.kind_name.lower()} {name!r} no longer exists; its upload ticket is void",
+            field="token",
+        )
+    if entity.metadata.deletion_timestamp is not None:
+        raise Conflict(
+            f"{kind.kind_name.lower()} {name!r} is being deleted; uploads are refused",
+            field="token",
         )
 
 

@@ -13,14 +13,15 @@ from api_shim.problems import responses
 from api_shim.state import StateDep
 from dyff import accounts
 from dyff.accounts import Forbidden
-from dyff.schema import ApiKey, Schema
+from dyff.errors import Conflict
+from dyff.schema import ApiKey, Schema, utcnow
 
 router = APIRouter(tags=["accounts"])
 
 
 class AccountCreate(Schema):
     name: NameStr = Field(description="Account name; also its namespace.")
-    display_name: str | None = Field(default=None, description="Human name.")
+    display_name: str | None = Field(default=None, max_length=256, description="Human name.")
 
 
 class KeyCreate(Schema):
@@ -67,10 +68,55 @@ def create_account(body: AccountCreate, who: CallerDep, state: StateDep) -> KeyC
     return KeyCreated(token=token, key=_key_info(key))
 
 
-@router.post("/v1/keys", status_code=201, response_model=KeyCreated, responses=responses(401, 422))
+class AccountDeleted(Schema):
+    name: str = Field(description="The account.")
+    keys_revoked: int = Field(description="Keys that were still live, now revoked.")
+    entities_deleting: int = Field(description="Models, datasets, evaluations now deleting.")
+    finished: bool = Field(
+        description="The account's records are gone; otherwise the controller removes "
+        "them once its entities are deleted."
+    )
+
+
+@router.delete(
+    "/v1/accounts/{name}",
+    status_code=202,
+    response_model=AccountDeleted,
+    responses=responses(401, 403, 404, 409, 422),
+)
+def delete_account(name: NameStr, who: CallerDep, state: StateDep) -> AccountDeleted:
+    """Delete an account (admin keys only): its keys stop working at once, its models,
+    datasets and evaluations are deleted (the controller stops their work and deletes
+    their bytes), and the account's records go after the last of them."""
+    if not who.admin:
+        raise Forbidden("only admin keys may delete accounts")
+    if name == who.account:
+        raise Conflict("an account cannot delete itself with its own key", field="name")
+    state.authenticator.forget(name)
+    done = accounts.delete_account(state.records, name)
+    state.authenticator.forget(name)  # anything cached while it ran
+    return AccountDeleted(
+        name=name,
+        keys_revoked=done.keys_revoked,
+        entities_deleting=done.entities_deleting,
+        finished=done.finished,
+    )
+
+
+@router.post(
+    "/v1/keys", status_code=201, response_model=KeyCreated, responses=responses(401, 403, 422)
+)
 def create_key(body: KeyCreate, who: CallerDep, state: StateDep) -> KeyCreated:
-    """Mint another key for the caller's account."""
+    """Mint another key for the caller's account. It expires no later than the caller's
+    own key; a key that never expires only from an admin key."""
     expires = timedelta(days=body.expires_in_days) if body.expires_in_days else None
+    if not who.admin:
+        if expires is None:
+            raise Forbidden(
+                "only admin keys may mint keys that never expire", field="expiresInDays"
+            )
+        if who.expires is not None:
+            expires = min(expires, who.expires - utcnow())
     token, key = accounts.mint_key(state.records, who.account, expires_in=expires)
     return KeyCreated(token=token, key=_key_info(key))
 

@@ -20,7 +20,15 @@ from dyff.access import usable
 from dyff.errors import AlreadyExists, Conflict, Invalid
 from dyff.labels import LABEL_MISMATCH, match_labels
 from dyff.lifecycle import DatasetPhase, ModelPhase
-from dyff.schema import Dataset, Evaluation, EvaluationSpec, Model, ObjectMeta, Schema
+from dyff.schema import (
+    Dataset,
+    Evaluation,
+    EvaluationSpec,
+    Labels,
+    Model,
+    ObjectMeta,
+    Schema,
+)
 
 router = APIRouter()
 
@@ -30,7 +38,7 @@ class EvaluationOrder(Schema):
     ordering the same evaluation twice answers with the first."""
 
     name: NameStr | None = Field(default=None, description="Name; derived when absent.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Labels, for filtering.")
+    labels: Labels = Field(default_factory=dict)
     spec: EvaluationSpec = Field(description="The evaluation's spec, as in the custom resource.")
 
 
@@ -42,8 +50,19 @@ def evaluation_name(spec: EvaluationSpec) -> str:
     )
 
 
-def _identity(spec: EvaluationSpec) -> dict[str, Any]:
-    doc = spec.wire()
+def normalized(spec: EvaluationSpec, account: str) -> EvaluationSpec:
+    """The spec with references to the ordering account's own entities unqualified: the
+    own account spelled out or left out is the same evaluation (same name, same spec)."""
+    refs = {
+        field: ref.model_copy(update={"account": None})
+        for field, ref in (("model", spec.model), ("dataset", spec.dataset))
+        if ref.account == account
+    }
+    return spec.model_copy(update=refs) if refs else spec
+
+
+def _identity(spec: EvaluationSpec, account: str | None = None) -> dict[str, Any]:
+    doc = (normalized(spec, account) if account else spec).wire()
     doc.pop("run", None)
     doc["metrics"] = sorted(set(doc.get("metrics", [])))
     return doc
@@ -93,29 +112,34 @@ def order_evaluation(
 ) -> Response:
     """Order an evaluation. The same evaluation already ordered answers 200 with it; a
     failed one is restarted; otherwise it is created (201)."""
-    check_usable(scope, body.spec)
     records, account = scope.records, scope.account
-    name = body.name or evaluation_name(body.spec)
+    spec = normalized(body.spec, account)
+    if spec is not body.spec:
+        body = body.model_copy(update={"spec": spec})
+    name = body.name or evaluation_name(spec)
     entity = Evaluation(
         metadata=ObjectMeta(name=name, namespace=account, labels=body.labels),
-        spec=body.spec,
+        spec=spec,
     )
 
-    def create() -> tuple[Evaluation, int]:
+    def create() -> tuple[dict[str, Any], int]:
+        check_usable(scope, spec)
         try:
             stored, outcome = records.create(entity)
-            return stored, 201 if outcome == "created" else 200
+            return stored.wire(), 201 if outcome == "created" else 200
         except AlreadyExists:
             existing = records.get(Evaluation, account, name)
-            if _identity(existing.spec) != _identity(body.spec):
+            if _identity(existing.spec, account) != _identity(spec, account):
                 raise Conflict(
                     f"evaluation {name!r} exists with a different spec", field="name"
                 ) from None
-            return existing, 200
+            return existing.wire(), 200
 
-    stored, status = idempotent(records, account, idempotency_key, body, Evaluation, create)
+    answer, status = idempotent(
+        records, account, idempotency_key, body, Evaluation.kind_name, name, create
+    )
     # Already a validated Evaluation: serialise it directly (the hot path of ordering).
-    return JSONResponse(stored.wire(), status_code=status)
+    return JSONResponse(answer, status_code=status)
 
 
 add_entity_routes(router, Evaluation)

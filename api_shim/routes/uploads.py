@@ -19,7 +19,7 @@ router = APIRouter(tags=["uploads"])
 @router.put(
     "/v1/uploads/{account}/{ticket}",
     status_code=204,
-    responses=responses(401, 409, 413, 422),
+    responses=responses(401, 404, 409, 413, 422),
 )
 async def upload(
     account: NameStr,

@@ -510,3 +510,35 @@ def test_health_metrics_openapi_and_request_ids(shim: Shim) -> None:
         text = c.get("/metrics").text
         assert 'dyff_http_requests_total{method="GET",route="/healthz",status="200"}' in text
         assert "dyff_http_request_duration_seconds_bucket" in text
+
+
+def test_an_upload_to_a_deleting_model_is_refused_and_stores_nothing(shim: Shim) -> None:
+    account, token = shim.new_account()
+    data = os.urandom(100)
+    with shim.client(token) as c:
+        upload = c.post("/v1/models", json=model_body("m1", data)).json()["upload"]
+        assert c.delete("/v1/models/m1").status_code == 202  # no controller: stays deleting
+        headers = {"X-Dyff-Upload-Token": upload["token"]}
+        doc = assert_problem(c.put(upload["url"], content=data, headers=headers), 409, "token")
+        assert "being deleted" in doc["detail"]
+        assert_problem(c.post("/v1/models/m1/upload"), 409)
+        unknown = upload["url"].rsplit("/", 1)[0] + "/u000000000000000000000000"
+        assert_problem(c.put(unknown, content=data, headers=headers), 404, "ticket")
+    key = layout.upload_key(account, "Model", "m1", hashlib.sha256(data).hexdigest())
+    assert not shim.blobs.exists(key)
+
+
+def test_deleting_an_empty_account_removes_it_at_once(shim: Shim) -> None:
+    from dyff.schema import Account
+
+    account, token = shim.new_account()
+    with shim.client(token) as c:
+        assert c.get("/v1/models").status_code == 200  # cached
+    with shim.client(shim.admin_token) as admin:
+        r = admin.delete(f"/v1/accounts/{account}")
+        assert r.status_code == 202 and r.json()["finished"] is True, r.text
+        assert_problem(admin.delete("/v1/accounts/admin"), 409, "name")  # not its own
+    assert shim.records.find(Account, account, account) is None
+    assert shim.records.list_all(ApiKey, account) == []
+    with shim.client(token) as c:
+        assert_problem(c.get("/v1/models"), 401)

@@ -1,0 +1,153 @@
+"""`dyff admin fsck`: find what the stores hold that belongs to nothing, and remove it.
+
+Run against the stores directly, like `dyff admin bootstrap`. What counts as an orphan:
+
+- records: models, datasets and evaluations, API keys and idempotency records of an
+  account whose record is gone; upload tickets whose entity is gone (or is another
+  entity made again under its name);
+- blobs: anything under an account that is gone; uploads of an entity that is gone or
+  declared other bytes; an evaluation's results without its record (name and uid);
+  bentos, shards and cached predictions that no model (digest), dataset (shard) or
+  evaluation (manifest) of the account refers to.
+
+An account with a model, dataset or evaluation at work (packaging, ingesting, running)
+is skipped for the content-addressed blobs (bentos, shards, predictions): its workload
+writes them before its record names them. `fix` deletes orphaned records and blobs,
+except entities (models, datasets, evaluations), which it marks deleting so the
+controller stops their work and deletes their bytes as for any deletion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+
+from dyff import layout, uploads
+from dyff.errors import NotFound
+from dyff.lifecycle import DatasetPhase, EvaluationPhase, ModelPhase
+from dyff.schema import (
+    RESOURCE_TYPES,
+    Account,
+    ApiKey,
+    Dataset,
+    Entity,
+    Evaluation,
+    IdempotencyRecord,
+    Model,
+    UploadTicket,
+    entity_type,
+)
+from dyff.stores.blobs import BlobStore
+from dyff.stores.records import RecordStore
+
+WORKING = {ModelPhase.PACKAGING, DatasetPhase.INGESTING, EvaluationPhase.RUNNING}
+
+
+@dataclass(frozen=True)
+class Orphan:
+    store: str  # "records" or "blobs"
+    kind: str  # a record kind, or "blob"
+    account: str
+    name: str  # the record's name or the blob's key
+    reason: str
+
+
+def find_orphans(records: RecordStore, blobs: BlobStore) -> list[Orphan]:
+    accounts = {a.name for a in records.scan(Account)}
+    entities: dict[type[Entity], list[Entity]] = {k: list(records.scan(k)) for k in RESOURCE_TYPES}
+    out: list[Orphan] = []
+
+    kinds: tuple[type[Entity], ...] = (*RESOURCE_TYPES, ApiKey, IdempotencyRecord)
+    for kind in kinds:
+        found = entities[kind] if kind in entities else records.scan(kind)
+        for e in found:
+            # An entity marked deleting is already on its way out (the controller's).
+            if e.account not in accounts and e.metadata.deletion_timestamp is None:
+                out.append(Orphan("records", kind.kind_name, e.account, e.name, "account gone"))
+
+    by_key = {(type(e).kind_name, e.account, e.name): e for es in entities.values() for e in es}
+    for ticket in records.scan(UploadTicket):
+        owner = by_key.get((ticket.spec.target_kind, ticket.account, ticket.spec.target_name))
+        assert owner is None or isinstance(owner, Model | Dataset)
+        if owner is None or uploads.ticket_name(owner) != ticket.name:
+            reason = f"ticket of {ticket.spec.target_kind} {ticket.spec.target_name!r}, gone"
+            out.append(Orphan("records", "UploadTicket", ticket.account, ticket.name, reason))
+
+    busy = {e.account for es in entities.values() for e in es if e.phase in WORKING}
+    models = [m for m in entities[Model] if isinstance(m, Model)]
+    datasets = [d for d in entities[Dataset] if isinstance(d, Dataset)]
+    evaluations = [e for e in entities[Evaluation] if isinstance(e, Evaluation)]
+    digests = {(m.account, m.status.digest) for m in models if m.status.digest}
+    shards = {(d.account, s.sha256) for d in datasets for s in d.status.shards or []}
+    manifests: set[str] = set()
+    for ev in evaluations:
+        manifest = layout.manifest_key(ev.account, ev.name, ev.metadata.uid or "")
+        with contextlib.suppress(NotFound, ValueError):
+            manifests.update(json.loads(blobs.get(manifest)).get("files", []))
+    evaluation_uids = {(e.account, e.name, e.metadata.uid) for e in evaluations}
+
+    for info in blobs.list("accounts/"):
+        parts = info.key.split("/")
+        account = parts[1] if len(parts) > 1 else ""
+        why = _blob_reason(parts, account, accounts, busy, by_key, digests, shards, evaluation_uids)
+        if why and info.key not in manifests:
+            out.append(Orphan("blobs", "blob", account, info.key, why))
+    return out
+
+
+def _blob_reason(
+    parts: list[str],
+    account: str,
+    accounts: set[str],
+    busy: set[str],
+    by_key: dict[tuple[str, str, str], Entity],
+    digests: set[tuple[str, str]],
+    shards: set[tuple[str, str]],
+    evaluation_uids: set[tuple[str, str, str | None]],
+) -> str | None:
+    if account not in accounts:
+        return "account gone"
+    area = parts[2] if len(parts) > 2 else ""
+    if area == "uploads" and len(parts) == 6:
+        kind = {"models": "Model", "datasets": "Dataset"}.get(parts[3], "")
+        owner = by_key.get((kind, account, parts[4]))
+        source = getattr(getattr(getattr(owner, "spec", None), "source", None), "upload", None)
+        if source is None or source.sha256 != parts[5]:
+            return f"upload of {kind or parts[3]} {parts[4]!r}, gone"
+        return None
+    if area == "evaluations" and len(parts) >= 5:
+        if (account, parts[3], parts[4]) not in evaluation_uids:
+            return f"results of evaluation {parts[3]!r}, gone"
+        return None
+    if account in busy:
+        return None  # a workload may be writing what its record does not name yet
+    if area == "bentos" and len(parts) == 4:
+        digest = parts[3].removesuffix(".bento")
+        return None if (account, digest) in digests else "bento of no model"
+    if area == "shards" and len(parts) == 4:
+        sha = parts[3].removesuffix(".parquet")
+        return None if (account, sha) in shards else "shard of no dataset"
+    if area == "predictions" and len(parts) == 6:
+        if (account, parts[3]) not in digests:
+            return "predictions of a model gone"
+        if (account, parts[5].removesuffix(".parquet")) not in shards:
+            return "predictions of a dataset gone"
+    return None
+
+
+def fix(records: RecordStore, blobs: BlobStore, orphans: list[Orphan]) -> int:
+    """Remove the orphans (entities: mark them deleting); returns how many were handled."""
+    done = 0
+    for o in orphans:
+        with contextlib.suppress(NotFound):
+            if o.store == "blobs":
+                done += blobs.delete(o.name)
+                continue
+            kind = entity_type(o.kind)
+            if kind in RESOURCE_TYPES:
+                records.mark_deleting(kind, o.account, o.name)
+            else:
+                records.delete(kind, o.account, o.name)
+            done += 1
+    return done

@@ -1,0 +1,103 @@
+"""`dyff admin fsck` on stores seeded with orphans, against each backend."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from dyff import accounts, fsck, layout, uploads
+from dyff.schema import Account, ApiKey, Model, Shard
+from dyff.stores.blobs import BlobStore
+from dyff.stores.records import RecordStore
+from tests import factories
+
+SHA = "ab" * 32
+DIGEST, GONE_DIGEST = "cd" * 32, "ef" * 32
+SHARD, GONE_SHARD = "12" * 32, "34" * 32
+
+
+def seed(records: RecordStore, blobs: BlobStore) -> set[str]:
+    """A live account with what it uses, and orphans of every sort; returns the orphans'
+    names (record names and blob keys)."""
+    accounts.create_account(records, "acme")
+    model, _ = records.create(factories.model("m1"))
+    model.status.digest = DIGEST
+    records.update(model)
+    dataset, _ = records.create(factories.dataset("d1"))
+    dataset.status.shards = [Shard(sha256=SHARD, rows=1, first_row=0)]
+    records.update(dataset)
+    keep = [
+        layout.bento_key("acme", DIGEST),
+        layout.shard_key("acme", SHARD),
+        layout.prediction_key("acme", DIGEST, "cfg", SHARD),
+        layout.upload_key("acme", "Model", "m1", factories.SHA),
+    ]
+    uploads.open_ticket(records, blobs, model, "http://shim")
+
+    gone, _ = records.create(factories.model("gone"))
+    orphan_ticket = uploads.ticket_name(gone)
+    uploads.open_ticket(records, blobs, gone, "http://shim")
+    records.delete(Model, "acme", "gone")
+    records.create(factories.model("ghost-model", account="ghost"))
+    _, key = accounts.mint_key(records, "acme")
+    records.create(
+        key.model_copy(update={"metadata": key.metadata.model_copy(update={"namespace": "ghost"})})
+    )
+    orphan_blobs = [
+        layout.upload_key("acme", "Model", "gone", SHA),
+        layout.bento_key("acme", GONE_DIGEST),
+        layout.shard_key("acme", GONE_SHARD),
+        layout.prediction_key("acme", GONE_DIGEST, "cfg", SHARD),
+        layout.prediction_key("acme", DIGEST, "cfg", GONE_SHARD),
+        layout.metrics_key("acme", "e1", "some-uid"),
+        layout.shard_key("ghost", SHARD),
+    ]
+    for blob in keep + orphan_blobs:
+        blobs.put(blob, b"x")
+    return {orphan_ticket, "ghost-model", key.name, *orphan_blobs}
+
+
+def test_fsck_finds_every_orphan_and_fix_removes_them(
+    record_store: RecordStore, blob_store: BlobStore
+) -> None:
+    expected = seed(record_store, blob_store)
+    found = fsck.find_orphans(record_store, blob_store)
+    assert {o.name for o in found} == expected
+    assert all(o.reason for o in found)
+    assert fsck.fix(record_store, blob_store, found) == len(expected)
+    assert fsck.find_orphans(record_store, blob_store) == []
+    ghost = record_store.get(Model, "ghost", "ghost-model")  # left to the controller
+    assert ghost.metadata.deletion_timestamp is not None
+    assert record_store.list_all(ApiKey, "ghost") == []
+    assert blob_store.exists(layout.bento_key("acme", DIGEST))
+    assert blob_store.exists(layout.prediction_key("acme", DIGEST, "cfg", SHARD))
+    assert record_store.find(Account, "acme", "acme") is not None
+    assert len(uploads.tickets_of(record_store, record_store.get(Model, "acme", "m1"))) == 1
+
+
+def test_the_cli_lists_and_fixes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dyff import cli
+    from dyff.stores.file import FileBlobStore
+    from dyff.stores.sqlite import SqliteRecordStore
+
+    records, blobs = SqliteRecordStore(tmp_path / "records.db"), FileBlobStore(tmp_path / "blobs")
+    expected = seed(records, blobs)
+    monkeypatch.setenv("DYFF_DATA_DIR", str(tmp_path))
+
+    def dyff(*args: str) -> list[dict[str, str]]:
+        monkeypatch.setattr(sys, "argv", ["dyff", "--json", "admin", "fsck", *args])
+        capsys.readouterr()
+        with contextlib.suppress(SystemExit):
+            cli.main()
+        found: list[dict[str, str]] = json.loads(capsys.readouterr().out)
+        return found
+
+    assert {o["name"] for o in dyff()} == expected
+    assert {o["name"] for o in dyff("--fix")} == expected
+    assert dyff() == []

@@ -153,7 +153,12 @@ class KubernetesExecutor:
             return WorkState("succeeded", generation)
         message = failed.get("message") or failed.get("reason") or "Job failed"
         detail = self._termination_message(job)
-        return WorkState("failed", generation, f"{message}; {detail}" if detail else message)
+        if detail:
+            # The container's own words (a traceback) are for operators, not the status.
+            meta = job.get("metadata") or {}
+            log.warning("Job %s/%s failed: %s; %s", meta.get("namespace"), meta.get("name"),
+                        message, detail)  # fmt: skip
+        return WorkState("failed", generation, f"{message}; see the controller's log")
 
     def _termination_message(self, job: dict[str, Any]) -> str:
         """The failed container's own words (its termination message, or the tail of its

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -52,6 +53,8 @@ from controller.executors import WorkKey
 from controller.executors.guard import WORK_DIR_ENV, WORKER_FILE, kill_leftovers
 from controller.reconcilers.common import Workload, WorkState
 
+log = logging.getLogger("dyff.controller.local")
+
 # Exit codes of dyff.workloads.common.run_main: 0 done, 2 bad input (reported in status).
 REPORTED = (0, 2)
 STOP_GRACE_S = 10.0
@@ -66,6 +69,7 @@ class _Work:
     log: Path
     proc: subprocess.Popen[bytes] | None = None
     cleaned: bool = False
+    logged: bool = False  # its crash went to the controller's log
 
     @property
     def folder(self) -> Path:
@@ -200,7 +204,14 @@ class LocalExecutor:
             code = work.proc.returncode
             if code in REPORTED:
                 return WorkState("succeeded", work.generation)
-            return WorkState("failed", work.generation, f"exit {code}; {_tail(work.log)}")
+            if not work.logged:
+                # The workload's own words (a traceback, server paths) are for operators:
+                # the log gets them, the user's status a plain sentence.
+                log.warning("workload %s %s/%s exited %s: %s", *key, code, _tail(work.log))
+                work.logged = True
+            return WorkState(
+                "failed", work.generation, f"exited with code {code}; see the server's log"
+            )
 
     def start(self, key: WorkKey, workload: Workload, generation: int) -> None:
         _, account, name = key

@@ -249,8 +249,8 @@ STATES = [
         WorkState(
             "failed",
             1,
-            "Job has reached the specified backoff limit; "
-            "ingest: exit 1: Traceback: KeyError: 'labels'",
+            # The container's traceback goes to the controller's log, not the status.
+            "Job has reached the specified backoff limit; see the controller's log",
         ),
     ),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -35,21 +36,46 @@ class PredictionRows(Schema):
     )
 
 
-def evaluation_results(
-    state: AppState, scope: AccountScope, name: str
-) -> tuple[Evaluation, results.Results]:
+def complete_evaluation(scope: AccountScope, name: str) -> Evaluation:
+    """The caller's (or a public) Complete evaluation that is not being deleted: its
+    results may be read. Otherwise 404, or 409 saying what it is."""
     evaluation = scope.readable(Evaluation, name)
+    if evaluation.metadata.deletion_timestamp is not None:
+        # Its files are going: reading them now could meet half of them.
+        raise Conflict(f"evaluation {name!r} is being deleted", field="metadata.deletionTimestamp")
     if evaluation.status.phase != EvaluationPhase.COMPLETE:
         raise Conflict(
             f"evaluation {name!r} is {evaluation.status.phase or 'Pending'}, not Complete",
             field="status.phase",
         )
-    manifest = json.loads(
-        state.blobs.get(
-            layout.manifest_key(evaluation.account, evaluation.name, evaluation.metadata.uid or "")
+    return evaluation
+
+
+@contextlib.contextmanager
+def results_gone_is_conflict(name: str) -> Iterator[None]:
+    """A result file deleted while it is read (the evaluation was deleted meanwhile) is a
+    409 like reading a deleting evaluation, not a server error."""
+    try:
+        yield
+    except (FileNotFoundError, NotFound):
+        raise Conflict(
+            f"evaluation {name!r} is being deleted", field="metadata.deletionTimestamp"
+        ) from None
+
+
+def evaluation_results(
+    state: AppState, scope: AccountScope, name: str
+) -> tuple[Evaluation, results.Results]:
+    evaluation = complete_evaluation(scope, name)
+    with results_gone_is_conflict(name):
+        manifest = json.loads(
+            state.blobs.get(
+                layout.manifest_key(
+                    evaluation.account, evaluation.name, evaluation.metadata.uid or ""
+                )
+            )
         )
-    )
-    paths = results.local_paths(state.blobs, manifest["files"], state.cache_dir)
+        paths = results.local_paths(state.blobs, manifest["files"], state.cache_dir)
     return evaluation, results.Results(paths)
 
 
@@ -69,11 +95,10 @@ def label_names(state: AppState, evaluation: Evaluation) -> list[str] | None:
 @router.get("/v1/evaluations/{name}/metrics", responses=responses(401, 404, 409, 422))
 def get_metrics(name: NameStr, scope: ScopeDep, state: StateDep) -> dict[str, Any]:
     """The full metrics of a complete evaluation."""
-    evaluation = scope.readable(Evaluation, name)
-    if evaluation.status.phase != EvaluationPhase.COMPLETE:
-        raise Conflict(f"evaluation {name!r} is not Complete", field="status.phase")
+    evaluation = complete_evaluation(scope, name)
     key = layout.metrics_key(evaluation.account, name, evaluation.metadata.uid or "")
-    doc: dict[str, Any] = json.loads(state.blobs.get(key))
+    with results_gone_is_conflict(name):
+        doc: dict[str, Any] = json.loads(state.blobs.get(key))
     return doc
 
 
@@ -90,10 +115,10 @@ def get_predictions(
 ) -> PredictionRows:
     """Predictions filtered and paged by structured parameters (no SQL)."""
     evaluation, res = evaluation_results(state, scope, name)
-    frame = res.rows(q)
-    return PredictionRows(
-        total=res.count(q), rows=frame.to_dicts(), labels=label_names(state, evaluation)
-    )
+    with results_gone_is_conflict(name):
+        frame = res.rows(q)
+        total = res.count(q)
+    return PredictionRows(total=total, rows=frame.to_dicts(), labels=label_names(state, evaluation))
 
 
 @router.get(
@@ -106,7 +131,7 @@ def get_report(name: NameStr, scope: ScopeDep, state: StateDep) -> HTMLResponse:
     per-class scores, reliability diagram and the most confident errors."""
     from dyff.report import build_report
 
-    scope.readable(Evaluation, name)  # 404 for other accounts' evaluations
-    return HTMLResponse(
-        build_report(state.records, state.blobs, scope.account, name, state.cache_dir)
-    )
+    complete_evaluation(scope, name)  # 404 for other accounts' evaluations
+    with results_gone_is_conflict(name):
+        page = build_report(state.records, state.blobs, scope.account, name, state.cache_dir)
+    return HTMLResponse(page)

@@ -496,6 +496,32 @@ def test_predictions_carry_label_names(shim: Shim) -> None:
         assert page["labels"] == ["a", "b", "c", "d", "z"]
 
 
+def test_results_of_a_deleting_evaluation_are_409_never_5xx(shim: Shim) -> None:
+    """Found by the soak bench: results read while the evaluation is deleted (its files
+    going) answered 500. A deleting evaluation's results are a 409, and so is a result
+    file that vanishes under a reader."""
+    account, token = shim.new_account()
+    setup_pair(shim, token)
+    with shim.client(token) as c:
+        name = c.post("/v1/evaluations", json=order()).json()["metadata"]["name"]
+        complete_with_results(shim, account, name)
+        routes = [f"/v1/evaluations/{name}/{what}" for what in ("metrics", "predictions")]
+        assert all(c.get(route).status_code == 200 for route in routes)
+        # The result file disappears (a cleanup racing this reader).
+        evaluation = shim.records.get(Evaluation, account, name)
+        manifest = layout.manifest_key(account, name, evaluation.metadata.uid or "")
+        for key in json.loads(shim.blobs.get(manifest))["files"]:
+            shim.blobs.delete(key)
+        if isinstance(shim.blobs, FileBlobStore):
+            assert_problem(c.get(routes[1]), 409, "metadata.deletionTimestamp")
+        else:  # read through the local cache of immutable result files: still whole
+            assert c.get(routes[1]).status_code == 200
+        # The deletion mark: every results route answers 409 before touching a file.
+        shim.records.mark_deleting(Evaluation, account, name)
+        for route in [*routes, f"/v1/evaluations/{name}/report"]:
+            assert_problem(c.get(route), 409, "metadata.deletionTimestamp")
+
+
 # ------------------------------------------------------------------- ops
 
 

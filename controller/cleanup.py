@@ -8,7 +8,8 @@ import contextlib
 import json
 
 from dyff import layout, uploads
-from dyff.errors import NotFound
+from dyff.errors import DyffError, NotFound
+from dyff.lifecycle import EVALUATION
 from dyff.schema import Dataset, Entity, Evaluation, Model, UploadTicket
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -28,6 +29,20 @@ def _manifest_files(blobs: BlobStore, evaluation: Evaluation) -> set[str]:
         return set(json.loads(blobs.get(key)).get("files", []))
     except NotFound:
         return set()
+
+
+def _planned_files(records: RecordStore, evaluation: Evaluation) -> set[str]:
+    """The prediction files an unfinished evaluation will list in its manifest (it writes
+    the manifest only when it completes, and may already be reusing them)."""
+    if evaluation.status.phase in EVALUATION.final or evaluation.metadata.deletion_timestamp:
+        return set()
+    from dyff.evaluation import resolve  # polars/pyarrow: only when an evaluation is deleted
+
+    try:
+        inputs = resolve(records, evaluation)
+    except DyffError:  # its model or dataset is not there or not Ready: it reuses nothing
+        return set()
+    return {inputs.prediction_key(shard) for shard in inputs.shards}
 
 
 def cleanup(records: RecordStore, blobs: BlobStore, entity: Entity) -> int:
@@ -69,7 +84,7 @@ def cleanup(records: RecordStore, blobs: BlobStore, entity: Entity) -> int:
         mine = _manifest_files(blobs, entity)
         for other in records.list_all(Evaluation, account):
             if other.name != entity.name:
-                mine -= _manifest_files(blobs, other)
+                mine -= _manifest_files(blobs, other) | _planned_files(records, other)
         for key in mine:
             deleted += blobs.delete(key)
         deleted += blobs.delete_prefix(

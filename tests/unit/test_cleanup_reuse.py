@@ -1,0 +1,76 @@
+"""Deleting an evaluation never deletes prediction files that an unfinished evaluation of
+the account is reusing: it names them in its manifest only when it completes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from controller.cleanup import cleanup
+from dyff import layout
+from dyff.evaluation import resolve
+from dyff.lifecycle import settle
+from dyff.schema import Dataset, Evaluation, Model, Shard
+from dyff.stores.file import FileBlobStore
+from dyff.stores.sqlite import SqliteRecordStore
+from tests import factories
+
+
+def world(tmp_path: Path) -> tuple[SqliteRecordStore, FileBlobStore, list[str]]:
+    """A Ready model and dataset, evaluation e1 Complete with its manifest and predictions."""
+    records, blobs = SqliteRecordStore(tmp_path / "r.db"), FileBlobStore(tmp_path / "b")
+    model, dataset = factories.model(), factories.dataset()
+    model.status.digest, model.status.labels = "a" * 64, ["x", "y"]
+    dataset.status.labels = ["x", "y"]
+    dataset.status.shards = [Shard(sha256=c * 64, rows=5, first_row=5 * i)
+                             for i, c in enumerate("bc")]  # fmt: skip
+    for entity in (model, dataset):
+        records.create(entity)
+        settle(entity.status, "Ready", "True", "Done", "", 1)
+
+        def ready(stored: Model | Dataset, status: object = entity.status) -> None:
+            stored.status = status  # type: ignore[assignment]
+
+        records.mutate(type(entity), "acme", entity.name, ready)
+    records.create(factories.evaluation("e1"))
+    e1 = records.get(Evaluation, "acme", "e1")
+    inputs = resolve(records, e1)
+    files = [inputs.prediction_key(s) for s in inputs.shards]
+    for key in files:
+        blobs.put(key, b"predictions")
+    uid = e1.metadata.uid or ""
+    blobs.put(
+        layout.manifest_key("acme", "e1", uid),
+        json.dumps({"files": files}).encode(),
+    )
+
+    def complete(e: Evaluation) -> None:
+        e.status.phase = "Complete"
+
+    records.mutate(Evaluation, "acme", "e1", complete)
+    assert records.get(Model, "acme", "m1") and records.get(Dataset, "acme", "d1")
+    return records, blobs, files
+
+
+def test_files_a_running_evaluation_reuses_are_kept(tmp_path: Path) -> None:
+    records, blobs, files = world(tmp_path)
+    records.create(factories.evaluation("e2"))  # the same model and dataset, still running
+
+    def running(e: Evaluation) -> None:
+        e.status.phase = "Running"
+
+    records.mutate(Evaluation, "acme", "e2", running)
+    cleanup(records, blobs, records.get(Evaluation, "acme", "e1"))
+    assert all(blobs.exists(key) for key in files)
+
+
+def test_files_nothing_else_uses_are_deleted(tmp_path: Path) -> None:
+    records, blobs, files = world(tmp_path)
+    records.create(factories.evaluation("e3"))  # finished: it would have its own manifest
+
+    def failed(e: Evaluation) -> None:
+        e.status.phase = "Failed"
+
+    records.mutate(Evaluation, "acme", "e3", failed)
+    cleanup(records, blobs, records.get(Evaluation, "acme", "e1"))
+    assert not any(blobs.exists(key) for key in files)

@@ -56,9 +56,8 @@ end
 
 """)
 
-_PROGRESS = """\
--- "Phase: detail" while the controller works.
-local function progress(phase, status, ready)
+# "Phase: detail": the end of every kind's progress function.
+_PROGRESS_DETAIL = """\
   if nonempty(status.message) then
     return phase .. ": " .. status.message
   end
@@ -69,7 +68,16 @@ local function progress(phase, status, ready)
 end
 """
 
-_PROGRESS_SHARDS = Template("""\
+_PROGRESS = (
+    """\
+-- "Phase: detail" while the controller works.
+local function progress(phase, status, ready)
+"""
+    + _PROGRESS_DETAIL
+)
+
+_PROGRESS_SHARDS = Template(
+    """\
 -- "$working: 3/10 shards" while shards are predicted, else "Phase: detail".
 local function progress(phase, status, ready)
   local p = status.progress
@@ -80,15 +88,9 @@ local function progress(phase, status, ready)
     end
     return msg
   end
-  if nonempty(status.message) then
-    return phase .. ": " .. status.message
-  end
-  if ready ~= nil and nonempty(ready.message) then
-    return phase .. ": " .. ready.message
-  end
-  return phase
-end
-""")
+"""
+    + _PROGRESS_DETAIL
+)
 
 _BODY = Template("""
 if obj.status == nil then

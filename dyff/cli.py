@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,21 @@ def _upload_progress() -> Progress:
     )
 
 
+def _uploading(
+    path: Path, send: Callable[[Callable[[int, int], None]], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run `send(progress)` (an upload of `path`) under a progress bar; its answer."""
+    if not path.exists():
+        raise DyffError(f"{path}: no such file or folder")
+    with _upload_progress() as bar:
+        task = bar.add_task(f"upload {path.name}", total=None)
+
+        def advance(sent: int, total: int) -> None:
+            bar.update(task, completed=sent, total=total)
+
+        return send(advance)
+
+
 def _register(
     plural: str,
     name: str,
@@ -185,18 +201,13 @@ def _register(
     wait: bool = False,
     timeout: float = 3600,
 ) -> None:
-    if not path.exists():
-        raise DyffError(f"{path}: no such file or folder")
     with client() as c:
-        with _upload_progress() as bar:
-            task = bar.add_task(f"upload {path.name}", total=None)
-
-            def advance(sent: int, total: int) -> None:
-                bar.update(task, completed=sent, total=total)
-
-            entity = c.register_upload(
-                plural, name, form, path, labels=labels, extra_spec=extra, progress=advance
-            )
+        entity = _uploading(
+            path,
+            lambda progress: c.register_upload(
+                plural, name, form, path, labels=labels, extra_spec=extra, progress=progress
+            ),
+        )
         if wait:
             entity = wait_until_ready(c, plural, name, timeout)
     show(plural, entity)
@@ -302,16 +313,10 @@ def _resume(group: typer.Typer, plural: str) -> None:
     ) -> None:
         """Upload the file of one still waiting for it, with a fresh upload ticket (when
         the registration's expired or the upload was cut off)."""
-        if not path.exists():
-            raise DyffError(f"{path}: no such file or folder")
         with client() as c:
-            with _upload_progress() as bar:
-                task = bar.add_task(f"upload {path.name}", total=None)
-
-                def advance(sent: int, total: int) -> None:
-                    bar.update(task, completed=sent, total=total)
-
-                entity = c.resume_upload(plural, name, path, progress=advance)
+            entity = _uploading(
+                path, lambda progress: c.resume_upload(plural, name, path, progress=progress)
+            )
             if wait:
                 entity = wait_until_ready(c, plural, name, timeout)
         show(plural, entity)

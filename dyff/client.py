@@ -278,8 +278,9 @@ class Client:
         """Poll until the phase is one of `until` (default: the kind's success phase), or
         its failure phase, which raises."""
         from dyff.lifecycle import lifecycle
+        from dyff.schema import RESOURCE_TYPES
 
-        life = lifecycle(plural[:-1].capitalize())  # models -> Model
+        life = lifecycle(next(t.kind_name for t in RESOURCE_TYPES if t.plural == plural))
         until = until or (life.succeeded,)
         deadline = time.monotonic() + timeout
         while True:

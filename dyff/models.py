@@ -259,6 +259,7 @@ def validate_transformers_dir(path: Path, *, load_check: bool = True) -> ModelIn
     config = _read_json(root / CONFIG, "the model configuration")
     arch, model_type, labels = _check_config(config)
     pre = _read_json(root / PREPROCESSOR, "the image preprocessor configuration")
+    image_size = _image_size(pre)
     if "auto_map" in pre:
         raise WorkloadFailed(REMOTE_CODE, "preprocessor_config.json has auto_map (custom code)")
     weights = [f for f in kept if f.endswith(".safetensors")]
@@ -273,7 +274,7 @@ def validate_transformers_dir(path: Path, *, load_check: bool = True) -> ModelIn
         if missing:
             raise WorkloadFailed(MISSING_FILE, f"weight shards missing: {missing[:5]}")
     if load_check:
-        _load_check(root)
+        _load_check(root, image_size)
     return ModelInfo(
         root=root,
         architecture=arch,
@@ -281,7 +282,7 @@ def validate_transformers_dir(path: Path, *, load_check: bool = True) -> ModelIn
         labels=labels,
         files=kept,
         size_bytes=sum((root / f).stat().st_size for f in kept),
-        image_size=_image_size(pre),
+        image_size=image_size,
     )
 
 
@@ -294,7 +295,7 @@ def _image_size(pre: dict[str, Any]) -> tuple[int, int] | None:
     return None
 
 
-def _load_check(root: Path) -> None:
+def _load_check(root: Path, image_size: tuple[int, int] | None) -> None:
     """Load model and processor the way the server will, and classify one image of the
     processor's declared size: a model that cannot is the user's error, said now rather
     than when an evaluation serves it."""
@@ -326,7 +327,7 @@ def _load_check(root: Path) -> None:
             "the weights do not fit the architecture: "
             f"missing {missing[:5]}, mismatched {[m[0] for m in mismatched[:5]]}",
         )
-    _test_classify(model, processor, _image_size(_read_json(root / PREPROCESSOR, "")), root)
+    _test_classify(model, processor, image_size, root)
 
 
 def _test_classify(model: Any, processor: Any, size: tuple[int, int] | None, root: Path) -> None:

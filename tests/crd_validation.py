@@ -21,6 +21,18 @@ def crd_schema(crd: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+def nodes(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every (path, sub-schema) of an OpenAPI schema: properties, items, map values."""
+    out = [(path, schema)]
+    for name, sub in schema.get("properties", {}).items():
+        out += nodes(sub, f"{path}.{name}")
+    if "items" in schema:
+        out += nodes(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        out += nodes(schema["additionalProperties"], f"{path}{{}}")
+    return out
+
+
 def _path(parts: Any) -> str:
     return ".".join(str(p) for p in parts)
 

@@ -127,9 +127,7 @@ def decode_image(data: bytes, resize: Resize | None = None) -> np.ndarray:
 def decode_images(encoded: Iterable[bytes], resize: Resize | None = None) -> Images:
     """Encoded images -> one (N, H, W, 3) array when they share a size, else a list."""
     arrays = [decode_image(data, resize) for data in encoded]
-    if arrays and all(a.shape == arrays[0].shape for a in arrays):
-        return np.stack(arrays)
-    return arrays
+    return _stacked(arrays) if arrays else arrays
 
 
 def image_batches(

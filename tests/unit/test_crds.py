@@ -27,21 +27,10 @@ def test_crds_match_what_make_crds_writes(entity: Any) -> None:
     assert path.read_text() == crdgen.render(entity), f"{path} drifted: run `make crds`"
 
 
-def _nodes(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
-    out = [(path, schema)]
-    for name, sub in schema.get("properties", {}).items():
-        out += _nodes(sub, f"{path}.{name}")
-    if "items" in schema:
-        out += _nodes(schema["items"], f"{path}[]")
-    if isinstance(schema.get("additionalProperties"), dict):
-        out += _nodes(schema["additionalProperties"], f"{path}{{}}")
-    return out
-
-
 @pytest.mark.parametrize("kind", sorted(CRDS))
 def test_crd_schema_is_structural_and_every_field_is_described(kind: str) -> None:
     schema = crd_validation.crd_schema(CRDS[kind])
-    for path, node in _nodes(schema):
+    for path, node in crd_validation.nodes(schema):
         assert "type" in node, f"{kind}{path}: no type (not structural)"
         for banned in ("$ref", "anyOf", "oneOf", "allOf", "not", "const", "title"):
             assert banned not in node, f"{kind}{path}: {banned} is not allowed in a CRD schema"

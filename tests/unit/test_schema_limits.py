@@ -21,21 +21,10 @@ from tests import crd_validation
 CRDS = {t.kind_name: crdgen.crd(t) for t in RESOURCE_TYPES}
 
 
-def _nodes(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
-    out = [(path, schema)]
-    for name, sub in schema.get("properties", {}).items():
-        out += _nodes(sub, f"{path}.{name}")
-    if "items" in schema:
-        out += _nodes(schema["items"], f"{path}[]")
-    if isinstance(schema.get("additionalProperties"), dict):
-        out += _nodes(schema["additionalProperties"], f"{path}{{}}")
-    return out
-
-
 @pytest.mark.parametrize("kind", sorted(CRDS))
 def test_every_spec_field_of_the_crd_is_bounded(kind: str) -> None:
     spec = crd_validation.crd_schema(CRDS[kind])["properties"]["spec"]
-    for path, node in _nodes(spec, ".spec"):
+    for path, node in crd_validation.nodes(spec, ".spec"):
         where = f"{kind}{path}"
         match node["type"]:
             case "string":

@@ -154,9 +154,17 @@ def test_killed_anywhere_then_rerun_gives_the_same_results(
     assert_no_orphans(scratch, family)
     assert platform.prediction_files(account) == []
 
-    # 2. Killed, with its whole process group, once the first shard's predictions exist.
+    # 2. Killed, with its whole process group, once the first shard's predictions exist
+    # and are counted in its progress. A shard's file is written just before its progress,
+    # so waiting for the file alone made the progress check below race with the kill.
     proc = start(workloads, platform, account, "crash", scratch, log)
-    wait_until(proc, "a prediction file", lambda: bool(platform.prediction_files(account)))
+
+    def reported() -> bool:
+        progress = platform.evaluation(account, "crash").status.progress
+        done = progress is not None and progress.shards_done >= 1
+        return done and bool(platform.prediction_files(account))
+
+    wait_until(proc, "a prediction file and its progress", reported)
     family = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)

@@ -375,6 +375,12 @@ class ModelStatus(Status):
     bento_uri: str | None = Field(default=None, description="Where the packaged Bento lives.")
     labels: list[str] | None = Field(default=None, description="Class labels the model predicts.")
     size_bytes: int | None = Field(default=None, ge=0, description="Size of the packaged model.")
+    user_code: bool = Field(
+        default=False,
+        description="The model runs its owner's own service code (a Bento with its own "
+        "service, or a container image): it is served isolated from dyff's credentials and "
+        "spoken to only through the public protocol image-classification/v1.",
+    )
 
 
 # -------------------------------------------------------------------- Dataset

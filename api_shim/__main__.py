@@ -38,6 +38,8 @@ def main() -> int:
         log_config=None,
         proxy_headers=True,
         forwarded_allow_ips="*",
+        # SIGTERM: stop accepting, let requests in flight finish, exit within the grace.
+        timeout_graceful_shutdown=settings.drain_seconds,
     )
     return 0
 

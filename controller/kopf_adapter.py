@@ -54,6 +54,8 @@ from dyff.stores.records import RecordStore
 log = logging.getLogger("dyff.controller.kopf")
 
 FINALIZER = "dyff.io/cleanup"
+# How long a stopping controller waits for the passes in flight.
+DRAIN_S = 20.0
 # kopf's own bookkeeping lives in annotations under this prefix (not in status: the
 # generated CRD schemas prune unknown status fields).
 KOPF_PREFIX = "kopf.dyff.io"
@@ -151,8 +153,9 @@ class Controller:
             self._sync_task = None
 
     def close(self) -> None:
+        # Queued passes are dropped (a restart redoes them); running ones are waited for.
         self.sync.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self.executor.close()
 
     # ---- the passes
@@ -278,6 +281,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 60
     settings.networking.connect_timeout = 10
     settings.execution.max_workers = 4  # kopf's own pool; dyff's work runs in its pools
+    # SIGTERM: passes in flight finish (their writes, kopf's patches) before the exit,
+    # inside the Deployment's 30 s grace period (config/base/deployment.yaml).
+    settings.queueing.exit_timeout = DRAIN_S
 
 
 def build_registry(

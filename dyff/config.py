@@ -76,6 +76,14 @@ class Settings(BaseSettings):
         default=3600, ge=60, le=7 * 24 * 3600, description="How long an upload URL stays valid."
     )
 
+    drain_seconds: int = Field(
+        default=8,
+        ge=0,
+        le=600,
+        description="On SIGTERM, how long the shim lets requests in flight finish before it "
+        "exits (Cloud Run and Kubernetes kill 10 s and 30 s after SIGTERM by default).",
+    )
+
     @field_validator("records_url")
     @classmethod
     def _check_records(cls, v: str | None) -> str | None:

@@ -5,12 +5,16 @@ directions of the record sync."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from controller.executors.kubernetes import JobSettings, KubernetesExecutor
 from controller.executors.manifests import LABEL_KIND, LABEL_NAME
-from controller.kopf_adapter import FINALIZER, Controller
+from controller.kopf_adapter import DRAIN_S, FINALIZER, Controller
 from controller.kube import KubeApi
 from controller.sync import CR_GENERATION
 from dyff import layout
@@ -288,3 +292,36 @@ async def test_record_marked_deleting_deletes_its_cr_and_is_finalized(
         await eventually(lambda: records.find(Model, "acme", "m1") is None)
     assert list(blobs.list("accounts/")) == []
     assert ("Model", "acme", "m1") in fake.stopped
+
+
+class SlowStart(FakeWorkloads):
+    """Workloads whose start takes seconds (a Job create over a slow API server)."""
+
+    def __init__(self, records: RecordStore, blobs: BlobStore) -> None:
+        super().__init__(records, blobs)
+        self.in_flight = threading.Event()
+
+    def start(self, key: Any, workload: Any, generation: int) -> None:
+        self.in_flight.set()
+        time.sleep(3)
+        super().start(key, workload, generation)
+
+
+async def test_stopping_drains_the_passes_in_flight_within_the_grace_period(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    """SIGTERM (the stop flag) while a pass is starting work: the pass finishes before
+    the controller exits — and the exit still comes well inside the Pod's grace period."""
+    slow = SlowStart(records, blobs)
+    async with operator(make_controller(cluster, records, blobs, slow), cluster):
+        await kubectl_apply(cluster, uri_model())
+        assert await asyncio.to_thread(slow.in_flight.wait, 30)
+        stopping = time.monotonic()
+    took = time.monotonic() - stopping
+    assert [k for k, _, _ in slow.started] == [("Model", "acme", "m1")], "pass abandoned"
+    assert records.get(Model, "acme", "m1").status.digest, "its report was not written"
+    grace = yaml.safe_load_all((ROOT / "config/base/deployment.yaml").read_text())
+    period = next(d for d in grace if d and d.get("kind") == "Deployment")["spec"]["template"][
+        "spec"
+    ]["terminationGracePeriodSeconds"]
+    assert period > DRAIN_S and took < period, (took, DRAIN_S, period)

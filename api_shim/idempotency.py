@@ -5,7 +5,8 @@ The key is claimed before anything runs: the first request writes a pending reco
 (status 0) under the key's hash, runs, and writes its answer into the record. A
 concurrent retry that finds the record pending waits for the answer; one that finds it
 answered replays it. A request that fails releases its claim, so a retry runs again.
-A claim older than `STALE` (its request died) is taken over.
+A claim older than `STALE` (its request died) is taken over. An answer is kept for
+`IDEMPOTENCY_TTL` (24 h): the key used again after that runs anew.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from dyff.errors import AlreadyExists, Conflict, Invalid, NotFound
 from dyff.schema import (
+    IDEMPOTENCY_TTL,
     IdempotencyRecord,
     IdempotencySpec,
     ObjectMeta,
@@ -76,15 +78,11 @@ def idempotent(
         seen = records.find(IdempotencyRecord, account, name)
         if seen is None:
             continue  # released meanwhile: claim it again
-        if seen.spec.request_hash != request_hash:
-            raise Invalid(
-                "Idempotency-Key was used with a different request", field="Idempotency-Key"
-            )
-        if seen.spec.status_code != PENDING:
-            return _replay(records, account, seen)
         created = seen.metadata.creation_timestamp
-        if created is not None and utcnow() - created > STALE:
-            with contextlib.suppress(NotFound, Conflict):  # its request died: take over
+        age = utcnow() - created if created is not None else timedelta(0)
+        if age > (STALE if seen.spec.status_code == PENDING else IDEMPOTENCY_TTL):
+            # Its request died, or its answer expired: the key is free again.
+            with contextlib.suppress(NotFound, Conflict):
                 records.delete(
                     IdempotencyRecord,
                     account,
@@ -92,6 +90,12 @@ def idempotent(
                     resource_version=seen.metadata.resource_version,
                 )
             continue
+        if seen.spec.request_hash != request_hash:
+            raise Invalid(
+                "Idempotency-Key was used with a different request", field="Idempotency-Key"
+            )
+        if seen.spec.status_code != PENDING:
+            return _replay(records, account, seen)
         if time.monotonic() > deadline:
             raise Conflict(
                 "a request with this Idempotency-Key is still running; retry later",

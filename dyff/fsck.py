@@ -4,7 +4,7 @@ Run against the stores directly, like `dyff admin bootstrap`. What counts as an 
 
 - records: models, datasets and evaluations, API keys and idempotency records of an
   account whose record is gone; upload tickets whose entity is gone (or is another
-  entity made again under its name);
+  entity made again under its name); Idempotency-Keys older than their 24 h;
 - blobs: anything under an account that is gone; uploads of an entity that is gone or
   declared other bytes; an evaluation's results without its record (name and uid);
   bentos, shards and cached predictions that no model (digest), dataset (shard) or
@@ -27,6 +27,7 @@ from dyff import layout, uploads
 from dyff.errors import NotFound
 from dyff.lifecycle import DatasetPhase, EvaluationPhase, ModelPhase
 from dyff.schema import (
+    IDEMPOTENCY_TTL,
     RESOURCE_TYPES,
     Account,
     ApiKey,
@@ -37,6 +38,7 @@ from dyff.schema import (
     Model,
     UploadTicket,
     entity_type,
+    utcnow,
 )
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -65,6 +67,13 @@ def find_orphans(records: RecordStore, blobs: BlobStore) -> list[Orphan]:
             # An entity marked deleting is already on its way out (the controller's).
             if e.account not in accounts and e.metadata.deletion_timestamp is None:
                 out.append(Orphan("records", kind.kind_name, e.account, e.name, "account gone"))
+
+    expired_before = utcnow() - IDEMPOTENCY_TTL
+    for record in records.scan(IdempotencyRecord):
+        created = record.metadata.creation_timestamp
+        if record.account in accounts and created is not None and created < expired_before:
+            why = f"Idempotency-Key older than {IDEMPOTENCY_TTL}"
+            out.append(Orphan("records", "Idempotency", record.account, record.name, why))
 
     by_key = {(type(e).kind_name, e.account, e.name): e for es in entities.values() for e in es}
     for ticket in records.scan(UploadTicket):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -813,6 +813,11 @@ class IdempotencyRecord(InternalRecord):
 
     kind: Literal["Idempotency"] = "Idempotency"
     spec: IdempotencySpec
+
+
+# How long an Idempotency-Key is remembered: a retry within it gets the first answer; a
+# reuse after it runs anew, and `dyff admin fsck` removes the record.
+IDEMPOTENCY_TTL = timedelta(hours=24)
 
 
 ENTITY_TYPES: dict[str, type[Entity]] = {

@@ -193,6 +193,28 @@ def test_idempotency_key_replays_the_first_answer(shim: Shim) -> None:
         assert_problem(other, 422, "Idempotency-Key")
 
 
+def test_an_idempotency_key_is_remembered_for_a_day_only(
+    shim: Shim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within IDEMPOTENCY_TTL a retry replays; after it the key is free: the same key with
+    another request runs, and the stale record is gone."""
+    from api_shim import idempotency
+    from dyff.schema import IDEMPOTENCY_TTL, utcnow
+
+    _, token = shim.new_account()
+    with shim.client(token) as c:
+        headers = {"Idempotency-Key": "daily"}
+        assert c.post("/v1/models", json=model_body("m1"), headers=headers).status_code == 201
+        later = utcnow() + IDEMPOTENCY_TTL + timedelta(minutes=1)
+        monkeypatch.setattr(idempotency, "utcnow", lambda: later)
+        reused = c.post("/v1/models", json=model_body("m2"), headers=headers)
+        assert reused.status_code == 201, reused.text
+        assert reused.json()["item"]["metadata"]["name"] == "m2"
+        monkeypatch.undo()  # back to now: the new answer is replayed
+        again = c.post("/v1/models", json=model_body("m2"), headers=headers)
+        assert again.json()["item"]["metadata"]["uid"] == reused.json()["item"]["metadata"]["uid"]
+
+
 def test_list_filters_and_pages(shim: Shim) -> None:
     account, token = shim.new_account()
     with shim.client(token) as c:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,22 @@ def test_the_cli_lists_and_fixes(
     assert {o["name"] for o in dyff()} == expected
     assert {o["name"] for o in dyff("--fix")} == expected
     assert dyff() == []
+
+
+def test_fsck_lists_idempotency_keys_past_their_day(
+    record_store: RecordStore, blob_store: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dyff.schema import IDEMPOTENCY_TTL, IdempotencyRecord, IdempotencySpec, ObjectMeta, utcnow
+
+    accounts.create_account(record_store, "acme")
+    spec = IdempotencySpec(request_hash=SHA, target_kind="Model", target_name="m1", status_code=201)
+    record_store.create(
+        IdempotencyRecord(metadata=ObjectMeta(name="i1", namespace="acme"), spec=spec)
+    )
+    assert fsck.find_orphans(record_store, blob_store) == []
+    later = utcnow() + IDEMPOTENCY_TTL + timedelta(seconds=1)
+    monkeypatch.setattr(fsck, "utcnow", lambda: later)
+    found = fsck.find_orphans(record_store, blob_store)
+    assert [(o.kind, o.name) for o in found] == [("Idempotency", "i1")]
+    assert fsck.fix(record_store, blob_store, found) == 1
+    assert record_store.find(IdempotencyRecord, "acme", "i1") is None

@@ -27,7 +27,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
 IMAGE_DIGEST_PATTERN = r"@sha256:[a-f0-9]{64}$"
-URI_PATTERN = r"^(gs|file)://.+"
+URI_PATTERN = r"^(gs|file|local)://.+"
 # A Kubernetes object name (RFC 1123 DNS subdomain, kept to a label so it can
 # also name namespaces, Jobs and blob prefixes).
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -250,7 +250,10 @@ class UriSource(Schema):
     )
 
     uri: str = Field(
-        description="gs:// or file:// URI of the object.", pattern=URI_PATTERN, max_length=2048
+        description="URI of the object in the platform's blob store: gs://BUCKET/accounts/"
+        "ACCOUNT/… on GCS, local:///accounts/ACCOUNT/… on one machine.",
+        pattern=URI_PATTERN,
+        max_length=2048,
     )
     sha256: str | None = Field(
         default=None,

@@ -131,7 +131,17 @@ class BlobStore(ABC):
 
     @abstractmethod
     def uri(self, key: str) -> str:
-        """The object's URI (gs://… or file://…)."""
+        """The object's URI as users see it (statuses, `uri` sources): gs://BUCKET/… on
+        GCS, local:///KEY for the file store (never a path on the server)."""
+
+    def key_of(self, uri: str) -> str | None:
+        """The key of a URI that `uri` made (this store's), else None."""
+        root = self.uri("accounts")[: -len("accounts")]
+        key = uri[len(root) :] if uri.startswith(root) else ""
+        try:
+            return check_key(key)
+        except Invalid:
+            return None
 
     def get(self, key: str) -> bytes:
         with self.open(key) as stream:

@@ -22,6 +22,8 @@ from dyff.stores.blobs import (
 )
 
 STAGING = ".staging"
+# What users see of a blob here: its key, not the server path it lives at.
+LOCAL_SCHEME = "local:///"
 
 
 class FileBlobStore(BlobStore):
@@ -110,4 +112,4 @@ class FileBlobStore(BlobStore):
         return True
 
     def uri(self, key: str) -> str:
-        return f"file://{self.path(key)}"
+        return f"{LOCAL_SCHEME}{check_key(key)}"

@@ -21,11 +21,11 @@ from typing import Any
 from pydantic import Field
 
 from dyff import layout
-from dyff.errors import Invalid, NotFound, WorkloadFailed
+from dyff.errors import NotFound, WorkloadFailed
 from dyff.lifecycle import lifecycle, settle
 from dyff.schema import Dataset, Model, Schema
 from dyff.stores import BlobStore, RecordStore, open_blobs, open_records
-from dyff.stores.blobs import CHUNK, check_key
+from dyff.stores.blobs import CHUNK
 
 log = logging.getLogger("dyff.workloads")
 
@@ -64,19 +64,14 @@ def source_key(entity: Model | Dataset, blobs: BlobStore) -> tuple[str, str, int
         key = layout.upload_key(entity.account, entity.kind, entity.name, src.upload.sha256)
         return key, src.upload.sha256, src.upload.size_bytes
     assert src.uri is not None and src.uri.sha256 is not None
-    root = blobs.url.rstrip("/") + "/"
     own = layout.account_prefix(entity.account) + "/"
     uri = src.uri.uri
-    key = uri[len(root) :] if uri.startswith(root) else ""
-    try:
-        check_key(key)
-    except Invalid:
-        key = ""
+    key = blobs.key_of(uri) or ""
     if not key.startswith(own):
         raise WorkloadFailed(
             UNSUPPORTED_SOURCE,
             f"uri {uri!r} is not a blob of this account in the platform's blob store "
-            f"({root}{own}...); upload it or copy it there",
+            f"({blobs.uri(own.rstrip('/'))}/…); upload it or copy it there",
         )
     return key, src.uri.sha256, src.uri.size_bytes
 

@@ -11,10 +11,10 @@ stay).
 
 Where the source comes from:
 - `upload`: the blob `layout.upload_key(account, "Dataset", name, sha256)`.
-- `uri`: only objects inside the configured blob store are read, through the
-  store: the URI must start with the store's own URL (`blobs.url`, e.g.
-  `file:///srv/dyff/blobs/…` or `gs://bucket/prefix/…`) and the rest is the
-  key. Any other `file://` or `gs://` URI is refused (reason
+- `uri`: only objects of the account inside the configured blob store are read,
+  through the store: the URI is one the store gives out (`blobs.uri(key)`, e.g.
+  `local:///accounts/acme/…` or `gs://bucket/prefix/accounts/acme/…`). Any
+  other URI is refused (reason
   `UnsupportedSource`): a workload must not read files of its host or buckets
   its service account happens to reach on a user's behalf.
 """

@@ -22,9 +22,9 @@ behind no blob it wrote (a reused Bento stays: others use it).
 Where the source comes from:
 - `upload`: the blob `layout.upload_key(account, "Model", name, sha256)`.
 - `uri`: only objects of the configured blob store, and only under the
-  owning account's prefix (`accounts/<account>/…`): the URI must start with
-  the store's URL (`blobs.url`, e.g. `file:///srv/dyff/blobs/` or
-  `gs://bucket/prefix/`) followed by such a key. Anything else is refused
+  owning account's prefix (`accounts/<account>/…`), named as the store names
+  them (`blobs.uri(key)`: `local:///accounts/…` or `gs://bucket/prefix/accounts/…`).
+  Anything else is refused
   (reason `UnsupportedSource`): a workload must not read its host's files,
   another account's blobs, or buckets its service account happens to reach.
 In both cases the declared sha256 (and size, if given) must match.

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,14 @@ def test_put_get_stat_round_trip(blob_store: BlobStore) -> None:
     assert stat is not None and stat.size == len(data)
     assert blob_store.exists("a/b/c.txt") and not blob_store.exists("a/b/missing")
     assert blob_store.uri("a/b/c.txt").endswith("a/b/c.txt")
+
+
+def test_uris_name_keys_and_never_a_server_path(blob_store: BlobStore, tmp_path: Path) -> None:
+    uri = blob_store.uri("accounts/acme/x.parquet")
+    assert blob_store.key_of(uri) == "accounts/acme/x.parquet"
+    assert str(tmp_path) not in uri and "/tmp/" not in uri
+    for foreign in ("file:///etc/passwd", "gs://elsewhere/accounts/acme/x", uri + "/../../k", ""):
+        assert blob_store.key_of(foreign) is None, foreign
 
 
 def test_missing_object_is_not_found(blob_store: BlobStore) -> None:

@@ -139,7 +139,7 @@ async def test_evaluation_completes_with_metrics_in_its_status(
         cr = await eventually(lambda: current(cluster, EVALUATIONS, "e1", "Complete"))
     assert cr["status"]["metrics"]["accuracy"] == 0.9
     assert cr["status"]["progress"]["shardsDone"] == 1
-    assert cr["status"]["resultsUri"].startswith("file://")
+    assert cr["status"]["resultsUri"].startswith("local:///accounts/acme/")
     assert current(cluster, MODELS, "m1", "Ready") and current(cluster, DATASETS, "d1", "Ready")
     workloads = sorted(w for _, w, _ in fake.started)
     assert workloads == ["evaluate", "ingest_dataset", "ingest_model"]

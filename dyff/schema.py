@@ -251,7 +251,7 @@ class UriSource(Schema):
 
     uri: str = Field(
         description="URI of the object in the platform's blob store: gs://BUCKET/accounts/"
-        "ACCOUNT/… on GCS, local:///accounts/ACCOUNT/… on one machine.",
+        "ACCOUNT/... on GCS, local:///accounts/ACCOUNT/... on one machine.",
         pattern=URI_PATTERN,
         max_length=2048,
     )

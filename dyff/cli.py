@@ -552,16 +552,21 @@ def bootstrap(
 def fsck(
     fix: bool = typer.Option(False, "--fix", help="Remove what belongs to nothing."),
 ) -> None:
-    """List records, blobs and upload tickets that belong to nothing (entities of deleted
-    accounts, tickets and uploads of deleted entities, caches of models and datasets
-    gone); --fix removes them (entities are marked deleting, for the controller)."""
+    """List records, blobs, upload tickets, work folders and Jobs that belong to nothing
+    (entities of deleted accounts, tickets and uploads of deleted entities, caches of
+    models and datasets gone, work of entities gone); --fix removes them (entities are
+    marked deleting, for the controller)."""
+    from importlib.metadata import entry_points
+
     from dyff import fsck as check
     from dyff.stores import open_blobs, open_records
 
     settings = load_settings()
     records, blobs = open_records(settings.records), open_blobs(settings.blobs)
+    # Work folders and Jobs: the apps that make them say where (controller/workplaces.py).
+    places = [p for e in entry_points(group="dyff.workplaces") if (p := e.load()(settings))]
     try:
-        orphans = check.find_orphans(records, blobs)
+        orphans = check.find_orphans(records, blobs, places)
         if state.json:
             typer.echo(json.dumps([o.__dict__ for o in orphans], indent=2))
         else:
@@ -570,7 +575,7 @@ def fsck(
                 table.add_row(o.store, o.kind, o.account, o.name, o.reason)
             print_table(table)
         if fix:
-            err.print(f"removed {check.fix(records, blobs, orphans)} of {len(orphans)}")
+            err.print(f"removed {check.fix(records, blobs, orphans, places)} of {len(orphans)}")
     finally:
         records.close()
         blobs.close()

@@ -5,6 +5,7 @@ Run against the stores directly, like `dyff admin bootstrap`. What counts as an 
 - records: models, datasets and evaluations, API keys and idempotency records of an
   account whose record is gone; upload tickets whose entity is gone (or is another
   entity made again under its name); Idempotency-Keys older than their 24 h;
+- work: work folders (one machine) and Jobs (a cluster) of entities that are gone;
 - blobs: anything under an account that is gone; uploads of an entity that is gone or
   declared other bytes; an evaluation's results without its record (name and uid);
   bentos, shards and cached predictions that no model (digest), dataset (shard) or
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from dyff import layout, uploads
 from dyff.errors import NotFound
@@ -46,16 +49,29 @@ from dyff.stores.records import RecordStore
 WORKING = {ModelPhase.PACKAGING, DatasetPhase.INGESTING, EvaluationPhase.RUNNING}
 
 
+class Workplace(Protocol):
+    """Where work runs outside the stores (controller/workplaces.py): its keys are
+    (kind, account, name); `stop` ends that work and removes what it left."""
+
+    what: str
+
+    def work_keys(self) -> list[tuple[str, str, str]]: ...
+
+    def stop(self, key: tuple[str, str, str]) -> None: ...
+
+
 @dataclass(frozen=True)
 class Orphan:
-    store: str  # "records" or "blobs"
+    store: str  # "records", "blobs" or "work"
     kind: str  # a record kind, or "blob"
     account: str
     name: str  # the record's name or the blob's key
     reason: str
 
 
-def find_orphans(records: RecordStore, blobs: BlobStore) -> list[Orphan]:
+def find_orphans(
+    records: RecordStore, blobs: BlobStore, workplaces: Sequence[Workplace] = ()
+) -> list[Orphan]:
     accounts = {a.name for a in records.scan(Account)}
     entities: dict[type[Entity], list[Entity]] = {k: list(records.scan(k)) for k in RESOURCE_TYPES}
     out: list[Orphan] = []
@@ -72,10 +88,15 @@ def find_orphans(records: RecordStore, blobs: BlobStore) -> list[Orphan]:
     for record in records.scan(IdempotencyRecord):
         created = record.metadata.creation_timestamp
         if record.account in accounts and created is not None and created < expired_before:
-            why = f"Idempotency-Key older than {IDEMPOTENCY_TTL}"
-            out.append(Orphan("records", "Idempotency", record.account, record.name, why))
+            old = f"Idempotency-Key older than {IDEMPOTENCY_TTL}"
+            out.append(Orphan("records", "Idempotency", record.account, record.name, old))
 
     by_key = {(type(e).kind_name, e.account, e.name): e for es in entities.values() for e in es}
+    for place in workplaces:
+        for kind_name, account, name in place.work_keys():
+            if (kind_name, account, name) not in by_key:
+                gone = f"work of {kind_name} {name!r}, gone"
+                out.append(Orphan("work", place.what, account, f"{kind_name}/{name}", gone))
     for ticket in records.scan(UploadTicket):
         owner = by_key.get((ticket.spec.target_kind, ticket.account, ticket.spec.target_name))
         assert owner is None or isinstance(owner, Model | Dataset)
@@ -145,11 +166,22 @@ def _blob_reason(
     return None
 
 
-def fix(records: RecordStore, blobs: BlobStore, orphans: list[Orphan]) -> int:
+def fix(
+    records: RecordStore,
+    blobs: BlobStore,
+    orphans: list[Orphan],
+    workplaces: Sequence[Workplace] = (),
+) -> int:
     """Remove the orphans (entities: mark them deleting); returns how many were handled."""
+    places = {p.what: p for p in workplaces}
     done = 0
     for o in orphans:
         with contextlib.suppress(NotFound):
+            if o.store == "work":
+                kind_name, name = o.name.split("/", 1)
+                places[o.kind].stop((kind_name, o.account, name))
+                done += 1
+                continue
             if o.store == "blobs":
                 done += blobs.delete(o.name)
                 continue

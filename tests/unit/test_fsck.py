@@ -89,6 +89,12 @@ def test_the_cli_lists_and_fixes(
 
     records, blobs = SqliteRecordStore(tmp_path / "records.db"), FileBlobStore(tmp_path / "blobs")
     expected = seed(records, blobs)
+    # Work folders as `dyff up` leaves them: one of a live model, two of entities gone.
+    work = tmp_path / "work"
+    for folder in ("model/acme/m1", "model/acme/gone", "evaluation/ghost/e1"):
+        (work / folder / "scratch").mkdir(parents=True)
+        (work / folder / "log.txt").write_text("...")
+    expected |= {"Model/gone", "Evaluation/e1"}
     monkeypatch.setenv("DYFF_DATA_DIR", str(tmp_path))
 
     def dyff(*args: str) -> list[dict[str, str]]:
@@ -99,9 +105,12 @@ def test_the_cli_lists_and_fixes(
         found: list[dict[str, str]] = json.loads(capsys.readouterr().out)
         return found
 
-    assert {o["name"] for o in dyff()} == expected
+    found = dyff()
+    assert {o["name"] for o in found} == expected
+    assert {o["kind"] for o in found if o["store"] == "work"} == {"work folder"}
     assert {o["name"] for o in dyff("--fix")} == expected
     assert dyff() == []
+    assert [p.relative_to(work).as_posix() for p in work.glob("*/*/*")] == ["model/acme/m1"]
 
 
 def test_fsck_lists_idempotency_keys_past_their_day(

@@ -7,6 +7,10 @@ global `obj`), and `config/argocd/argocd-cm-patch.yaml`, which embeds the script
 the checked-in files drift from what this writes, and runs every script on its
 `testdata/` objects.
 
+The scripts use Lua's base library only: Argo CD runs them without `string`, `math` and
+the other standard libraries unless `resource.customizations.useOpenLibs.<group>_<Kind>`
+is set, and this needs no such setting (tests/config/argocd_health.py runs them so).
+
 Health, the same rule for every kind: Progressing while the controller has not observed
 the current generation; Degraded in the kind's failure phase; Healthy when the Ready
 condition is True; Progressing otherwise ("Phase: detail"; a kind whose status has
@@ -82,9 +86,9 @@ _PROGRESS_SHARDS = Template(
 local function progress(phase, status, ready)
   local p = status.progress
   if phase == "$working" and p ~= nil and (p.shardsTotal or 0) > 0 then
-    local msg = string.format("$working: %d/%d shards", p.shardsDone or 0, p.shardsTotal)
+    local msg = "$working: " .. (p.shardsDone or 0) .. "/" .. p.shardsTotal .. " shards"
     if (p.shardsReused or 0) > 0 then
-      msg = msg .. string.format(" (%d reused)", p.shardsReused)
+      msg = msg .. " (" .. p.shardsReused .. " reused)"
     end
     return msg
   end
@@ -111,7 +115,7 @@ if observed < generation
   or (ready ~= nil and ready.observedGeneration ~= nil and ready.observedGeneration < generation)
 then
   hs.status = "Progressing"
-  hs.message = string.format("Waiting for the controller to observe generation %d", generation)
+  hs.message = "Waiting for the controller to observe generation " .. generation
   return hs
 end
 

@@ -27,6 +27,8 @@ CATEGORY = "dyff"
 _DROP = {"title"}
 _FIRST = {"type": 0, "description": 1, "required": 2, "properties": 3}
 
+ARGOCD_SYNC_OPTIONS = "argocd.argoproj.io/sync-options"
+
 
 def _rules_by_title() -> dict[str, list[dict[str, str]]]:
     """CEL rules of every schema class, keyed by the class name pydantic uses as title."""
@@ -155,6 +157,10 @@ def crd(entity: type[Entity]) -> dict[str, Any]:
         "metadata": {
             "name": f"{entity.plural}.{GROUP}",
             "labels": {"app.kubernetes.io/part-of": "dyff"},
+            # Deleting a CRD deletes every object of its kind, and with them (while the
+            # controller runs) every account's stored data: Argo CD must never prune or
+            # delete one, whatever happens to the Application or to crds/ in Git.
+            "annotations": {ARGOCD_SYNC_OPTIONS: "Prune=false,Delete=false"},
         },
         "spec": {
             "group": GROUP,

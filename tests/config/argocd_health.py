@@ -7,7 +7,11 @@ lifecycles by `dyff.argocdgen` (`make argocd`).
 
 Argo CD runs a health script with gopher-lua (Lua 5.1) and the live object as the
 global `obj`, a table built from its JSON; the script returns {status, message}.
-Here the same script runs in Lua 5.1 through lupa.
+Unless `resource.customizations.useOpenLibs.<group>_<Kind>` is "true", Argo CD opens
+only the base, package and table libraries and a reduced `os` (argo-cd util/lua/lua.go,
+`SkipOpenLibs`): no `string`, `math`, `io`, `coroutine` or `debug`, and so no string
+methods either (`("x"):upper()` needs the string library as the strings' metatable).
+Here the same script runs in Lua 5.1 through lupa, with those libraries taken away.
 """
 
 from __future__ import annotations
@@ -34,6 +38,15 @@ def cm_key(kind: str) -> str:
     return argocdgen.cm_key(kind)
 
 
+# What Argo CD does not open for a health script (the `os` it opens has none of the
+# real one's process and file functions, so none is left here).
+CLOSED = ("string", "math", "io", "coroutine", "debug", "os")
+CLOSE_LIBRARIES = (
+    'debug.setmetatable("", nil)\n'  # string methods come from the string library
+    + "".join(f"{name} = nil\n" for name in CLOSED)
+)
+
+
 def _to_lua(lua: Any, value: Any) -> Any:
     """A Lua value from JSON-like data: tables for objects and (1-based) arrays."""
     if isinstance(value, dict):
@@ -48,6 +61,7 @@ def health(script: str, obj: dict[str, Any]) -> dict[str, str]:
     from lupa import lua51
 
     lua = lua51.LuaRuntime(unpack_returned_tuples=False, register_eval=False)
+    lua.execute(CLOSE_LIBRARIES)
     lua.globals().obj = _to_lua(lua, obj)
     result = lua.execute(script)
     if result is None or lupa_type(result) != "table":

@@ -120,6 +120,40 @@ def test_the_runner_rejects_a_script_that_returns_no_health() -> None:
         ah.health("return obj.status.phase", {})
 
 
+@pytest.mark.parametrize(
+    "touch",
+    [
+        'string.format("%d", 1)',
+        '("x"):upper()',
+        "math.floor(1.5)",
+        'io.write("x")',
+        'os.getenv("HOME")',
+        "coroutine.create(print)",
+    ],
+)
+def test_the_runner_fails_a_script_that_touches_a_library_argocd_does_not_open(
+    touch: str,
+) -> None:
+    with pytest.raises(Exception, match=r"a nil value|attempt to index a string"):
+        ah.health(f'local x = {touch}\nreturn {{status = "Healthy"}}', {})
+
+
+def test_the_runner_leaves_the_base_library() -> None:
+    script = 'return {status = "Healthy", message = tostring(#obj.items) .. " " .. type(obj)}'
+    assert ah.health(script, {"items": [1, 2]}) == {"status": "Healthy", "message": "2 table"}
+
+
+def test_crds_are_never_pruned_or_deleted_by_argocd() -> None:
+    """Deleting a CRD deletes every object of its kind: Argo CD may create and update
+    the CRDs, never prune or delete them (the Application's finalizer and `prune: true`
+    included)."""
+    for kind in RESOURCE_TYPES:
+        path = ah.ROOT / "crds" / f"dyff.io_{kind.plural}.yaml"
+        crd = yaml.safe_load(path.read_text())
+        options = crd["metadata"]["annotations"]["argocd.argoproj.io/sync-options"]
+        assert set(options.split(",")) >= {"Prune=false", "Delete=false"}, path
+
+
 @pytest.mark.parametrize("rel", sorted(argocdgen.files()), ids=str)
 def test_generated_files_match_what_make_argocd_writes(rel: Path) -> None:
     path = ah.ARGOCD / rel

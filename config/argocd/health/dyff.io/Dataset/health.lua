@@ -53,7 +53,7 @@ if observed < generation
   or (ready ~= nil and ready.observedGeneration ~= nil and ready.observedGeneration < generation)
 then
   hs.status = "Progressing"
-  hs.message = string.format("Waiting for the controller to observe generation %d", generation)
+  hs.message = "Waiting for the controller to observe generation " .. generation
   return hs
 end
 

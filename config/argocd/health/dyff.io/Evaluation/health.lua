@@ -28,9 +28,9 @@ end
 local function progress(phase, status, ready)
   local p = status.progress
   if phase == "Running" and p ~= nil and (p.shardsTotal or 0) > 0 then
-    local msg = string.format("Running: %d/%d shards", p.shardsDone or 0, p.shardsTotal)
+    local msg = "Running: " .. (p.shardsDone or 0) .. "/" .. p.shardsTotal .. " shards"
     if (p.shardsReused or 0) > 0 then
-      msg = msg .. string.format(" (%d reused)", p.shardsReused)
+      msg = msg .. " (" .. p.shardsReused .. " reused)"
     end
     return msg
   end
@@ -61,7 +61,7 @@ if observed < generation
   or (ready ~= nil and ready.observedGeneration ~= nil and ready.observedGeneration < generation)
 then
   hs.status = "Progressing"
-  hs.message = string.format("Waiting for the controller to observe generation %d", generation)
+  hs.message = "Waiting for the controller to observe generation " .. generation
   return hs
 end
 

@@ -9,6 +9,8 @@ translated to the CR's generation.
 
 CRs -> records (`adopt`, called by the kopf adapter): a CR with no record gets one; a
 spec the user changed in the CR goes into the record, whose store bumps its generation.
+A CR that dyff did not make (kubectl, Argo CD: `dyff.access.cr_owner`) makes its record
+`dyff.io/managed-by: gitops`, which the HTTP API may read but not change or delete.
 
 Who owns the spec is written down on both sides, so the two directions never undo each
 other: a record whose spec came from its CR carries the annotation
@@ -43,6 +45,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from controller.kube import ApiError, KubeApi, custom_object_path
+from dyff.access import GIT_SOURCE, GITOPS, MANAGED_BY, cr_owner
 from dyff.lifecycle import lifecycle
 from dyff.schema import API_VERSION, RESOURCE_TYPES, Entity
 from dyff.stores.records import ChangeFeed, RecordStore
@@ -167,8 +170,12 @@ def entity_from_cr(kind: type[Entity], body: Mapping[str, Any]) -> Entity:
     """The record a CR stands for (raises pydantic's ValidationError when invalid)."""
     doc = plain(body)
     meta = doc.get("metadata", {})
-    annotations = public_annotations(meta.get("annotations") or {})
+    cr_annotations = meta.get("annotations") or {}
+    annotations = public_annotations(cr_annotations)
     annotations[CR_GENERATION] = str(meta.get("generation") or 1)
+    owner = cr_owner(cr_annotations, meta.get("labels") or {}, RECORD_REF in cr_annotations)
+    if owner is not None:
+        annotations[MANAGED_BY], annotations[GIT_SOURCE] = GITOPS, owner
     record = {
         "apiVersion": API_VERSION,
         "kind": kind.kind_name,
@@ -204,15 +211,23 @@ def adopt(records: RecordStore, kind: type[Entity], body: Mapping[str, Any]) -> 
         return "deleting"
     same_spec = record.spec.wire() == wanted.spec.wire()
     same_labels = record.metadata.labels == wanted.metadata.labels
-    if same_spec and same_labels:
+    owner = {k: wanted.metadata.annotations.get(k) for k in (MANAGED_BY, GIT_SOURCE)}
+    same_owner = owner == {k: record.metadata.annotations.get(k) for k in owner}
+    if same_spec and same_labels and same_owner:
         return "unchanged"
-    if spec_push_pending(record, cr_ref):
+    if spec_push_pending(record, cr_ref) and same_owner:
         return "pending"
 
     def take(r: Entity) -> None:
-        r.spec = wanted.spec
-        r.metadata.labels = dict(wanted.metadata.labels)
-        r.metadata.annotations[CR_GENERATION] = wanted.metadata.annotations[CR_GENERATION]
+        if not spec_push_pending(r, cr_ref):
+            r.spec = wanted.spec
+            r.metadata.labels = dict(wanted.metadata.labels)
+            r.metadata.annotations[CR_GENERATION] = wanted.metadata.annotations[CR_GENERATION]
+        for key, value in owner.items():  # Git takes over (or lets go of) the entity
+            if value is None:
+                r.metadata.annotations.pop(key, None)
+            else:
+                r.metadata.annotations[key] = value
 
     records.mutate(kind, account, name, take)
     return "updated"

@@ -10,6 +10,7 @@ from pydantic import Field
 from api_shim.auth import ScopeDep
 from api_shim.params import AccountQuery, NameStr
 from api_shim.problems import responses
+from dyff.access import check_api_may_change
 from dyff.errors import Conflict, Invalid, NotFound
 from dyff.schema import Entity, Evaluation, Model, Schema
 from dyff.stores.records import MAX_PAGE, RecordStore
@@ -95,6 +96,7 @@ def add_entity_routes(router: APIRouter, kind: type[E]) -> None:
         entity = records.find(kind, account, name)  # only the caller's own, never a public one
         if entity is None:
             raise NotFound(f"{kind.kind_name} {name!r} not found")
+        check_api_may_change(entity)
         dependents = _dependents(records, entity) if kind is not Evaluation else []
         if dependents and not cascade:
             raise Conflict(
@@ -116,3 +118,13 @@ def _dependents(records: RecordStore, entity: Entity) -> list[Evaluation]:
         and getattr(e.spec, field).account in (None, entity.account)
         and e.metadata.deletion_timestamp is None
     ]
+
+
+def check_restart_allowed(
+    records: RecordStore, kind: type[Entity], account: str, name: str
+) -> None:
+    """A create that would restart a failed entity managed from Git answers 409: its spec
+    is Git's, and Argo CD would revert a spec applied here."""
+    existing = records.find(kind, account, name)
+    if existing is not None and existing.phase in kind.restartable_phases:
+        check_api_may_change(existing)

@@ -15,7 +15,7 @@ from api_shim.auth import AccountScope, ScopeDep
 from api_shim.idempotency import idempotent
 from api_shim.params import NameStr
 from api_shim.problems import responses
-from api_shim.routes.entities import add_entity_routes
+from api_shim.routes.entities import add_entity_routes, check_restart_allowed
 from dyff.access import usable
 from dyff.errors import AlreadyExists, Conflict, Invalid
 from dyff.labels import LABEL_MISMATCH, match_labels
@@ -123,6 +123,7 @@ def order_evaluation(
     )
 
     def create() -> tuple[dict[str, Any], int]:
+        check_restart_allowed(records, Evaluation, account, name)
         check_usable(scope, spec)
         try:
             stored, outcome = records.create(entity)

@@ -13,7 +13,7 @@ from api_shim.auth import CallerDep
 from api_shim.idempotency import idempotent
 from api_shim.params import NameStr
 from api_shim.problems import responses
-from api_shim.routes.entities import add_entity_routes
+from api_shim.routes.entities import add_entity_routes, check_restart_allowed
 from api_shim.state import AppState, StateDep
 from dyff import uploads
 from dyff.accounts import Caller
@@ -75,6 +75,7 @@ def register(
     )
 
     def create() -> tuple[dict[str, Any], int]:
+        check_restart_allowed(records, kind, who.account, body.name)
         stored = records.create(entity)[0]
         ticket = None
         if stored.spec.source.upload is not None and not uploads.upload_present(blobs, stored):

@@ -10,7 +10,16 @@ import pytest
 
 from controller.kopf_adapter import Controller
 from controller.kube import ApiError, KubeApi
-from controller.sync import CR_GENERATION, RECORD_REF, KeyLocks, RecordSync, adopt, cr_status
+from controller.sync import (
+    CR_GENERATION,
+    RECORD_REF,
+    KeyLocks,
+    RecordSync,
+    adopt,
+    cr_manifest,
+    cr_status,
+)
+from dyff.access import GIT_SOURCE, GITOPS, MANAGED_BY
 from dyff.schema import Evaluation, Model, utcnow
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -231,3 +240,54 @@ def test_a_cr_with_an_invalid_spec_gets_no_record(records: RecordStore) -> None:
     with pytest.raises(ValidationError):
         adopt(records, Model, body)
     assert records.find(Model, "acme", "m1") is None
+
+
+def _cr(name: str, annotations: dict[str, str], labels: dict[str, str] | None = None) -> Any:
+    return {
+        "apiVersion": "dyff.io/v1alpha1",
+        "kind": "Model",
+        "metadata": {
+            "name": name,
+            "namespace": "acme",
+            "generation": 1,
+            "annotations": annotations,
+            "labels": labels or {},
+        },
+        "spec": {
+            "source": {"form": "transformers", "uri": {"uri": "gs://b/m", "sha256": "0" * 64}}
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("annotations", "labels", "owner"),
+    [
+        ({}, {}, "its custom resource in the cluster (kubectl or GitOps)"),
+        (
+            {"argocd.argoproj.io/tracking-id": "team-a:dyff.io/Model:acme/m1"},
+            {},
+            "Argo CD application team-a",
+        ),
+        ({}, {"app.kubernetes.io/instance": "team-b"}, "Argo CD application team-b"),
+        ({RECORD_REF: "uid/1"}, {}, None),  # a CR dyff made from a record
+    ],
+)
+def test_a_cr_dyff_did_not_make_gives_a_record_owned_by_git(
+    records: RecordStore, annotations: dict[str, str], labels: dict[str, str], owner: str | None
+) -> None:
+    assert adopt(records, Model, _cr("m1", annotations, labels)) == "created"
+    meta = records.get(Model, "acme", "m1").metadata
+    assert meta.annotations.get(GIT_SOURCE) == owner
+    assert meta.annotations.get(MANAGED_BY) == (GITOPS if owner else None)
+
+
+def test_git_takes_over_a_record_made_through_the_api(records: RecordStore) -> None:
+    """A shim-made entity whose CR Argo CD starts tracking (moved into Git) becomes
+    Git's, spec unchanged; the CR carries no dyff-private annotation back."""
+    assert adopt(records, Model, _cr("m1", {RECORD_REF: "uid/1"})) == "created"
+    tracked = {RECORD_REF: "uid/1", "argocd.argoproj.io/tracking-id": "app:dyff.io/Model:acme/m1"}
+    assert adopt(records, Model, _cr("m1", tracked)) == "updated"
+    record = records.get(Model, "acme", "m1")
+    assert record.metadata.annotations[GIT_SOURCE] == "Argo CD application app"
+    assert MANAGED_BY not in cr_manifest(record)["metadata"]["annotations"]
+    assert adopt(records, Model, _cr("m1", tracked)) == "unchanged"

@@ -590,3 +590,39 @@ def test_deleting_an_empty_account_removes_it_at_once(shim: Shim) -> None:
     assert shim.records.list_all(ApiKey, account) == []
     with shim.client(token) as c:
         assert_problem(c.get("/v1/models"), 401)
+
+
+def test_entities_owned_by_git_are_read_only_through_the_api(shim: Shim) -> None:
+    """A Model applied as a CR by Argo CD, and a failed Evaluation applied by kubectl: the
+    API reads them, but delete and restart answer 409 naming who owns them."""
+    from controller.sync import adopt
+    from dyff.lifecycle import EvaluationPhase
+
+    account, token = shim.new_account()
+    source = {"form": "transformers", "uri": {"uri": "gs://b/m", "sha256": "0" * 64}}
+    meta = {"namespace": account, "generation": 1}
+    tracking = {"argocd.argoproj.io/tracking-id": "team-a:dyff.io/Model:x/m1"}
+    model = {
+        "metadata": {"name": "m1", "annotations": tracking, **meta},
+        "spec": {"source": source},
+    }
+    adopt(shim.records, Model, {"apiVersion": "dyff.io/v1alpha1", "kind": "Model", **model})
+    spec = {"model": {"name": "m1"}, "dataset": {"name": "d1"}}
+    evaluation = {"metadata": {"name": "e1", **meta}, "spec": spec}
+    adopt(
+        shim.records,
+        Evaluation,
+        {"apiVersion": "dyff.io/v1alpha1", "kind": "Evaluation", **evaluation},
+    )
+    shim.records.mutate(
+        Evaluation, account, "e1", lambda e: setattr(e.status, "phase", EvaluationPhase.FAILED)
+    )
+    with shim.client(token) as c:
+        assert c.get("/v1/models/m1").status_code == 200
+        refused = c.delete("/v1/models/m1")
+        assert refused.status_code == 409 and "Argo CD application team-a" in refused.text
+        refused = c.post("/v1/evaluations", json={"name": "e1", "spec": spec})
+        assert refused.status_code == 409 and "kubectl or GitOps" in refused.text
+        assert c.delete("/v1/evaluations/e1").status_code == 409
+    assert shim.records.get(Model, account, "m1").metadata.deletion_timestamp is None
+    assert shim.records.get(Evaluation, account, "e1").phase == EvaluationPhase.FAILED

@@ -20,13 +20,16 @@ condition is True; Progressing otherwise ("Phase: detail"; a kind whose status h
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from string import Template
 from typing import Any
 
+import yaml
+
 from dyff.lifecycle import LIFECYCLES, Lifecycle
-from dyff.schema import GROUP, entity_type
+from dyff.schema import GROUP, NAME_PATTERN, entity_type
 
 # What a status without a phase is called (as `dyff` commands show it).
 NO_PHASE = "Pending"
@@ -177,6 +180,68 @@ def cm_key(kind: str) -> str:
 
 
 CM_PATCH = Path("argocd-cm-patch.yaml")
+GITOPS_EXAMPLE = Path("application-gitops.yaml")
+IN_CLUSTER = "https://kubernetes.default.svc"
+
+
+def account_gitops(account: str, repo_url: str, revision: str = "main") -> str:
+    """An account's AppProject and Application (`dyff admin gitops ACCOUNT`): the folder
+    gitops/ACCOUNT of `repo_url` syncs into the namespace ACCOUNT, and the project lets
+    it create nothing but dyff's kinds, only in that namespace — one account's folder
+    cannot write into another's namespace, nor anything cluster-wide."""
+    if not re.fullmatch(NAME_PATTERN, account) or len(account) > 63:
+        raise ValueError(f"account {account!r} is not a namespace name")
+    project = f"dyff-account-{account}"
+    docs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "AppProject",
+            "metadata": {"name": project, "namespace": "argocd"},
+            "spec": {
+                "description": f"dyff account {account}: its Models, Datasets and Evaluations",
+                "sourceRepos": [repo_url],
+                "destinations": [{"server": IN_CLUSTER, "namespace": account}],
+                # Nothing cluster-scoped (not even its namespace: dyff makes it).
+                "clusterResourceWhitelist": [],
+                "namespaceResourceWhitelist": [{"group": GROUP, "kind": kind} for kind in kinds()],
+            },
+        },
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Application",
+            "metadata": {"name": project, "namespace": "argocd"},
+            "spec": {
+                "project": project,
+                "source": {
+                    "repoURL": repo_url,
+                    "targetRevision": revision,
+                    "path": f"gitops/{account}",
+                    "directory": {"recurse": True, "include": "*.yaml"},
+                },
+                "destination": {"server": IN_CLUSTER, "namespace": account},
+                "syncPolicy": {
+                    # Removing a file deletes the entity, and with it every stored byte.
+                    "automated": {"prune": True, "selfHeal": True},
+                    "syncOptions": [
+                        "ServerSideApply=true",
+                        # On a fresh cluster the CRDs arrive with the `dyff` Application.
+                        "SkipDryRunOnMissingResource=true",
+                    ],
+                    "retry": {
+                        "limit": 10,
+                        "backoff": {"duration": "10s", "factor": 2, "maxDuration": "5m"},
+                    },
+                },
+            },
+        },
+    ]
+    header = (
+        f"# dyff account {account} from Git: gitops/{account}/*.yaml into namespace {account}.\n"
+        "# Written by `dyff admin gitops ACCOUNT --repo URL` (dyff/argocdgen.py). Sync waves\n"
+        "# (argocd.argoproj.io/sync-wave) apply Models and Datasets (0) before Evaluations (1);\n"
+        "# Argo CD waits for wave 0 to be Healthy, as the health checks of health/ say.\n"
+    )
+    return header + yaml.safe_dump_all(docs, sort_keys=False)
 
 
 def cm_patch() -> str:
@@ -206,6 +271,7 @@ def files() -> dict[Path, str]:
     """Every generated file, by its path under config/argocd."""
     out = {script_path(kind): health_script(kind) for kind in kinds()}
     out[CM_PATCH] = cm_patch()
+    out[GITOPS_EXAMPLE] = account_gitops("demo", "https://github.com/dyff/dyff.git")
     return out
 
 

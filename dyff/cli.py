@@ -239,14 +239,40 @@ def wait_until_ready(c: Client, plural: str, name: str, timeout: float) -> dict[
 @models.command("create")
 def models_create(
     name: str,
-    upload: Path = typer.Option(..., "--upload", help="Model folder or archive."),
-    form: str = typer.Option("transformers", help="transformers or bento."),
+    upload: Path | None = typer.Option(
+        None, "--upload", help="Model folder or archive (a transformers folder, or a Bento)."
+    ),
+    image: str | None = typer.Option(
+        None,
+        "--image",
+        help="A container image running a BentoML service that speaks "
+        "image-classification/v1, pinned by digest: REPO@sha256:<64 hex>.",
+    ),
+    port: int = typer.Option(3000, help="With --image: the port its service listens on."),
+    form: str = typer.Option("transformers", help="With --upload: transformers or bento."),
     label: list[str] = typer.Option(None, "--label", help="key=value; repeatable."),
     public: bool = typer.Option(False, help="Let every account use it."),
     wait: bool = typer.Option(False, help="Wait until it is Ready; fail if it fails."),
     timeout: float = typer.Option(3600, help="Seconds to wait at most."),
 ) -> None:
-    """Register a model and upload it."""
+    """Register a model: upload a folder or archive (--upload), or name an image (--image)."""
+    if (upload is None) == (image is None):
+        raise typer.BadParameter("give exactly one of --upload and --image")
+    if image is not None:
+        if "@sha256:" not in image:
+            raise typer.BadParameter(
+                f"image {image!r} must be pinned by digest (REPO@sha256:<64 hex>)",
+                param_hint="--image",
+            )
+        with client() as c:
+            entity = c.register_image(
+                name, image, port=port, labels=_labels(label), extra_spec={"public": public}
+            )
+            if wait:
+                entity = wait_until_ready(c, "models", name, timeout)
+        show("models", entity)
+        return
+    assert upload is not None
     _register("models", name, form, upload, _labels(label), {"public": public}, wait, timeout)
 
 
@@ -579,6 +605,22 @@ def fsck(
     finally:
         records.close()
         blobs.close()
+
+
+@admin.command("gitops")
+def gitops(
+    account: str = typer.Argument(..., help="The account (its namespace)."),
+    repo: str = typer.Option(..., "--repo", help="The Git repository with gitops/ACCOUNT/."),
+    revision: str = typer.Option("main", "--revision", help="Branch, tag or commit."),
+) -> None:
+    """Print the Argo CD AppProject and Application that sync gitops/ACCOUNT of --repo
+    into the account's namespace, and may touch nothing else; `kubectl apply -f -` them."""
+    from dyff.argocdgen import account_gitops
+
+    try:
+        typer.echo(account_gitops(account, repo, revision), nl=False)
+    except ValueError as exc:
+        raise DyffError(str(exc)) from None
 
 
 def _plugin_commands() -> None:

@@ -226,7 +226,8 @@ def test_health_scripts_exist_for_exactly_the_dyff_kinds() -> None:
 
 
 def application(name: str) -> dict[str, Any]:
-    app: dict[str, Any] = yaml.safe_load((ah.ARGOCD / name).read_text())
+    docs = yaml.safe_load_all((ah.ARGOCD / name).read_text())
+    app: dict[str, Any] = next(d for d in docs if d["kind"] == "Application")
     return app
 
 
@@ -234,16 +235,13 @@ def application(name: str) -> dict[str, Any]:
 def test_application_shape(name: str) -> None:
     app = application(name)
     assert app["apiVersion"] == "argoproj.io/v1alpha1"
-    assert app["kind"] == "Application"
     assert app["metadata"]["namespace"] == "argocd"
     spec = app["spec"]
     assert set(spec) >= {"project", "source", "destination", "syncPolicy"}
     assert {"repoURL", "path", "targetRevision"} <= set(spec["source"])
     assert spec["destination"]["server"] == "https://kubernetes.default.svc"
     assert spec["destination"]["namespace"]
-    options = spec["syncPolicy"]["syncOptions"]
-    assert "ServerSideApply=true" in options
-    assert "CreateNamespace=true" in options
+    assert "ServerSideApply=true" in spec["syncPolicy"]["syncOptions"]
 
 
 def test_control_plane_application_points_at_the_gke_overlay() -> None:
@@ -252,14 +250,43 @@ def test_control_plane_application_points_at_the_gke_overlay() -> None:
     assert path == "config/overlays/gke"
     assert (ROOT / path / "kustomization.yaml").exists()
     assert app["spec"]["destination"]["namespace"] == "dyff-system"
+    assert "CreateNamespace=true" in app["spec"]["syncPolicy"]["syncOptions"]
 
 
-def test_gitops_application_syncs_an_account_folder() -> None:
-    app = application("application-gitops.yaml")
-    spec = app["spec"]
-    assert spec["source"]["path"] == f"gitops/{spec['destination']['namespace']}"
-    assert spec["source"]["directory"]["recurse"] is True
-    assert "SkipDryRunOnMissingResource=true" in spec["syncPolicy"]["syncOptions"]
+@pytest.mark.parametrize("account", ["demo", "acme", "team-7"])
+def test_an_accounts_gitops_folder_reaches_only_its_own_namespace(account: str) -> None:
+    """`dyff admin gitops ACCOUNT`: the Application syncs gitops/ACCOUNT in the account's
+    own AppProject, which allows dyff's kinds in the namespace ACCOUNT and nothing else —
+    no other namespace, no cluster-scoped object, no other repository."""
+    repo = "https://git.example/org/evals.git"
+    docs = list(yaml.safe_load_all(argocdgen.account_gitops(account, repo)))
+    project = next(d for d in docs if d["kind"] == "AppProject")
+    app = next(d for d in docs if d["kind"] == "Application")
+    assert len(docs) == 2
+    spec = project["spec"]
+    assert spec["destinations"] == [
+        {"server": "https://kubernetes.default.svc", "namespace": account}
+    ]
+    assert spec["sourceRepos"] == [repo]
+    assert spec["clusterResourceWhitelist"] == []
+    assert {(r["group"], r["kind"]) for r in spec["namespaceResourceWhitelist"]} == {
+        ("dyff.io", k.kind_name) for k in RESOURCE_TYPES
+    }
+    assert "*" not in yaml.safe_dump(spec).replace("'*.yaml'", "")
+    assert app["spec"]["project"] == project["metadata"]["name"] != "default"
+    assert app["spec"]["destination"] in spec["destinations"]
+    assert app["spec"]["source"]["path"] == f"gitops/{account}"
+    assert app["spec"]["source"]["repoURL"] == repo
+    assert app["spec"]["source"]["directory"]["recurse"] is True
+    options = app["spec"]["syncPolicy"]["syncOptions"]
+    assert "SkipDryRunOnMissingResource=true" in options
+    assert "CreateNamespace=true" not in options  # dyff makes the namespace; nobody else
+
+
+@pytest.mark.parametrize("account", ["Acme", "a/b", "x" * 64, "", "-a"])
+def test_gitops_refuses_an_account_that_is_no_namespace(account: str) -> None:
+    with pytest.raises(ValueError, match="namespace"):
+        argocdgen.account_gitops(account, "https://git.example/r.git")
 
 
 # ------------------------------------------------------------------ sync waves
@@ -274,3 +301,16 @@ def test_samples_carry_their_sync_wave(path: Path) -> None:
     obj = load(path)
     annotations = obj["metadata"].get("annotations", {})
     assert annotations.get("argocd.argoproj.io/sync-wave") == WAVES[obj["kind"]]
+
+
+def test_dyff_admin_gitops_prints_the_accounts_project_and_application() -> None:
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "dyff.cli", "admin", "gitops", "acme", "--repo", "https://g/r"]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == argocdgen.account_gitops("acme", "https://g/r")
+    bad = subprocess.run([*args[:5], "Acme!", *args[6:]], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a namespace name" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -201,6 +201,16 @@ class KubeApi:
                 return None
             raise
 
+    def select(self, path: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """The items of a collection whose labels are `labels` (the API server selects;
+        the check here keeps that a guarantee)."""
+        items = self.get(path, labelSelector=selector(labels)).get("items", [])
+        return [
+            item
+            for item in items
+            if all((item["metadata"].get("labels") or {}).get(k) == v for k, v in labels.items())
+        ]
+
     def close(self) -> None:
         self._api_client.close()
 
@@ -214,6 +224,36 @@ def job_path(namespace: str | None, name: str | None = None) -> str:
     """Jobs of a namespace (of all namespaces: None), or one of them."""
     path = f"/apis/batch/v1/namespaces/{namespace}/jobs" if namespace else "/apis/batch/v1/jobs"
     return f"{path}/{name}" if name else path
+
+
+# The built-in resources dyff creates in account namespaces, by plural: their API prefix.
+CORE_RESOURCES = {
+    "pods": "/api/v1",
+    "services": "/api/v1",
+    "serviceaccounts": "/api/v1",
+    "networkpolicies": "/apis/networking.k8s.io/v1",
+    "jobs": "/apis/batch/v1",
+}
+KIND_PLURALS = {
+    "Pod": "pods",
+    "Service": "services",
+    "ServiceAccount": "serviceaccounts",
+    "NetworkPolicy": "networkpolicies",
+    "Job": "jobs",
+}
+
+
+def resource_path(plural: str, namespace: str, name: str | None = None) -> str:
+    """A namespaced built-in resource's collection (`pods`, `services`, ...), or one
+    object of it."""
+    path = f"{CORE_RESOURCES[plural]}/namespaces/{namespace}/{plural}"
+    return f"{path}/{name}" if name else path
+
+
+def object_path(doc: Mapping[str, Any]) -> str:
+    """Where a manifest of a namespaced built-in kind lives."""
+    meta = doc["metadata"]
+    return resource_path(KIND_PLURALS[doc["kind"]], meta["namespace"], meta["name"])
 
 
 def selector(labels: Mapping[str, str]) -> str:

@@ -1,11 +1,19 @@
 """Workload Jobs as data: small pure builders, one per object or part of one.
 
 Ingestion runs one container of the runtime image. An evaluation runs one Pod per shard
-range: the model server as a native sidecar (an init container with `restartPolicy:
-Always`, so the Job completes when the client exits, and the client starts only once
-the server's startup probe passes) beside the evaluation client, which reaches it on
-loopback. `spec.run.parallelism > 1` makes it an Indexed Job whose Pods take the
-shards of their `JOB_COMPLETION_INDEX`.
+range (`spec.run.parallelism > 1` makes it an Indexed Job whose Pods take the shards of
+their `JOB_COMPLETION_INDEX`) with dyff's evaluation client, and a model server:
+
+- dyff's own packaging of a model (transformers form, user_code false): the server is a
+  native sidecar (an init container with `restartPolicy: Always`, so the Job completes
+  when the client exits, and the client starts only once the server's startup probe
+  passes) beside the client, which reaches it on loopback;
+- a user's own code (an image, or a Bento with its own service, built into an image by
+  `get_build_job`): the server runs isolated in a Pod of its own (`get_model_server_pod`)
+  with a ServiceAccount that has no cloud identity and no token, behind a Service, and a
+  NetworkPolicy that admits only its evaluation's client Pods and lets nothing out. The
+  client keeps the storage ServiceAccount and reaches the server through the Service.
+  docs/kubernetes-isolation.md says who holds which credentials.
 
 The Job carries everything the workload needs in its environment (the workload config
 as JSON), so no ConfigMap is created; `dyff.workloads.pod` is the containers' entry
@@ -38,6 +46,22 @@ LABEL_GENERATION = "dyff.io/generation"
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "dyff"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+# Which part of an isolated evaluation a Pod is: the NetworkPolicy and the Service
+# select by it.
+LABEL_ROLE = "dyff.io/role"
+ROLE_CLIENT = "evaluation-client"
+ROLE_SERVER = "model-server"
+ROLE_BUILDER = "image-builder"
+# Builds are named by the model digest they build (a label value holds 63 characters).
+LABEL_BUILD = "dyff.io/build"
+# On an isolated evaluation's Job: the pinned image its server runs, or, until that is
+# known, the builder Job (`namespace/name`) that makes it.
+ANNOTATION_MODEL_IMAGE = "dyff.io/model-image"
+ANNOTATION_IMAGE_BUILD = "dyff.io/image-build"
+# On a builder Job: where it pushes, and (once read from its Pod) the digest it pushed.
+ANNOTATION_IMAGE_NAME = "dyff.io/image-name"
+ANNOTATION_IMAGE_DIGEST = "dyff.io/image-digest"
+WORKLOAD_IDENTITY_ANNOTATION = "iam.gke.io/gcp-service-account"
 SHORT = {"Model": "model", "Dataset": "data", "Evaluation": "eval"}
 # Indexed Pods are named `<job>-<index>-<suffix>` and their hostname `<job>-<index>`,
 # which must stay a DNS label (63): leave room for the index.
@@ -45,11 +69,35 @@ MAX_JOB_NAME = 52
 
 # The runtime image (config/runtime/Dockerfile) runs as 10001 with HOME=/home/dyff,
 # workdir /work, BENTOML_HOME=/work/bentoml; the root filesystem is read-only, so /work
-# and /tmp are emptyDirs. Model servers of image-form models get the same sandbox.
+# and /tmp are emptyDirs. Users' model servers get the same sandbox, in Pods of their own.
 RUNTIME_UID = 10001
 POD_COMMAND = ["python", "-m", pod.MODULE]
 WORKLOAD_CONTAINER = {"evaluate": "evaluate", "ingest_model": "ingest", "ingest_dataset": "ingest"}
 MODEL_SERVER = "model-server"
+BUILDER = "build"
+FETCHER = "fetch-bento"
+# Where the builder Pod keeps the Bento: the archive, then the unpacked build context.
+BUILD_WORKSPACE = "/workspace"
+BUILD_CONTEXT = f"{BUILD_WORKSPACE}/bento"
+# What the builder's init container runs (dyff's runtime image, no credentials): fetch
+# the Bento from a short-lived signed URL and unpack it with dyff's checked extraction.
+FETCH_BENTO_SCRIPT = f"""\
+import os, pathlib, shutil, urllib.request
+from dyff.models import extract_archive
+archive = pathlib.Path("{BUILD_WORKSPACE}/model.bento")
+with urllib.request.urlopen(os.environ["DYFF_BENTO_URL"], timeout=60) as r, archive.open("wb") as f:
+    shutil.copyfileobj(r, f)
+extract_archive(archive, pathlib.Path("{BUILD_CONTEXT}"))
+archive.unlink()
+"""
+BENTO_URL_ENV = "DYFF_BENTO_URL"
+# kaniko must be root in its container to assemble the image's filesystem; these are the
+# capabilities it needs for that (chown, set ids), nothing more.
+BUILDER_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"]
+DEFAULT_BUILDER_RESOURCES = {
+    "requests": {"cpu": "1", "memory": "2Gi"},
+    "limits": {"memory": "8Gi"},
+}
 # Exit code 2: the workload reported a user error in the record (run_main); retrying
 # cannot help, so the Job fails at once and the reconciler reads the record.
 REPORTED_EXIT_CODE = 2
@@ -83,6 +131,17 @@ class JobSettings:
     evaluate_deadline_s: int = 24 * 3600
     ttl_after_finished_s: int = 3600
     model_port: int = 3000
+    # Users' model servers: a ServiceAccount with no cloud identity (never bind it).
+    model_server_service_account: str = "dyff-model-server"
+    # A model server not ready this long after its Pod started fails the evaluation.
+    model_start_timeout_s: float = 600.0
+    # Users' Bentos are built into images pushed here (`REGISTRY/PATH`, one image per
+    # account under it); None: such models fail, naming DYFF_IMAGE_REPOSITORY.
+    image_repository: str | None = None
+    builder_image: str = "gcr.io/kaniko-project/executor:v1.23.2"
+    builder_service_account: str = "dyff-image-builder"
+    builder_service_account_template: Path | None = None
+    build_deadline_s: int = 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> JobSettings:
@@ -92,14 +151,23 @@ class JobSettings:
                 raise ValueError(f"{name} must be set for DYFF_EXECUTOR=kubernetes")
             return value
 
-        template = environ.get("DYFF_WORKLOAD_SERVICE_ACCOUNT_TEMPLATE")
+        def path(name: str) -> Path | None:
+            value = environ.get(name)
+            return Path(value) if value else None
+
         return cls(
             image=need("DYFF_RUNTIME_IMAGE"),
             records_url=need("DYFF_RECORDS_URL"),
             blobs_url=need("DYFF_BLOBS_URL"),
             service_account=environ.get("DYFF_WORKLOAD_SERVICE_ACCOUNT", "dyff-workload"),
-            service_account_template=Path(template) if template else None,
+            service_account_template=path("DYFF_WORKLOAD_SERVICE_ACCOUNT_TEMPLATE"),
             env={k: environ[k] for k in PASSTHROUGH_ENV if environ.get(k)},
+            model_start_timeout_s=float(
+                environ.get("DYFF_MODEL_START_TIMEOUT_S") or cls.model_start_timeout_s
+            ),
+            image_repository=environ.get("DYFF_IMAGE_REPOSITORY", "").rstrip("/") or None,
+            builder_image=environ.get("DYFF_BUILDER_IMAGE") or cls.builder_image,
+            builder_service_account_template=path("DYFF_BUILDER_SERVICE_ACCOUNT_TEMPLATE"),
         )
 
 
@@ -126,11 +194,14 @@ def work_labels(key: WorkKey, generation: int | None = None) -> dict[str, str]:
     return labels
 
 
-def get_owner_references(kind: str, name: str, uid: str) -> list[dict[str, Any]]:
-    """The custom resource as the controlling owner: the Job (and its Pods) go with it."""
+def get_owner_references(
+    kind: str, name: str, uid: str, api_version: str = API_VERSION
+) -> list[dict[str, Any]]:
+    """The controlling owner (a custom resource, or an evaluation's Job): what is owned
+    goes with it (the Job and its Pods; a model server's Pod, Service, NetworkPolicy)."""
     return [
         {
-            "apiVersion": API_VERSION,
+            "apiVersion": api_version,
             "kind": kind,
             "name": name,
             "uid": uid,
@@ -138,6 +209,37 @@ def get_owner_references(kind: str, name: str, uid: str) -> list[dict[str, Any]]
             "blockOwnerDeletion": True,
         }
     ]
+
+
+def server_name(job: str) -> str:
+    """The isolated model server's Pod, Service and NetworkPolicy: its Job's name and
+    `-server` (52 + 7 characters: a DNS label, and a Service name)."""
+    return f"{job}-server"
+
+
+def role_labels(key: WorkKey, generation: int, role: str) -> dict[str, str]:
+    """One part of one evaluation (its clients, its server): what selectors pick."""
+    return {**work_labels(key, generation), LABEL_ROLE: role}
+
+
+def build_job_name(model_digest: str) -> str:
+    """One build per Bento: named by its digest, so a second evaluation finds the first's."""
+    return f"dyff-build-{model_digest[:40]}"
+
+
+def build_image_name(repository: str, account: str) -> str:
+    """Where an account's built Bentos go: one image per account under the repository
+    (a registry can grant per path), tagged by model digest, served by image digest."""
+    return f"{repository.rstrip('/')}/{account}"
+
+
+def model_url(service: str, namespace: str, port: int) -> str:
+    return f"http://{service}.{namespace}.svc:{port}"
+
+
+def is_isolated(model: Model) -> bool:
+    """A user's own code (an image, or a Bento with its own service) runs isolated."""
+    return model.spec.source.form == "image" or model.status.user_code
 
 
 def get_job_metadata(key: WorkKey, generation: int, owner_uid: str | None) -> dict[str, Any]:
@@ -161,6 +263,21 @@ def get_service_account(
     meta = account.setdefault("metadata", {})
     meta["name"], meta["namespace"] = name, namespace
     return account
+
+
+def get_model_server_service_account(name: str, namespace: str) -> dict[str, Any]:
+    """Users' model servers' ServiceAccount: no cloud identity (no Workload Identity
+    annotation; never grant its KSA anything), no token, no API permissions."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "dyff"},
+        },
+        "automountServiceAccountToken": False,
+    }
 
 
 # ---------------------------------------------------------------- container parts
@@ -315,10 +432,11 @@ def get_model_server_container(
     resources: Resources | None,
     env: Mapping[str, str],
     command: list[str] | None = None,
+    sidecar: bool = True,
 ) -> dict[str, Any]:
-    """A model server as a native sidecar: BentoML's probes, the model's resources over
-    the server defaults, the runtime sandbox, offline. `command` None runs the image's
-    own entry point."""
+    """A model server: BentoML's probes, the model's resources over the server defaults,
+    the runtime sandbox, offline. `command` None runs the image's own entry point.
+    `sidecar`: a native sidecar of the client's Pod; else the container of its own Pod."""
     if not 1 <= port <= 65535:
         raise ValueError(f"bad port {port}")
     container: dict[str, Any] = {"name": MODEL_SERVER, "image": image}
@@ -332,11 +450,12 @@ def get_model_server_container(
             "securityContext": get_container_security_context(),
             "volumeMounts": get_work_mounts(),
             **get_http_probes(port),
-            # Native sidecar: started before the client, stopped after it.
-            "restartPolicy": "Always",
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }
     )
+    if sidecar:
+        # Native sidecar: started before the client, stopped after it.
+        container["restartPolicy"] = "Always"
     return container
 
 
@@ -351,19 +470,26 @@ def get_model_server(
     model: Model,
     evaluation: Evaluation,
     workload_env: Mapping[str, str],
+    image: str | None = None,
 ) -> dict[str, Any]:
-    """The evaluation's model server: the user's image (digest-pinned, given only the
-    knobs), or the runtime image serving the model's packaged Bento from the blob store."""
+    """The evaluation's model server: a user's image (the model's own, or `image`, the
+    one built from the user's Bento; digest-pinned, given only the knobs, in a Pod of its
+    own), or the runtime image serving dyff's packaged Bento from the blob store (a
+    sidecar)."""
     knobs = get_model_server_knobs(evaluation, model.spec.resources)
     port = model_port(settings, model)
     source = model.spec.source.image
-    if source is not None:
+    reference = image or (source.reference if source is not None else None)
+    if reference is not None:
         return get_model_server_container(
-            image=str(validate_image_reference(source.reference)),
+            image=str(validate_image_reference(reference)),
             port=port,
             resources=model.spec.resources,
             env=knobs,
+            sidecar=False,
         )
+    if is_isolated(model):
+        raise RuntimeError(f"model {model.name!r} runs its own code: it needs its built image")
     if not model.status.digest:
         raise RuntimeError(f"model {model.name!r} has no packaged Bento")
     bento_key = layout.bento_key(model.account, model.status.digest)
@@ -383,12 +509,17 @@ def get_pod_spec(
     settings: JobSettings,
     containers: list[dict[str, Any]],
     init_containers: list[dict[str, Any]] | None = None,
+    *,
+    service_account: str | None = None,
+    restart_policy: str = "Never",
 ) -> dict[str, Any]:
+    """Every dyff Pod: no API token, no service links, the restricted profile, emptyDir
+    /work and /tmp; the workload ServiceAccount unless `service_account` says another."""
     spec: dict[str, Any] = {
-        "serviceAccountName": settings.service_account,
-        # The workloads never call the Kubernetes API.
+        "serviceAccountName": service_account or settings.service_account,
+        # No Pod of dyff's calls the Kubernetes API.
         "automountServiceAccountToken": False,
-        "restartPolicy": "Never",
+        "restartPolicy": restart_policy,
         "enableServiceLinks": False,
         "securityContext": get_pod_security_context(),
     }
@@ -439,6 +570,20 @@ def get_job_spec(
     return spec
 
 
+def get_isolation_annotations(
+    model: Model, built_image: str | None, image_build: str | None
+) -> dict[str, str]:
+    """What an isolated evaluation's Job says about its server's image: the pinned
+    image (the model's own, or the one built from its Bento), or the build making it."""
+    source = model.spec.source.image
+    image = built_image or (source.reference if source is not None else None)
+    if image is not None:
+        return {ANNOTATION_MODEL_IMAGE: str(validate_image_reference(image))}
+    if not image_build:
+        raise ValueError(f"model {model.name!r} needs a built image or the build that makes it")
+    return {ANNOTATION_IMAGE_BUILD: image_build}
+
+
 def get_job(
     settings: JobSettings,
     entity: Entity,
@@ -447,27 +592,284 @@ def get_job(
     *,
     owner_uid: str | None,
     model: Model | None = None,
+    built_image: str | None = None,
+    image_build: str | None = None,
 ) -> dict[str, Any]:
-    """The Job for one workload of one object; an evaluation's needs its model."""
+    """The Job for one workload of one object; an evaluation's needs its model. An
+    isolated model's evaluation Job holds the client only, and waits suspended while
+    its server's image is still being built (`image_build`, `namespace/name`)."""
     key = (entity.kind, entity.account, entity.name)
     config = get_workload_config(settings, entity)
     env = get_workload_env(settings, config)
     init_containers = None
     parallelism = 1
+    labels = work_labels(key, generation)
+    annotations: dict[str, str] = {}
     if workload == "evaluate":
         assert isinstance(entity, Evaluation) and model is not None, "evaluate needs its model"
         parallelism = entity.spec.run.parallelism
-        init_containers = [get_model_server(settings, model, entity, env)]
         port = model_port(settings, model)
-        client_env = {**env, pod.MODEL_URL_ENV: f"http://127.0.0.1:{port}"}
-        containers = [get_workload_container(workload, settings.image, client_env)]
+        if is_isolated(model):
+            service = server_name(job_name(key, generation))
+            url = model_url(service, entity.account, port)
+            labels = role_labels(key, generation, ROLE_CLIENT)
+            annotations = get_isolation_annotations(model, built_image, image_build)
+        else:
+            init_containers = [get_model_server(settings, model, entity, env)]
+            url = f"http://127.0.0.1:{port}"
+        containers = [
+            get_workload_container(workload, settings.image, {**env, pod.MODEL_URL_ENV: url})
+        ]
     else:
         containers = [get_workload_container(workload, settings.image, env)]
     pod_spec = get_pod_spec(settings, containers, init_containers)
-    labels = work_labels(key, generation)
+    metadata = get_job_metadata(key, generation, owner_uid)
+    spec = get_job_spec(settings, workload, pod_spec, labels, parallelism)
+    if annotations:
+        metadata["annotations"] = annotations
+        # Suspended until the executor has the image and starts the server.
+        spec["suspend"] = ANNOTATION_MODEL_IMAGE not in annotations
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
+# ---------------------------------------------------------------- the isolated server
+#
+# One server per evaluation, shared by all Pods of an Indexed Job: the model is loaded
+# once and sized by the model's `resources` (a GPU each for N servers would multiply
+# what an evaluation asks of the cluster), and BentoML batches the clients' requests.
+# Its Pod, Service and NetworkPolicy are owned by the evaluation's Job: deleting the Job
+# deletes them (the executor deletes them too, and as soon as the Job finishes).
+
+
+def get_server_metadata(key: WorkKey, generation: int, job: str, job_uid: str) -> dict[str, Any]:
+    return {
+        "name": server_name(job),
+        "namespace": key[1],
+        "labels": role_labels(key, generation, ROLE_SERVER),
+        "ownerReferences": get_owner_references("Job", job, job_uid, "batch/v1"),
+    }
+
+
+def get_model_server_pod(
+    settings: JobSettings,
+    key: WorkKey,
+    generation: int,
+    job: str,
+    job_uid: str,
+    container: dict[str, Any],
+) -> dict[str, Any]:
+    """A user's model server alone in its Pod: the ServiceAccount without cloud identity,
+    no token, restarted by the kubelet (a crash loop is seen and fails the evaluation)."""
+    spec = get_pod_spec(
+        settings,
+        [container],
+        service_account=settings.model_server_service_account,
+        restart_policy="Always",
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": get_server_metadata(key, generation, job, job_uid),
+        "spec": spec,
+    }
+
+
+def get_model_service(
+    key: WorkKey, generation: int, job: str, job_uid: str, port: int
+) -> dict[str, Any]:
+    """The server's stable name for the clients (`model_url`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": get_server_metadata(key, generation, job, job_uid),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": role_labels(key, generation, ROLE_SERVER),
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def get_model_network_policy(
+    key: WorkKey, generation: int, job: str, job_uid: str, port: int
+) -> dict[str, Any]:
+    """In: only this evaluation's client Pods, on the server's port. Out: nothing (no
+    storage, no metadata server, no other account, no internet)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": get_server_metadata(key, generation, job, job_uid),
+        "spec": {
+            "podSelector": {"matchLabels": role_labels(key, generation, ROLE_SERVER)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                {
+                    "from": [
+                        {"podSelector": {"matchLabels": role_labels(key, generation, ROLE_CLIENT)}}
+                    ],
+                    "ports": [{"protocol": "TCP", "port": port}],
+                }
+            ],
+            "egress": [],
+        },
+    }
+
+
+# ---------------------------------------------------------------- the image builder
+#
+# A user's Bento becomes an image in the cluster: kaniko builds the Dockerfile that
+# `bentoml build` wrote into it (env/docker/Dockerfile, the Bento as context) and pushes
+# it; the digest it pushed is its termination message. The Pod runs the user's Dockerfile,
+# so it holds no storage credential: an init container of the runtime image fetches the
+# Bento from a short-lived signed URL and unpacks it with dyff's checked extraction. Its
+# ServiceAccount may only push to the image repository (docs/kubernetes-isolation.md).
+
+# Private and link-local ranges: the cluster's Pods and Services, and node services.
+PRIVATE_RANGES = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+]
+# The GKE metadata server (the push credential, by Workload Identity): its address, and
+# where GKE Dataplane V2 redirects it.
+METADATA_SERVER = [("169.254.169.254/32", 80), ("169.254.169.252/32", 988)]
+
+
+def build_labels(model_digest: str) -> dict[str, str]:
+    return {MANAGED_BY: MANAGER, LABEL_ROLE: ROLE_BUILDER, LABEL_BUILD: model_digest[:40]}
+
+
+def get_build_metadata(
+    model: Model, owner_uid: str | None, annotations: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A build belongs to the model's namespace, and goes with the Model."""
+    assert model.status.digest, "a build needs the model's digest"
+    metadata: dict[str, Any] = {
+        "name": build_job_name(model.status.digest),
+        "namespace": model.account,
+        "labels": build_labels(model.status.digest),
+    }
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    if owner_uid is not None:
+        metadata["ownerReferences"] = get_owner_references("Model", model.name, owner_uid)
+    return metadata
+
+
+def get_builder_security_context() -> dict[str, Any]:
+    """kaniko assembles the image's filesystem as root in its container: no escalation,
+    only the capabilities that takes, RuntimeDefault seccomp."""
+    return {
+        "runAsUser": 0,
+        "runAsNonRoot": False,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"], "add": list(BUILDER_CAPABILITIES)},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def get_bento_fetcher(settings: JobSettings, bento_url: str) -> dict[str, Any]:
+    """dyff's runtime image, without credentials: the signed URL is all it has."""
+    return {
+        "name": FETCHER,
+        "image": settings.image,
+        "command": ["python", "-c", FETCH_BENTO_SCRIPT],
+        "env": get_env({**OFFLINE_ENV, BENTO_URL_ENV: bento_url}),
+        "resources": get_resources(None, DEFAULT_WORKLOAD_RESOURCES),
+        "securityContext": get_container_security_context(),
+        "volumeMounts": [
+            {"name": "workspace", "mountPath": BUILD_WORKSPACE},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def get_image_builder(settings: JobSettings, destination: str) -> dict[str, Any]:
+    return {
+        "name": BUILDER,
+        "image": settings.builder_image,
+        "args": [
+            f"--context=dir://{BUILD_CONTEXT}",
+            f"--dockerfile={BUILD_CONTEXT}/env/docker/Dockerfile",
+            f"--destination={destination}",
+            # The pushed digest comes back as the container's termination message.
+            "--digest-file=/dev/termination-log",
+            "--snapshot-mode=redo",
+        ],
+        "resources": get_resources(None, DEFAULT_BUILDER_RESOURCES),
+        "securityContext": get_builder_security_context(),
+        "volumeMounts": [{"name": "workspace", "mountPath": BUILD_WORKSPACE}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def get_build_job(
+    settings: JobSettings, model: Model, bento_url: str, owner_uid: str | None
+) -> dict[str, Any]:
+    """One build of one Bento (by digest) into `<repository>/<account>:<digest>`. No TTL:
+    the finished Job is the cache (it keeps the digest it pushed)."""
+    if not settings.image_repository:
+        raise ValueError("DYFF_IMAGE_REPOSITORY is not set")
+    image_name = build_image_name(settings.image_repository, model.account)
+    metadata = get_build_metadata(model, owner_uid, {ANNOTATION_IMAGE_NAME: image_name})
+    pod_spec = {
+        "serviceAccountName": settings.builder_service_account,
+        "automountServiceAccountToken": False,
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "initContainers": [get_bento_fetcher(settings, bento_url)],
+        "containers": [get_image_builder(settings, f"{image_name}:{model.status.digest}")],
+        "volumes": [{"name": "workspace", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": get_job_metadata(key, generation, owner_uid),
-        "spec": get_job_spec(settings, workload, pod_spec, labels, parallelism),
+        "metadata": metadata,
+        "spec": {
+            # A Dockerfile that fails once fails again; one retry for the infrastructure.
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": settings.build_deadline_s,
+            "template": {"metadata": {"labels": metadata["labels"]}, "spec": pod_spec},
+        },
+    }
+
+
+def get_build_network_policy(model: Model, owner_uid: str | None) -> dict[str, Any]:
+    """As far as a NetworkPolicy can say it: nothing in; out only DNS, HTTPS outside the
+    cluster (the signed URL, base images, packages, the registry) and the metadata server
+    that gives the push credential. Nothing inside the cluster."""
+    metadata = get_build_metadata(model, owner_uid)
+    dns = {
+        "to": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                },
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+            }
+        ],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+    internet = {
+        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(PRIVATE_RANGES)}}],
+        "ports": [{"protocol": "TCP", "port": 443}],
+    }
+    metadata_server = [
+        {"to": [{"ipBlock": {"cidr": cidr}}], "ports": [{"protocol": "TCP", "port": port}]}
+        for cidr, port in METADATA_SERVER
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata,
+        "spec": {
+            "podSelector": {"matchLabels": metadata["labels"]},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": [dns, internet, *metadata_server],
+        },
     }

@@ -30,6 +30,7 @@ NAMESPACE = "dyff-system"
 CONTROLLER = "dyff-controller"
 CONTROLLER_COMMAND = ["python", "-m", "controller", "run"]
 HEALTH_PORT = 8080
+WORKLOAD_IDENTITY = "iam.gke.io/gcp-service-account"
 
 # Every kind config/ may render, by apiVersion.
 KNOWN_KINDS = {
@@ -55,9 +56,11 @@ EXPECTED_PERMISSIONS = (
     }
     | {("dyff.io", f"{r}/finalizers", "update") for r in ("models", "datasets", "evaluations")}
     | {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
-    | {("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")}
-    | {("", "pods", v) for v in ("get", "list", "watch")}
+    | {("batch", "jobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")}
+    | {("", "pods", v) for v in ("get", "list", "watch", "create", "delete")}
     | {("", "pods/log", "get")}
+    | {("", "services", v) for v in ("get", "create", "delete")}
+    | {("networking.k8s.io", "networkpolicies", v) for v in ("get", "create", "delete")}
     | {("", "namespaces", v) for v in ("get", "list", "watch", "create")}
     | {("", "serviceaccounts", v) for v in ("get", "create", "patch")}
     | {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}
@@ -93,19 +96,22 @@ def controller_env(objs: list[Obj]) -> dict[str, str]:
     return env
 
 
-def workload_template(objs: list[Obj]) -> tuple[str, Obj]:
-    """(path in the controller's filesystem, parsed template) of the workload SA."""
+def workload_template(
+    objs: list[Obj], config_map: str = "dyff-workload-template"
+) -> tuple[str, Obj]:
+    """(path in the controller's filesystem, parsed template) of the workload SA (or
+    another template mounted from `config_map`)."""
     container = controller_container(objs)
     spec = controller_deployment(objs)["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     for mount in container["volumeMounts"]:
         cm_ref = volumes[mount["name"]].get("configMap")
-        if cm_ref and cm_ref["name"].startswith("dyff-workload-template"):
+        if cm_ref and cm_ref["name"].startswith(config_map):
             cm = m.one(objs, "ConfigMap", cm_ref["name"])
             (key, text), *rest = cm["data"].items()
             assert not rest, "the template ConfigMap holds one file"
             return f"{mount['mountPath']}/{key}", yaml.safe_load(text)
-    raise AssertionError("no dyff-workload-template ConfigMap is mounted in the controller")
+    raise AssertionError(f"no {config_map} ConfigMap is mounted in the controller")
 
 
 def strings(value: Any) -> list[str]:
@@ -310,6 +316,28 @@ def test_workload_service_account_template(name: str) -> None:
         assert all(s["name"] != "dyff-workload" for s in binding["subjects"])
 
 
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_builder_service_account_template(name: str) -> None:
+    """Image builders run users' Dockerfiles: their account has no token, no API
+    permission, and at most a push-only identity, never the workloads' storage one."""
+    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    objs = rendered(name)
+    env = controller_env(objs)
+    path, template = workload_template(objs, "dyff-builder-template")
+    assert env["DYFF_BUILDER_SERVICE_ACCOUNT_TEMPLATE"] == path
+    assert template["metadata"]["name"] == "dyff-image-builder"
+    assert template["automountServiceAccountToken"] is False
+    assert m.schema_problems(template, m.latest_kubernetes()) == []
+    identity = (template["metadata"].get("annotations") or {}).get(WORKLOAD_IDENTITY)
+    _, workload = workload_template(objs)
+    assert identity is None or identity != workload["metadata"].get("annotations", {}).get(
+        WORKLOAD_IDENTITY
+    )
+    for binding in m.find(objs, "ClusterRoleBinding"):
+        assert all(s["name"] != "dyff-image-builder" for s in binding["subjects"])
+    assert float(env["DYFF_MODEL_START_TIMEOUT_S"]) > 0
+
+
 # ---------------------------------------------------------------- RBAC
 
 
@@ -419,6 +447,11 @@ def test_gke_overlay_workload_identity_and_production_stores() -> None:
     assert gsa.match(annotation), annotation
     _, template = workload_template(objs)
     assert gsa.match(template["metadata"]["annotations"]["iam.gke.io/gcp-service-account"])
+    _, builder = workload_template(objs, "dyff-builder-template")
+    pusher = builder["metadata"]["annotations"][WORKLOAD_IDENTITY]
+    assert gsa.match(pusher) and pusher.startswith("dyff-image-builder@")
+    repository = controller_env(objs)["DYFF_IMAGE_REPOSITORY"]
+    assert re.fullmatch(r"LOCATION-docker\.pkg\.dev/PROJECT/[a-z][-a-z0-9]*", repository)
     env = controller_env(objs)
     assert env["DYFF_RECORDS_URL"] == "datastore://PROJECT"
     assert env["DYFF_BLOBS_URL"] == "gs://BUCKET/dyff"

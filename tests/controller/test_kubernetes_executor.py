@@ -189,10 +189,13 @@ async def test_parallel_evaluation_of_an_image_model_is_an_indexed_job(
     spec = cluster.read(JOBS, "acme", "dyff-eval-e1-1")["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
     pod = spec["template"]["spec"]
-    server = pod["initContainers"][0]
-    assert server["image"] == reference and server["restartPolicy"] == "Always"
+    # A user's image is served from its own Pod (tests/controller/test_isolation.py),
+    # one for all the Job's Pods, through its Service.
+    assert "initContainers" not in pod
+    server = cluster.read("v1/pods", "acme", "dyff-eval-e1-1-server")["spec"]["containers"][0]
+    assert server["image"] == reference and "restartPolicy" not in server
     env = env_of(pod["containers"][0])
-    assert env["DYFF_MODEL_URL"] == "http://127.0.0.1:8080"
+    assert env["DYFF_MODEL_URL"] == "http://dyff-eval-e1-1-server.acme.svc:8080"
 
     # In the Pod: the entry point gives the workload its shard of the Indexed Job.
     path = workload_config_file(

@@ -3,7 +3,12 @@ fields Kubernetes acts on, exactly."""
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -306,8 +311,10 @@ def test_both_model_forms_get_the_same_server() -> None:
     image = m.get_model_server(
         SETTINGS, ready_model(GIVEN, ImageSource(reference=REFERENCE, port=3000)), evaluation, env
     )
-    for key in (*PROBES, "resources", "securityContext", "volumeMounts", "restartPolicy"):
+    for key in (*PROBES, "resources", "securityContext", "volumeMounts", "ports"):
         assert bento[key] == image[key], key
+    # dyff's Bento: a sidecar of the client; a user's image: a Pod of its own.
+    assert bento["restartPolicy"] == "Always" and "restartPolicy" not in image
     knobs = {"DYFF_TOP_K": "7", "DYFF_CHUNK_SIZE": "64", "DYFF_TORCH_THREADS": "2"}
     offline = {"BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     for server in (bento, image):
@@ -345,6 +352,14 @@ def test_model_port() -> None:
 
 
 # ---------------------------------------------------------------- Pod and Job
+
+
+def test_pod_spec_of_another_account_and_restart_policy() -> None:
+    spec = m.get_pod_spec(
+        SETTINGS, [{"name": "c"}], service_account="dyff-model-server", restart_policy="Always"
+    )
+    assert (spec["serviceAccountName"], spec["restartPolicy"]) == ("dyff-model-server", "Always")
+    assert spec["automountServiceAccountToken"] is False
 
 
 def test_pod_spec() -> None:
@@ -396,7 +411,7 @@ def test_job_spec_deadlines_and_indexed_mode() -> None:
 
 def test_evaluation_job() -> None:
     evaluation = an_evaluation(parallelism=3)
-    model = ready_model(image=ImageSource(reference=REFERENCE, port=8080))
+    model = ready_model()
     job = m.get_job(SETTINGS, evaluation, "evaluate", 5, owner_uid="u-1", model=model)
     assert (job["apiVersion"], job["kind"]) == ("batch/v1", "Job")
     assert job["metadata"] == m.get_job_metadata(("Evaluation", "acme", "e1"), 5, "u-1")
@@ -405,12 +420,13 @@ def test_evaluation_job() -> None:
     assert spec["template"]["metadata"]["labels"] == job["metadata"]["labels"]
     pod_spec = spec["template"]["spec"]
     (server,) = pod_spec["initContainers"]
-    assert (server["name"], server["image"]) == ("model-server", REFERENCE)
-    assert server["ports"][0]["containerPort"] == 8080
+    assert (server["name"], server["image"]) == ("model-server", IMAGE)
+    assert server["ports"][0]["containerPort"] == 3000
     (client,) = pod_spec["containers"]
     env = env_of(client)
-    assert env["DYFF_MODEL_URL"] == "http://127.0.0.1:8080"
+    assert env["DYFF_MODEL_URL"] == "http://127.0.0.1:3000"
     assert json.loads(env["DYFF_WORKLOAD_CONFIG"])["shardCount"] == 3
+    assert "suspend" not in spec and "annotations" not in job["metadata"]
     with pytest.raises(AssertionError):
         m.get_job(SETTINGS, evaluation, "evaluate", 5, owner_uid=None)
 
@@ -434,8 +450,215 @@ def test_settings_from_the_controller_environment() -> None:
     }
     settings = m.JobSettings.from_env(env)
     assert (settings.image, settings.env) == (IMAGE, {"DATASTORE_EMULATOR_HOST": "ds:8081"})
+    assert (settings.image_repository, settings.model_start_timeout_s) == (None, 600.0)
+    tuned = m.JobSettings.from_env(
+        {**env, "DYFF_IMAGE_REPOSITORY": "r.example/p/models/", "DYFF_MODEL_START_TIMEOUT_S": "90"}
+    )
+    assert (tuned.image_repository, tuned.model_start_timeout_s) == ("r.example/p/models", 90.0)
     with pytest.raises(ValueError, match="DYFF_RUNTIME_IMAGE"):
         m.JobSettings.from_env({k: v for k, v in env.items() if k != "DYFF_RUNTIME_IMAGE"})
+
+
+# ---------------------------------------------------------------- users' code, isolated
+
+KEY = ("Evaluation", "acme", "e1")
+BUILDING = SETTINGS.__class__(**{**SETTINGS.__dict__, "image_repository": "r.example/models"})
+
+
+def user_bento() -> Model:
+    model = ready_model()
+    model.status.user_code = True
+    return model
+
+
+def test_isolation_names_and_labels() -> None:
+    assert m.server_name("dyff-eval-e1-3") == "dyff-eval-e1-3-server"
+    assert len(m.server_name("x" * m.MAX_JOB_NAME)) <= 63
+    assert m.role_labels(KEY, 3, m.ROLE_SERVER) == {
+        **m.work_labels(KEY, 3),
+        "dyff.io/role": "model-server",
+    }
+    assert m.model_url("s", "acme", 8080) == "http://s.acme.svc:8080"
+    assert m.build_job_name(DIGEST) == f"dyff-build-{DIGEST[:40]}"
+    assert m.build_image_name("r.example/models/", "acme") == "r.example/models/acme"
+
+
+def test_which_models_run_isolated() -> None:
+    assert not m.is_isolated(ready_model())  # dyff's own packaging
+    assert m.is_isolated(user_bento())
+    assert m.is_isolated(ready_model(image=ImageSource(reference=REFERENCE, port=8080)))
+
+
+def test_isolated_evaluation_job_holds_the_client_only() -> None:
+    image = ready_model(image=ImageSource(reference=REFERENCE, port=8080))
+    job = m.get_job(
+        SETTINGS, an_evaluation(parallelism=2), "evaluate", 1, owner_uid="u", model=image
+    )
+    template = job["spec"]["template"]
+    assert "initContainers" not in template["spec"]
+    assert template["spec"]["serviceAccountName"] == "dyff-workload"
+    assert template["metadata"]["labels"] == m.role_labels(KEY, 1, m.ROLE_CLIENT)
+    (client,) = template["spec"]["containers"]
+    assert env_of(client)["DYFF_MODEL_URL"] == "http://dyff-eval-e1-1-server.acme.svc:8080"
+    assert job["metadata"]["annotations"] == {"dyff.io/model-image": REFERENCE}
+    assert job["spec"]["suspend"] is False
+
+
+def test_isolated_evaluation_job_waits_for_its_build() -> None:
+    evaluation, model = an_evaluation(), user_bento()
+    waiting = m.get_job(
+        SETTINGS, evaluation, "evaluate", 1, owner_uid=None, model=model, image_build="acme/b"
+    )
+    assert waiting["spec"]["suspend"] is True
+    assert waiting["metadata"]["annotations"] == {"dyff.io/image-build": "acme/b"}
+    built = m.get_job(
+        SETTINGS, evaluation, "evaluate", 1, owner_uid=None, model=model, built_image=REFERENCE
+    )
+    assert built["spec"]["suspend"] is False
+    with pytest.raises(ValueError, match="built image"):
+        m.get_job(SETTINGS, evaluation, "evaluate", 1, owner_uid=None, model=model)
+
+
+def test_a_users_bento_is_never_served_by_the_runtime_image() -> None:
+    evaluation = an_evaluation()
+    with pytest.raises(RuntimeError, match="built image"):
+        m.get_model_server(SETTINGS, user_bento(), evaluation, {})
+    server = m.get_model_server(SETTINGS, user_bento(), evaluation, {}, image=REFERENCE)
+    assert server["image"] == REFERENCE and "command" not in server
+    assert server["ports"][0]["containerPort"] == 3000
+
+
+def test_model_server_pod() -> None:
+    container = m.get_model_server_container(
+        image=REFERENCE, port=8080, resources=None, env={}, sidecar=False
+    )
+    pod_doc = m.get_model_server_pod(SETTINGS, KEY, 2, "dyff-eval-e1-2", "uid-j", container)
+    meta, spec = pod_doc["metadata"], pod_doc["spec"]
+    assert (meta["name"], meta["namespace"]) == ("dyff-eval-e1-2-server", "acme")
+    assert meta["labels"] == m.role_labels(KEY, 2, m.ROLE_SERVER)
+    owner = m.get_owner_references("Job", "dyff-eval-e1-2", "uid-j", "batch/v1")
+    assert meta["ownerReferences"] == owner and owner[0]["kind"] == "Job"
+    assert spec["serviceAccountName"] == "dyff-model-server"
+    assert spec["automountServiceAccountToken"] is False and spec["enableServiceLinks"] is False
+    assert spec["restartPolicy"] == "Always"
+    assert spec["containers"] == [container] and container["securityContext"] == SANDBOX
+    assert spec["volumes"] == m.get_work_volumes()
+
+
+def test_model_service() -> None:
+    service = m.get_model_service(KEY, 2, "dyff-eval-e1-2", "uid-j", 8080)
+    assert service["metadata"]["name"] == "dyff-eval-e1-2-server"
+    assert service["spec"]["selector"] == m.role_labels(KEY, 2, m.ROLE_SERVER)
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+def test_model_network_policy() -> None:
+    policy = m.get_model_network_policy(KEY, 2, "dyff-eval-e1-2", "uid-j", 8080)
+    assert policy["spec"] == {
+        "podSelector": {"matchLabels": m.role_labels(KEY, 2, m.ROLE_SERVER)},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [
+            {
+                "from": [{"podSelector": {"matchLabels": m.role_labels(KEY, 2, m.ROLE_CLIENT)}}],
+                "ports": [{"protocol": "TCP", "port": 8080}],
+            }
+        ],
+        "egress": [],
+    }
+
+
+def test_model_server_service_account() -> None:
+    account = m.get_model_server_service_account("dyff-model-server", "acme")
+    assert account["automountServiceAccountToken"] is False
+    assert "annotations" not in account["metadata"]
+    assert account["metadata"]["namespace"] == "acme"
+
+
+def test_build_job() -> None:
+    job = m.get_build_job(BUILDING, user_bento(), "https://signed.example/b", "u-m")
+    meta = job["metadata"]
+    assert (meta["name"], meta["namespace"]) == (m.build_job_name(DIGEST), "acme")
+    assert meta["annotations"] == {"dyff.io/image-name": "r.example/models/acme"}
+    assert meta["ownerReferences"] == m.get_owner_references("Model", "m1", "u-m")
+    spec = job["spec"]
+    assert "ttlSecondsAfterFinished" not in spec, "the finished build is the cache"
+    assert spec["activeDeadlineSeconds"] == 3600 and spec["backoffLimit"] == 1
+    pod_spec = spec["template"]["spec"]
+    assert spec["template"]["metadata"]["labels"] == meta["labels"] == m.build_labels(DIGEST)
+    # Not the storage ServiceAccount: the builder's, which may only push images.
+    assert pod_spec["serviceAccountName"] == "dyff-image-builder"
+    assert pod_spec["automountServiceAccountToken"] is False
+    (fetch,) = pod_spec["initContainers"]
+    assert fetch["image"] == IMAGE and fetch["securityContext"] == SANDBOX
+    assert env_of(fetch)["DYFF_BENTO_URL"] == "https://signed.example/b"
+    assert "DYFF_WORKLOAD_CONFIG" not in env_of(fetch)
+    (build,) = pod_spec["containers"]
+    assert build["image"] == BUILDING.builder_image
+    assert build["args"][:4] == [
+        "--context=dir:///workspace/bento",
+        "--dockerfile=/workspace/bento/env/docker/Dockerfile",
+        f"--destination=r.example/models/acme:{DIGEST}",
+        "--digest-file=/dev/termination-log",
+    ]
+    assert build["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert build["securityContext"]["allowPrivilegeEscalation"] is False
+    with pytest.raises(ValueError, match="DYFF_IMAGE_REPOSITORY"):
+        m.get_build_job(SETTINGS, user_bento(), "https://signed.example/b", None)
+
+
+def test_build_network_policy() -> None:
+    policy = m.get_build_network_policy(user_bento(), None)
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": m.build_labels(DIGEST)}
+    assert spec["policyTypes"] == ["Ingress", "Egress"] and spec["ingress"] == []
+    dns, internet, *metadata_server = spec["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    (block,) = internet["to"]
+    assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "169.254.0.0/16"} <= set(block["ipBlock"]["except"])
+    assert internet["ports"] == [{"protocol": "TCP", "port": 443}]
+    assert [r["to"][0]["ipBlock"]["cidr"] for r in metadata_server] == [
+        "169.254.169.254/32",
+        "169.254.169.252/32",
+    ]
+
+
+def bento_archive(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("unsafe", [False, True])
+def test_the_fetch_script_unpacks_with_checked_extraction(tmp_path: Path, unsafe: bool) -> None:
+    members = {"bento.yaml": b"service: x\n", "env/docker/Dockerfile": b"FROM scratch\n"}
+    if unsafe:
+        members["../escape"] = b"x"
+    archive = bento_archive(tmp_path / "user.bento", members)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    script = m.FETCH_BENTO_SCRIPT.replace(m.BUILD_WORKSPACE, str(workspace))
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env={"DYFF_BENTO_URL": archive.as_uri(), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    context = workspace / "bento"
+    if unsafe:
+        assert proc.returncode != 0 and not context.exists()
+        assert not (tmp_path / "escape").exists()
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert (context / "env/docker/Dockerfile").read_bytes() == b"FROM scratch\n"
+        assert not (workspace / "model.bento").exists()
 
 
 def test_the_jobs_are_valid_kubernetes_jobs() -> None:
@@ -451,5 +674,26 @@ def test_the_jobs_are_valid_kubernetes_jobs() -> None:
         m.get_job(
             SETTINGS, evaluation, "evaluate", 2, owner_uid="u", model=ready_model(None, image)
         ),
+    ]
+    image_model = ready_model(None, image)
+    container = m.get_model_server(SETTINGS, image_model, evaluation, {})
+    key = ("Evaluation", "acme", "e1")
+    jobs += [
+        m.get_job(SETTINGS, evaluation, "evaluate", 3, owner_uid="u", model=image_model),
+        m.get_job(
+            SETTINGS,
+            evaluation,
+            "evaluate",
+            3,
+            owner_uid="u",
+            model=user_bento(),
+            image_build="a/b",
+        ),
+        m.get_model_server_pod(SETTINGS, key, 3, "dyff-eval-e1-3", "u-j", container),
+        m.get_model_service(key, 3, "dyff-eval-e1-3", "u-j", 8080),
+        m.get_model_network_policy(key, 3, "dyff-eval-e1-3", "u-j", 8080),
+        m.get_model_server_service_account("dyff-model-server", "acme"),
+        m.get_build_job(BUILDING, user_bento(), "https://signed.example/b", "u-m"),
+        m.get_build_network_policy(user_bento(), "u-m"),
     ]
     assert [p for job in jobs for p in schemas.schema_problems(job, version)] == []

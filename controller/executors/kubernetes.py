@@ -109,7 +109,8 @@ UrlSigner = Callable[[str, datetime.timedelta], "str | None"]
 
 
 class _Failed(Exception):
-    """A step of an isolated evaluation cannot succeed; its message is the work's."""
+    """A step of an isolated evaluation cannot succeed; its message, "Reason: detail",
+    becomes the work's failure reason and message."""
 
 
 def utcnow() -> datetime.datetime:
@@ -181,7 +182,8 @@ class KubernetesExecutor:
             self._abandon(job)
             meta = job["metadata"]
             log.warning("%s/%s failed: %s", meta["namespace"], meta["name"], exc)
-            return WorkState("failed", work.generation, str(exc))
+            reason, _, detail = str(exc).partition(": ")  # every _Failed is "Reason: detail"
+            return WorkState("failed", work.generation, detail, reason)
         return work
 
     def start(self, key: WorkKey, workload: Workload, generation: int) -> None:

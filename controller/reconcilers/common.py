@@ -42,6 +42,7 @@ class WorkState:
     phase: WorkPhase = "none"
     generation: int = 0  # the object generation the work was started for
     message: str = ""
+    reason: str = ""  # why it failed, when the executor can name it (e.g. ModelServerFailed)
 
 
 NO_WORK = WorkState()
@@ -190,6 +191,9 @@ def drive_work(
             f"{workload} finished without reporting a result",
             generation,
         )
+        return Outcome(status)
+    if work.reason:  # the executor saw why (a model server that cannot start, ...)
+        settle(status, life.failed, "False", work.reason, work.message, generation)
         return Outcome(status)
     detail = f": {work.message}" if work.message else ""
     settle(

@@ -255,7 +255,7 @@ async def test_a_server_that_cannot_start_fails_the_evaluation_and_goes(
     )
 
     assert await state(executor) == WorkState(
-        "failed", 1, f"ModelServerFailed: container model-server: {reason}: {kubelet}"
+        "failed", 1, f"container model-server: {reason}: {kubelet}", "ModelServerFailed"
     )
     assert cluster.read(JOBS, "acme", JOB) is None
     assert server_objects(cluster) == [None, None, None]
@@ -290,8 +290,8 @@ async def test_a_sidecar_server_in_a_crash_loop_fails_the_evaluation(
     assert await state(executor) == WorkState(
         "failed",
         1,
-        "ModelServerFailed: container model-server: CrashLoopBackOff: "
-        "back-off 40s restarting failed container",
+        "container model-server: CrashLoopBackOff: back-off 40s restarting failed container",
+        "ModelServerFailed",
     )
     assert cluster.read(JOBS, "acme", JOB) is None
 
@@ -317,9 +317,8 @@ async def test_a_server_never_ready_fails_after_the_start_timeout(
     work = await state(executor)
     assert work.phase == expected
     if expected == "failed":
-        assert work.message == (
-            "ModelServerFailed: container model-server: not ready 600 s after its Pod started"
-        )
+        assert work.reason == "ModelServerFailed"
+        assert work.message == "container model-server: not ready 600 s after its Pod started"
         assert server_objects(cluster) == [None, None, None]
     else:
         assert cluster.read(PODS, "acme", SERVER) is not None
@@ -427,7 +426,7 @@ async def test_a_failed_build_fails_the_evaluation_and_is_built_again_next_time(
     await start(executor)
     await finish_build(cluster, termination, exit_code)
     work = await state(executor)
-    assert work.phase == "failed" and work.message.startswith("ImageBuildFailed: ")
+    assert work.phase == "failed" and work.reason == "ImageBuildFailed"
     assert message in work.message
     assert cluster.read(JOBS, "acme", BUILD) is None, "the next evaluation builds again"
     assert cluster.read(JOBS, "acme", JOB) is None
@@ -447,7 +446,8 @@ async def test_a_builder_that_cannot_start_fails_the_evaluation(
     assert await state(executor) == WorkState(
         "failed",
         1,
-        'ImageBuildFailed: container build: ImagePullBackOff: Back-off pulling image "kaniko"',
+        'container build: ImagePullBackOff: Back-off pulling image "kaniko"',
+        "ImageBuildFailed",
     )
 
 
@@ -461,7 +461,7 @@ async def test_without_an_image_repository_a_users_bento_fails_naming_the_settin
     assert [j["metadata"]["name"] for j in cluster.items(JOBS)] == [JOB], "nothing is built"
     work = await state(executor)
     assert work.phase == "failed" and "DYFF_IMAGE_REPOSITORY" in work.message
-    assert work.message.startswith("ModelBuildUnavailable: ")
+    assert work.reason == "ModelBuildUnavailable" and "DYFF_IMAGE_REPOSITORY" in work.message
 
 
 def a_pod(status: dict[str, Any], **meta: Any) -> dict[str, Any]:

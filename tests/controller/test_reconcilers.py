@@ -36,6 +36,7 @@ from tests import factories
 
 RUNNING = WorkState("running", 1)
 CRASHED = WorkState("failed", 1, "exit 1; Traceback ...")
+SERVER_FAILED = WorkState("failed", 1, "container model-server: ErrImagePull", "ModelServerFailed")
 EXITED = WorkState("succeeded", 1)
 
 
@@ -240,6 +241,13 @@ EVAL_TABLE = [
         EvaluationWorld(ready_model(), ready_dataset(), CRASHED),
         "Failed",
         "WorkloadCrashed",
+        [],
+    ),
+    (
+        "its model server cannot start: the executor's reason",
+        EvaluationWorld(ready_model(), ready_dataset(), SERVER_FAILED),
+        "Failed",
+        "ModelServerFailed",
         [],
     ),
     (

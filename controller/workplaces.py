@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.executors import WorkKey
 from controller.executors.guard import kill_leftovers
 from dyff.schema import RESOURCE_TYPES
+
+if TYPE_CHECKING:
+    from controller.executors.kubernetes import KubernetesExecutor
 
 KIND_OF_FOLDER = {k.kind_name.lower(): k.kind_name for k in RESOURCE_TYPES}
 
@@ -48,17 +51,15 @@ def work_folders(settings: Any) -> WorkFolders | None:
     return WorkFolders(work) if work.is_dir() else None
 
 
-def cluster_jobs(settings: Any) -> Any:
+def cluster_jobs(settings: Any) -> KubernetesExecutor | None:
     """The cluster's dyff Jobs, where the controller runs them (DYFF_EXECUTOR=kubernetes)
     and this process can reach the API (in-cluster, or a kubeconfig)."""
     if os.environ.get("DYFF_EXECUTOR") != "kubernetes":
         return None
-    from controller.executors.kubernetes import JobSettings, KubernetesExecutor
+    from controller.executors.kubernetes import JobSettings
     from controller.kube import KubeApi
     from dyff.stores import open_records
 
-    executor = KubernetesExecutor(
+    return KubernetesExecutor(
         KubeApi.from_environment(), open_records(settings.records), JobSettings.from_env()
     )
-    executor.what = "Job"  # type: ignore[attr-defined]
-    return executor

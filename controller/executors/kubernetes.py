@@ -126,6 +126,7 @@ class KubernetesExecutor:
     store of `settings.blobs_url`). `clock` is for tests."""
 
     runs_containers = True
+    what = "Job"  # what `dyff admin fsck` calls its work (dyff.fsck.Workplace)
 
     def __init__(
         self,

@@ -514,3 +514,27 @@ def test_the_builder_s_bento_url_reads_one_object_without_credentials(
         f"dyff%2Faccounts%2Facme%2Fbentos%2F{MODEL_DIGEST}.bento?alt=media"
     )
     assert signed_download_url(FileBlobStore(tmp_path), key, datetime.timedelta(hours=1)) is None
+
+
+async def test_fsck_lists_the_jobs_of_entities_gone_and_fix_ends_them(
+    cluster: Cluster, records: RecordStore, executor: KubernetesExecutor, tmp_path: Path
+) -> None:
+    """`dyff admin fsck` on a cluster: the Job (and model server) of an evaluation whose
+    record is gone is listed, and --fix deletes them; live work is left alone."""
+    from dyff import fsck
+    from dyff.stores.file import FileBlobStore
+
+    image_model(records)
+    an_evaluation(records)
+    an_evaluation(records, "e2")
+    await start(executor)
+    await start(executor, "e2")
+    records.delete(Evaluation, "acme", "e1")
+    blobs = FileBlobStore(tmp_path / "blobs")
+    found = await asyncio.to_thread(fsck.find_orphans, records, blobs, [executor])
+    work = [o for o in found if o.store == "work"]
+    assert [(o.kind, o.account, o.name) for o in work] == [("Job", "acme", "Evaluation/e1")]
+    assert await asyncio.to_thread(fsck.fix, records, blobs, work, [executor]) == 1
+    assert cluster.read(JOBS, "acme", JOB) is None
+    assert server_objects(cluster) == [None, None, None]
+    assert await asyncio.to_thread(executor.work_keys) == [("Evaluation", "acme", "e2")]

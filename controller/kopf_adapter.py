@@ -173,16 +173,19 @@ class Controller:
             await self._call(self.api.delete, custom_object_path(*key))
         return result
 
-    async def reconcile(self, kind: type[Entity], account: str, name: str) -> Result:
-        """One reconcile pass, then the record's status into the CR."""
+    async def reconcile(
+        self, kind: type[Entity], account: str, name: str, *, cr_lags: bool = False
+    ) -> Result:
+        """One reconcile pass, then the record's status into the CR (`cr_lags`: even if
+        the record did not change, as its CR's status is behind its generation)."""
         key = (kind.kind_name, account, name)
         async with self.locks.of(key):
             result = await self._pass(kind, account, name)
-            if not result.wrote_status and key in self.sync.pushed:
+            if not result.wrote_status and key in self.sync.pushed and not cr_lags:
                 return result  # nothing new here; later writes reach the CR by the feed
             record = await self._call(self.records.find, kind, account, name)
         if record is not None:
-            await self.sync.push(record)
+            await self.sync.push(record, again=cr_lags)
         return result
 
     async def on_cr(self, kind: type[Entity], body: Mapping[str, Any]) -> None:
@@ -192,13 +195,16 @@ class Controller:
         async with self.locks.of((kind.kind_name, account, name)):
             try:
                 what = await self._call(adopt, self.records, kind, body)
-            except ValidationError as exc:
-                raise kopf.PermanentError(f"invalid {kind.kind_name}: {exc}") from exc
-            except DyffError as exc:  # Invalid (immutable field changed), ...
-                raise kopf.PermanentError(f"{kind.kind_name} refused: {exc}") from exc
+            except (ValidationError, DyffError) as exc:  # DyffError: an immutable field, ...
+                why = refusal(exc)
+                await self.sync.refuse(kind, body, why)
+                raise kopf.PermanentError(f"{kind.kind_name} refused: {why}") from exc
         if what != "unchanged":
             log.info("record of %s %s/%s: %s", kind.kind_name, account, name, what)
-        await self.reconcile(kind, account, name)
+        # An edit the record did not need (a default written out) still bumped the CR's
+        # generation: its status must say so now, not at the next resync.
+        observed = (body.get("status") or {}).get("observedGeneration") or 0
+        await self.reconcile(kind, account, name, cr_lags=observed < (meta.get("generation") or 0))
 
     async def on_cr_deleted(self, kind: type[Entity], body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -260,6 +266,15 @@ class Controller:
         if kind not in KINDS or not labels.get(LABEL_NAME):
             return
         await self.reconcile(kind, meta["namespace"], labels[LABEL_NAME])
+
+
+def refusal(exc: Exception) -> str:
+    """Why a CR's spec is refused, in a line: pydantic's errors as `field: message`."""
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False, include_input=False)
+        parts = [".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in errors[:5]]
+        return "invalid spec: " + "; ".join(parts)
+    return f"refused: {exc}"
 
 
 def configure(settings: kopf.OperatorSettings) -> None:

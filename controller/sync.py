@@ -463,15 +463,17 @@ class RecordSync:
 
     # ---- one record
 
-    async def push(self, entity: Entity) -> None:
-        """Bring the record's CR in line with it (no-op where it already is)."""
+    async def push(self, entity: Entity, *, again: bool = False) -> None:
+        """Bring the record's CR in line with it (no-op where it already is). `again`:
+        even if this record version was pushed (its CR changed since)."""
         kind = type(entity)
         key: Key = (kind.kind_name, entity.account, entity.name)
         version = int(entity.metadata.resource_version or 0)
         finalize = False
         async with self.locks.of(key):
             last = self.pushed.get(key)
-            if last is not None and last[0] == entity.metadata.uid and last[1] >= version:
+            pushed = last is not None and last[0] == entity.metadata.uid and last[1] >= version
+            if pushed and not again:
                 return  # a newer version was pushed already
             if entity.metadata.deletion_timestamp is not None:
                 # The CR goes first (its finalizer holds it while kopf finalizes), so no
@@ -502,7 +504,7 @@ class RecordSync:
         status = cr_status(entity, cr.generation, current=cr.spec == spec)
         if status_digest(kind, status) != cr.status:
             was = cr.phase
-            await self._apply_status(kind, key, entity, status)
+            await self._apply_status(kind, key, status)
             phase = entity.status.phase
             settled = lifecycle(entity.kind).is_settled(phase) and was != phase
             if settled and self.on_settled is not None:
@@ -515,13 +517,24 @@ class RecordSync:
         self.observe(kind, applied)
         return self.crs[key]
 
-    async def _apply_status(
-        self, kind: type[Entity], key: Key, entity: Entity, status: dict[str, Any]
-    ) -> None:
+    async def refuse(self, kind: type[Entity], body: Mapping[str, Any], message: str) -> None:
+        """A CR dyff cannot take (its spec is refused): say so in its status, in the kind's
+        failure phase at its generation, so kubectl and Argo CD show why (Degraded), not
+        a CR waiting forever for a controller that will never act."""
+        meta = body.get("metadata") or {}
+        generation = int(meta.get("generation") or 0)
+        status = kind.status_type()
+        failed = lifecycle(kind.kind_name).failed
+        status.phase, status.message, status.observed_generation = failed, message, generation
+        status.set_condition("Ready", "False", "InvalidSpec", message, generation)
+        key: Key = (kind.kind_name, meta["namespace"], meta["name"])
+        await self._apply_status(kind, key, status.wire())
+
+    async def _apply_status(self, kind: type[Entity], key: Key, status: dict[str, Any]) -> None:
         body = {
             "apiVersion": API_VERSION,
-            "kind": entity.kind,
-            "metadata": {"name": entity.name, "namespace": entity.account},
+            "kind": kind.kind_name,
+            "metadata": {"name": key[2], "namespace": key[1]},
             "status": status,
         }
         try:

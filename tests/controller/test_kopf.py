@@ -325,3 +325,40 @@ async def test_stopping_drains_the_passes_in_flight_within_the_grace_period(
         "spec"
     ]["terminationGracePeriodSeconds"]
     assert period > DRAIN_S and took < period, (took, DRAIN_S, period)
+
+
+async def test_an_edit_that_changes_nothing_still_gets_its_generation_observed(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    """`public: false` written out is the default: the record does not change, but the
+    CR's generation does, and its status must say it was observed within seconds (Argo
+    CD shows Progressing until then), not at the next resync."""
+    fake = FakeWorkloads(records, blobs)
+    async with operator(make_controller(cluster, records, blobs, fake), cluster):
+        await kubectl_apply(cluster, uri_model())
+        await eventually(lambda: current(cluster, MODELS, "m1", "Ready"))
+        path = "/apis/dyff.io/v1alpha1/namespaces/acme/models/m1"
+        await kubectl_patch(cluster, path, {"spec": {"public": False}})
+        cr = await eventually(lambda: current(cluster, MODELS, "m1", "Ready"), timeout=10)
+        assert cr["metadata"]["generation"] == 2
+    assert records.get(Model, "acme", "m1").metadata.generation == 1
+    assert len(fake.started) == 1  # nothing ran again
+
+
+async def test_a_cr_dyff_refuses_says_why_in_its_status(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    """A spec the API server let through but dyff refuses: no record, and the CR is
+    Failed with the reason InvalidSpec naming the field (Argo CD: Degraded), instead of
+    a status-less CR waiting forever."""
+    fake = FakeWorkloads(records, blobs)
+    bad = uri_model("bad")
+    bad["spec"]["source"]["form"] = "image"  # an image form needs an image source
+    async with operator(make_controller(cluster, records, blobs, fake), cluster):
+        await kubectl_apply(cluster, bad)
+        cr = await eventually(lambda: current(cluster, MODELS, "bad", "Failed"))
+    ready = next(c for c in cr["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
+    assert "spec.source" in ready["message"], ready
+    assert "Traceback" not in ready["message"] and "pydantic" not in ready["message"]
+    assert records.find(Model, "acme", "bad") is None and fake.started == []

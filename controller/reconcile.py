@@ -15,6 +15,7 @@ from typing import Any
 
 from controller.cleanup import cleanup
 from controller.executors import Executor, WorkKey
+from controller.kube import ApiError
 from controller.reconcilers import dataset, evaluation, model
 from controller.reconcilers.common import (
     Cleanup,
@@ -26,7 +27,8 @@ from controller.reconcilers.common import (
     Stores,
 )
 from dyff.accounts import finish_account_deletion
-from dyff.errors import Conflict, NotFound
+from dyff.errors import Conflict, NotFound, WorkloadFailed
+from dyff.lifecycle import settle
 from dyff.schema import Entity
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -70,7 +72,9 @@ def reconcile_one(
         if isinstance(action, StopWork):
             executor.stop(key)
         elif isinstance(action, StartWork):
-            executor.start(key, action.workload, action.generation)
+            refused = start_work(executor, key, action)
+            if refused is not None:
+                outcome = refused_outcome(reconciler, outcome, refused, action.generation)
         elif isinstance(action, Cleanup):
             deleted = cleanup(records, blobs, entity)
             log.info("deleted %d blobs of %s %s/%s", deleted, kind.kind_name, account, name)
@@ -89,3 +93,42 @@ def reconcile_one(
         # Someone (a workload reporting) wrote since we read: the next pass sees it.
         return Result(outcome)
     return Result(outcome, wrote_status=True)
+
+
+# A start the platform refused and may accept later (quota, a namespace being made
+# again, a conflict): the entity says why and the pass comes back after this long.
+START_RETRY_S = 30.0
+
+
+@dataclass(frozen=True)
+class Refused:
+    permanent: bool
+    reason: str
+    message: str
+
+
+def start_work(executor: Executor, key: WorkKey, action: StartWork) -> Refused | None:
+    """Start the work; a refusal becomes the entity's status, not a retry loop that
+    leaves its status unchanged. Anything unforeseen propagates (the driver retries)."""
+    try:
+        executor.start(key, action.workload, action.generation)
+    except WorkloadFailed as exc:  # the executor found the input unusable
+        return Refused(True, exc.reason, str(exc))
+    except ApiError as exc:
+        log.warning("starting %s for %s %s/%s: %s", action.workload, *key, exc)
+        if exc.status in (400, 422):  # the API server will never take this workload
+            return Refused(True, "WorkloadRejected", f"the cluster refused it: {exc.message}")
+        if exc.status in (403, 404, 409, 429):  # quota, a namespace on its way, a race
+            message = f"the cluster refused to start it for now: {exc.message}; retrying"
+            return Refused(False, "WorkloadNotStarted", message)
+        raise
+    return None
+
+
+def refused_outcome(
+    reconciler: Reconciler[Any, Any], outcome: Outcome, refused: Refused, generation: int
+) -> Outcome:
+    life = reconciler.lifecycle
+    phase = life.failed if refused.permanent else life.working
+    settle(outcome.status, phase, "False", refused.reason, refused.message, generation)
+    return Outcome(outcome.status, requeue_after=None if refused.permanent else START_RETRY_S)

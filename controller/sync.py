@@ -513,7 +513,19 @@ class RecordSync:
 
     async def _apply(self, kind: type[Entity], key: Key, entity: Entity) -> CrState:
         await self._ensure_namespace(entity.account)
-        applied = await self._call(self.api.apply, custom_object_path(*key), cr_manifest(entity))
+        try:
+            applied = await self._call(
+                self.api.apply, custom_object_path(*key), cr_manifest(entity)
+            )
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            # The namespace went away since we made it (an admin deleted it): again.
+            self._namespaces.discard(entity.account)
+            await self._ensure_namespace(entity.account)
+            applied = await self._call(
+                self.api.apply, custom_object_path(*key), cr_manifest(entity)
+            )
         self.observe(kind, applied)
         return self.crs[key]
 

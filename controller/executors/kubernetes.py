@@ -450,6 +450,10 @@ class KubernetesExecutor:
         try:
             return self.api.create(path.rsplit("/", 1)[0], manifest)
         except ApiError as exc:
+            if exc.status == 404:  # its namespace is gone (and with it its accounts)
+                namespace = manifest["metadata"].get("namespace")
+                with self._lock:
+                    self._accounts_ready = {a for a in self._accounts_ready if a[0] != namespace}
             if exc.status != 409:
                 raise
         existing = self.api.find(path)

@@ -291,3 +291,21 @@ def test_git_takes_over_a_record_made_through_the_api(records: RecordStore) -> N
     assert record.metadata.annotations[GIT_SOURCE] == "Argo CD application app"
     assert MANAGED_BY not in cr_manifest(record)["metadata"]["annotations"]
     assert adopt(records, Model, _cr("m1", tracked)) == "unchanged"
+
+
+async def test_a_namespace_deleted_behind_the_syncs_back_is_made_again(
+    cluster: Cluster, records: RecordStore
+) -> None:
+    """The sync remembers the namespaces it made; one an admin deleted since makes the
+    next CR apply a 404, and the sync makes the namespace again instead of failing on."""
+    import kmock
+
+    records.create(factories.evaluation("e1", account="globex"))
+    sync = make_sync(cluster, records)
+    assert await sync.poll_once() == 1
+    cluster.objects[(kmock.resource("v1/namespaces"), None, "globex")].delete()
+    assert not cluster.read("v1/namespaces", None, "globex")
+    records.create(factories.evaluation("e2", account="globex"))
+    assert await sync.poll_once() == 1
+    assert cluster.read("v1/namespaces", None, "globex")
+    assert cluster.read(EVALUATIONS, "globex", "e2") is not None

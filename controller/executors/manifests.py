@@ -102,11 +102,11 @@ DEFAULT_BUILDER_RESOURCES = {
 # cannot help, so the Job fails at once and the reconciler reads the record.
 REPORTED_EXIT_CODE = 2
 DEFAULT_WORKLOAD_RESOURCES = {
-    "requests": {"cpu": "500m", "memory": "1Gi"},
+    "requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "2Gi"},
     "limits": {"memory": "4Gi"},
 }
 DEFAULT_SERVER_RESOURCES = {
-    "requests": {"cpu": "1", "memory": "2Gi"},
+    "requests": {"cpu": "1", "memory": "2Gi", "ephemeral-storage": "1Gi"},
     "limits": {"memory": "8Gi"},
 }
 GPU = "nvidia.com/gpu"
@@ -319,13 +319,24 @@ def get_container_security_context() -> dict[str, Any]:
 def get_pod_security_context() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
+        # Numeric, so the kubelet can check runAsNonRoot whatever the image's USER says.
+        "runAsUser": RUNTIME_UID,
+        "runAsGroup": RUNTIME_UID,
         "fsGroup": RUNTIME_UID,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
+# Scratch on the node's disk, bounded: a workload that fills it is evicted, not the node.
+WORK_SIZE_LIMIT = "50Gi"  # a model, a dataset's shards, a Bento
+TMP_SIZE_LIMIT = "2Gi"
+
+
 def get_work_volumes() -> list[dict[str, Any]]:
-    return [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    return [
+        {"name": "work", "emptyDir": {"sizeLimit": WORK_SIZE_LIMIT}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
+    ]
 
 
 def get_work_mounts() -> list[dict[str, Any]]:
@@ -542,7 +553,10 @@ def get_pod_failure_policy(container: str) -> dict[str, Any]:
                 },
             },
             # Evicted or preempted Pods are not the workload's fault.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
         ]
     }
 
@@ -567,6 +581,9 @@ def get_job_spec(
     }
     if parallelism > 1:
         spec.update(completionMode="Indexed", completions=parallelism, parallelism=parallelism)
+        # Each shard range its own retries; one that runs out of them fails the Job.
+        del spec["backoffLimit"]
+        spec.update(backoffLimitPerIndex=settings.backoff_limit, maxFailedIndexes=0)
     return spec
 
 
@@ -823,7 +840,10 @@ def get_build_job(
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "initContainers": [get_bento_fetcher(settings, bento_url)],
         "containers": [get_image_builder(settings, f"{image_name}:{model.status.digest}")],
-        "volumes": [{"name": "workspace", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+        "volumes": [
+            {"name": "workspace", "emptyDir": {"sizeLimit": WORK_SIZE_LIMIT}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
+        ],
     }
     return {
         "apiVersion": "batch/v1",

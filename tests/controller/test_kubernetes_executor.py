@@ -142,7 +142,12 @@ async def test_ingestion_job(
     assert security["allowPrivilegeEscalation"] is False
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/work", "/tmp"}
     assert all("emptyDir" in v for v in pod["volumes"])
-    assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
+    assert container["resources"]["requests"] == {
+        "cpu": "500m",
+        "memory": "1Gi",
+        "ephemeral-storage": "2Gi",
+    }
+    assert all(v["emptyDir"].get("sizeLimit") for v in pod["volumes"])
 
     # The account's workload ServiceAccount, from the template, before the Job.
     account = cluster.read("v1/serviceaccounts", "acme", "dyff-workload")
@@ -167,7 +172,7 @@ async def test_evaluation_pod_serves_the_bento_in_a_native_sidecar(
     assert env_of(server)["DYFF_BENTO_KEY"] == layout.bento_key("acme", DIGEST)
     assert server["startupProbe"]["httpGet"] == {"path": "/readyz", "port": 3000}
     assert server["resources"] == {
-        "requests": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": 1},
+        "requests": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "1Gi", "nvidia.com/gpu": 1},
         "limits": {"memory": "4Gi", "nvidia.com/gpu": 1},
     }
     (client,) = pod["containers"]

@@ -158,16 +158,16 @@ def test_service_account() -> None:
 
 def test_resources_are_the_defaults_with_what_the_model_sets() -> None:
     assert m.get_resources(None, m.DEFAULT_SERVER_RESOURCES) == {
-        "requests": {"cpu": "1", "memory": "2Gi"},
+        "requests": {"cpu": "1", "memory": "2Gi", "ephemeral-storage": "1Gi"},
         "limits": {"memory": "8Gi"},
     }
     assert m.get_resources(GIVEN, m.DEFAULT_SERVER_RESOURCES) == {
-        "requests": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": 1},
+        "requests": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "1Gi", "nvidia.com/gpu": 1},
         "limits": {"memory": "4Gi", "nvidia.com/gpu": 1},
     }
     # A GPU alone keeps the default CPU and memory.
     assert m.get_resources(Resources(gpu=2), m.DEFAULT_SERVER_RESOURCES) == {
-        "requests": {"cpu": "1", "memory": "2Gi", "nvidia.com/gpu": 2},
+        "requests": {"cpu": "1", "memory": "2Gi", "ephemeral-storage": "1Gi", "nvidia.com/gpu": 2},
         "limits": {"memory": "8Gi", "nvidia.com/gpu": 2},
     }
     # The defaults themselves are never changed.
@@ -179,6 +179,8 @@ def test_security_contexts() -> None:
     assert m.get_container_security_context() == SANDBOX
     assert m.get_pod_security_context() == {
         "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
         "fsGroup": 10001,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
@@ -187,8 +189,8 @@ def test_security_contexts() -> None:
 def test_volumes_and_mounts() -> None:
     assert m.get_work_mounts() == MOUNTS
     assert m.get_work_volumes() == [
-        {"name": "work", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "work", "emptyDir": {"sizeLimit": "50Gi"}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}},
     ]
     assert {v["name"] for v in m.get_work_volumes()} == {x["name"] for x in MOUNTS}
 
@@ -234,7 +236,7 @@ def test_workload_env_and_container() -> None:
     ]  # fmt: skip
     assert env_of(c) == env
     assert c["resources"] == {
-        "requests": {"cpu": "500m", "memory": "1Gi"},
+        "requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "2Gi"},
         "limits": {"memory": "4Gi"},
     }
     assert c["securityContext"] == SANDBOX
@@ -384,7 +386,10 @@ def test_pod_failure_policy() -> None:
                 "action": "FailJob",
                 "onExitCodes": {"containerName": "ingest", "operator": "In", "values": [2]},
             },
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
         ]
     }
 
@@ -407,6 +412,9 @@ def test_job_spec_deadlines_and_indexed_mode() -> None:
         4,
         4,
     )
+    # Each shard range retries on its own; one that runs out of retries fails the Job.
+    assert (evaluate["backoffLimitPerIndex"], evaluate["maxFailedIndexes"]) == (2, 0)
+    assert "backoffLimit" not in evaluate
 
 
 def test_evaluation_job() -> None:

@@ -1,8 +1,10 @@
 """`python -m controller run`: the kopf controller of the Deployment (config/base).
 
-kopf runs standalone (one replica, no peering) and cluster-wide (accounts are
-namespaces), with its liveness endpoint on 0.0.0.0:8080/healthz (DYFF_LIVENESS_ENDPOINT
-overrides it). Stores and executor come from DYFF_* variables (see Controller.from_env).
+kopf runs standalone (no kopf peering) and cluster-wide (accounts are namespaces), with
+its liveness endpoint on 0.0.0.0:8080/healthz (DYFF_LIVENESS_ENDPOINT overrides it), and
+only in the replica that holds the Lease (controller/leader.py); a standby answers its
+probe and waits. It refuses a cluster older than Kubernetes 1.29 (native sidecars). Stores
+and executor come from DYFF_* variables (see Controller.from_env).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from controller.kopf_adapter import Controller
     from controller.kopf_adapter import run as run_operator
+    from controller.kube import unsupported_server
+    from controller.leader import Leadership, standby_probe
+    from controller.leader import namespace as leader_namespace
     from dyff.errors import ConfigError
 
     try:
@@ -42,17 +47,31 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigException as exc:  # neither in a Pod nor with a kubeconfig
         print(f"dyff controller: no Kubernetes API to talk to: {exc}", file=sys.stderr)
         return 2
+    from controller.executors.kubernetes import KubernetesExecutor
+
+    jobs = isinstance(controller.executor, KubernetesExecutor)
+    if jobs and (why := unsupported_server(controller.api.server_version())):
+        print(f"dyff controller: {why}", file=sys.stderr)
+        return 2
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await run_operator(
-            controller,
-            stop_flag=stop,
-            liveness_endpoint=os.environ.get("DYFF_LIVENESS_ENDPOINT", LIVENESS),
-        )
+        liveness = os.environ.get("DYFF_LIVENESS_ENDPOINT", LIVENESS)
+        # Replicas: only the Lease holder reconciles; a standby answers its probe.
+        leadership = Leadership(controller.api, leader_namespace())
+        async with standby_probe(liveness):
+            if not await leadership.acquire(stop):
+                return
+        keeper = asyncio.create_task(leadership.keep(stop))
+        try:
+            await run_operator(controller, stop_flag=stop, liveness_endpoint=liveness)
+        finally:
+            stop.set()
+            await keeper
+            await asyncio.to_thread(leadership.release)
 
     asyncio.run(serve())
     return 0

@@ -155,6 +155,11 @@ class KubeApi:
     def get(self, path: str, **query: Any) -> dict[str, Any]:
         return self.request("GET", path, query=query)
 
+    def server_version(self) -> tuple[int, int]:
+        """(major, minor) of the API server; GKE's minor reads like `29+`."""
+        doc = self.get("/version")
+        return int(str(doc["major"]).rstrip("+")), int(str(doc["minor"]).rstrip("+"))
+
     def find(self, path: str) -> dict[str, Any] | None:
         """GET, or None where the object does not exist."""
         try:
@@ -258,3 +263,19 @@ def object_path(doc: Mapping[str, Any]) -> str:
 
 def selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+# Evaluation Pods run the model server as a native sidecar (an init container with
+# restartPolicy Always): on by default from Kubernetes 1.29.
+NATIVE_SIDECARS = (1, 29)
+
+
+def unsupported_server(version: tuple[int, int]) -> str | None:
+    """Why dyff's Jobs cannot run on a server of `version`, or None."""
+    if version < NATIVE_SIDECARS:
+        return (
+            f"this cluster runs Kubernetes {version[0]}.{version[1]}; dyff's evaluation Pods "
+            f"need native sidecar containers, Kubernetes {'.'.join(map(str, NATIVE_SIDECARS))}"
+            " or later"
+        )
+    return None

@@ -147,7 +147,7 @@ class KubernetesExecutor:
         # Objects that may have Jobs: those found at the first look, and those this
         # process started work for. Others have none, so `state` needs no API call for
         # them (the many objects waiting for an upload or a dependency). The controller
-        # is the only one creating dyff Jobs (one replica, Recreate).
+        # is the only one creating dyff Jobs (the replica holding the Lease).
         self._may_have_jobs: set[WorkKey] | None = None
 
     # ---- the protocol

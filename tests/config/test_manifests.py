@@ -41,6 +41,8 @@ KNOWN_KINDS = {
     ("apps/v1", "Deployment"),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"),
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
 }
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
@@ -247,8 +249,9 @@ def test_controller_deployment_shape(name: str) -> None:
     objs = rendered(name)
     deployment = controller_deployment(objs)
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}, "two kopf controllers must never overlap"
+    # Two replicas: the Lease (controller/leader.py) lets one reconcile at a time.
+    assert spec["replicas"] == 2
+    assert spec["strategy"]["type"] == "RollingUpdate"
     selector = spec["selector"]["matchLabels"]
     labels = spec["template"]["metadata"]["labels"]
     assert selector.items() <= labels.items(), "the selector must match the pod labels"
@@ -344,7 +347,6 @@ def test_builder_service_account_template(name: str) -> None:
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_rbac_binds_the_controller_account_to_its_role(name: str) -> None:
     objs = rendered(name)
-    assert not m.find(objs, "Role") and not m.find(objs, "RoleBinding")
     (binding,) = m.find(objs, "ClusterRoleBinding")
     role = m.one(objs, "ClusterRole", binding["roleRef"]["name"])
     assert binding["roleRef"] == {
@@ -603,3 +605,23 @@ def test_dockerfile_parser_joins_continuations(tmp_path: Path) -> None:
     path.write_text('# c\nFROM a:1 AS b\nRUN x \\\n  && y\n\nCMD ["z"]\n')
     got: list[Any] = m.dockerfile_instructions(path)
     assert got == [("FROM", "a:1 AS b"), ("RUN", "x  && y"), ("CMD", '["z"]')]
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_the_controller_may_hold_its_lease_and_nothing_else_in_its_namespace(name: str) -> None:
+    objs = rendered(name)
+    (role,) = m.find(objs, "Role")
+    (binding,) = m.find(objs, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "patch"],
+        }
+    ]
+    account = controller_deployment(objs)["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}
+    ]

@@ -136,3 +136,16 @@ async def test_expired_kubeconfig_credentials_are_fetched_again(
     await asyncio.to_thread(api.find, f"{SA}/nobody")
     assert len(runs.read_text()) == 2  # at load, then before the request
     assert list(cluster)[-1].headers.get("Authorization") == "Bearer token-2"
+
+
+async def test_the_server_version_decides_whether_dyffs_jobs_can_run(cluster: Cluster) -> None:
+    """kmock reports Kubernetes 1.26: too old for native sidecars, and said so."""
+    from controller.kube import unsupported_server
+
+    api = KubeApi(host=cluster.api_url)
+    version = await asyncio.to_thread(api.server_version)
+    assert version == (1, 26)
+    why = unsupported_server(version)
+    assert why is not None and "1.26" in why and "1.29" in why
+    assert unsupported_server((1, 29)) is None and unsupported_server((2, 0)) is None
+    assert unsupported_server((1, 28)) is not None

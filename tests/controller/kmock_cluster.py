@@ -243,7 +243,8 @@ class Cluster(kmock.KubernetesEmulator):
             old = self._existing(key)
             # Optimistic concurrency: a write naming a resourceVersion that is no longer
             # the object's is refused (https://kubernetes.io/docs/reference/using-api/api-concepts/#conflicts).
-            version = ((request.data or {}).get("metadata") or {}).get("resourceVersion")
+            data = request.data if isinstance(request.data, dict) else {}  # or a JSON Patch
+            version = (data.get("metadata") or {}).get("resourceVersion")
             if version is not None and version != old["metadata"].get("resourceVersion"):
                 raise error(409, "Conflict", "the object has been modified; read it again")
             patched = kmock.Object(ssa.without_managed_fields(old))

@@ -623,6 +623,47 @@ def gitops(
         raise DyffError(str(exc)) from None
 
 
+@admin.command("gcp-setup")
+def gcp_setup(
+    project: str = typer.Option(..., "--project", help="Google Cloud project id."),
+    bucket: str = typer.Option(..., "--bucket", help="The bucket for dyff's blobs."),
+    location: str = typer.Option(..., "--location", help="Region, e.g. europe-west4."),
+    node_service_account: str | None = typer.Option(
+        None, "--node-service-account", help="The GKE nodes' service account (image pulls)."
+    ),
+    apply: bool = typer.Option(False, "--apply", help="Run the commands (default: print)."),
+) -> None:
+    """The project's service accounts, roles, bucket and image repository for dyff on GKE
+    and Cloud Run, as idempotent gcloud commands (dyff/gcp.py); a dry run unless --apply."""
+    from dyff import gcp
+
+    _run_gcp(lambda: gcp.platform_steps(project, bucket, location, node_service_account), apply)
+
+
+@admin.command("gcp-account")
+def gcp_account(
+    account: str = typer.Argument(..., help="The account (its namespace)."),
+    project: str = typer.Option(..., "--project", help="Google Cloud project id."),
+    apply: bool = typer.Option(False, "--apply", help="Run the commands (default: print)."),
+) -> None:
+    """Let an account's namespace use the workload and image-builder identities (Workload
+    Identity bindings); a dry run unless --apply."""
+    from dyff import gcp
+
+    _run_gcp(lambda: gcp.account_steps(project, account), apply)
+
+
+def _run_gcp(steps: Callable[[], list[Any]], apply: bool) -> None:
+    from dyff import gcp
+
+    try:
+        planned = steps()
+    except ValueError as exc:
+        raise DyffError(str(exc)) from None
+    if code := gcp.run(planned, apply, echo=typer.echo):
+        raise DyffError(f"a gcloud command failed (exit {code}); fix it and run again")
+
+
 def _plugin_commands() -> None:
     """Commands that other packages register under the entry-point group `dyff.commands`
     (`dyff up` comes from controller/up.py, which wires the apps together)."""

@@ -1,0 +1,260 @@
+"""The Google Cloud side of a GKE installation, as gcloud commands (`hack/gcp-setup.sh`,
+`dyff admin gcp-setup`, `dyff admin gcp-account`).
+
+What config/overlays/gke and config/cloudrun assume, made so: the APIs, the bucket, the
+Artifact Registry repository users' Bentos are pushed to, four Google service accounts
+and their roles —
+
+- dyff-controller: Datastore user, object admin on the bucket, token creator on itself
+  (it signs the URL an image builder fetches a Bento with), Workload Identity for
+  dyff-system/dyff-controller;
+- dyff-shim (Cloud Run): Datastore user, object admin on the bucket, token creator on
+  itself (signed upload URLs);
+- dyff-workload: Datastore user, object admin on the bucket; Workload Identity per
+  account namespace (`gcp-account`);
+- dyff-image-builder: writer on the one repository, nothing else; Workload Identity per
+  account namespace. Model servers' ServiceAccount is bound to nothing.
+
+Every step is idempotent: a resource is created only where `describe` does not find it,
+and IAM bindings are added (adding one that exists changes nothing). Dry run by default:
+the commands are printed, nothing runs; `--apply` runs them.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+SERVICES = (
+    "container.googleapis.com",
+    "datastore.googleapis.com",
+    "storage.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "iamcredentials.googleapis.com",
+    "run.googleapis.com",
+)
+REPOSITORY = "dyff-models"
+CONTROLLER, SHIM, WORKLOAD, BUILDER = (
+    "dyff-controller",
+    "dyff-shim",
+    "dyff-workload",
+    "dyff-image-builder",
+)
+# The Kubernetes ServiceAccounts (config/base, config/overlays/gke) each one serves.
+WORKLOAD_KSA, BUILDER_KSA = "dyff-workload", "dyff-image-builder"
+CONTROLLER_KSA = "dyff-system/dyff-controller"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command; with `unless`, run only where that command fails (the resource is
+    missing)."""
+
+    command: tuple[str, ...]
+    unless: tuple[str, ...] | None = None
+
+    def render(self) -> str:
+        cmd = shlex.join(self.command)
+        return f"{shlex.join(self.unless)} >/dev/null 2>&1 || {cmd}" if self.unless else cmd
+
+
+def email(name: str, project: str) -> str:
+    return f"{name}@{project}.iam.gserviceaccount.com"
+
+
+def _check(project: str, bucket: str, location: str | None = None) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", project):
+        raise ValueError(f"{project!r} is not a Google Cloud project id")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]", bucket):
+        raise ValueError(f"{bucket!r} is not a bucket name")
+    if location is not None and not re.fullmatch(r"[a-z]+(-[a-z]+[0-9]*)*", location):
+        raise ValueError(f"{location!r} is not a location (e.g. europe-west4)")
+
+
+def platform_steps(
+    project: str, bucket: str, location: str, node_service_account: str | None = None
+) -> list[Step]:
+    """The one-time setup of a project for dyff on GKE and Cloud Run."""
+    _check(project, bucket, location)
+    p = f"--project={project}"
+    steps = [Step(("gcloud", "services", "enable", *SERVICES, p))]
+    for name in (CONTROLLER, SHIM, WORKLOAD, BUILDER):
+        steps.append(
+            Step(
+                ("gcloud", "iam", "service-accounts", "create", name, f"--display-name={name}", p),
+                unless=("gcloud", "iam", "service-accounts", "describe", email(name, project), p),
+            )
+        )
+    steps.append(
+        Step(
+            (
+                "gcloud",
+                "storage",
+                "buckets",
+                "create",
+                f"gs://{bucket}",
+                p,
+                f"--location={location}",
+                "--uniform-bucket-level-access",
+            ),
+            unless=("gcloud", "storage", "buckets", "describe", f"gs://{bucket}", p),
+        )
+    )
+    steps.append(
+        Step(
+            (
+                "gcloud",
+                "artifacts",
+                "repositories",
+                "create",
+                REPOSITORY,
+                "--repository-format=docker",
+                f"--location={location}",
+                p,
+            ),
+            unless=(
+                "gcloud",
+                "artifacts",
+                "repositories",
+                "describe",
+                REPOSITORY,
+                f"--location={location}",
+                p,
+            ),
+        )
+    )
+    for name in (CONTROLLER, SHIM, WORKLOAD):
+        member = f"serviceAccount:{email(name, project)}"
+        steps.append(
+            Step(
+                (
+                    "gcloud",
+                    "projects",
+                    "add-iam-policy-binding",
+                    project,
+                    f"--member={member}",
+                    "--role=roles/datastore.user",
+                    "--condition=None",
+                ),
+            )
+        )
+        steps.append(
+            Step(
+                (
+                    "gcloud",
+                    "storage",
+                    "buckets",
+                    "add-iam-policy-binding",
+                    f"gs://{bucket}",
+                    f"--member={member}",
+                    "--role=roles/storage.objectAdmin",
+                    p,
+                ),
+            )
+        )
+    for name in (CONTROLLER, SHIM):  # each signs URLs with its own key (signBlob)
+        steps.append(
+            _sa_binding(
+                project,
+                name,
+                f"serviceAccount:{email(name, project)}",
+                "roles/iam.serviceAccountTokenCreator",
+            )
+        )
+    steps.append(
+        _sa_binding(
+            project, CONTROLLER, _ksa(project, CONTROLLER_KSA), "roles/iam.workloadIdentityUser"
+        )
+    )
+    steps.append(_repository_binding(project, location, BUILDER, "roles/artifactregistry.writer"))
+    if node_service_account:  # the nodes pull the images built from users' Bentos
+        steps.append(
+            Step(
+                (
+                    "gcloud",
+                    "artifacts",
+                    "repositories",
+                    "add-iam-policy-binding",
+                    REPOSITORY,
+                    f"--location={location}",
+                    f"--member=serviceAccount:{node_service_account}",
+                    "--role=roles/artifactregistry.reader",
+                    p,
+                ),
+            )
+        )
+    return steps
+
+
+def account_steps(project: str, account: str) -> list[Step]:
+    """One account's namespace may use the workload and builder identities."""
+    from dyff.schema import NAME_PATTERN
+
+    _check(project, "placeholder")
+    if not re.fullmatch(NAME_PATTERN, account) or len(account) > 63:
+        raise ValueError(f"account {account!r} is not a namespace name")
+    return [
+        _sa_binding(project, WORKLOAD, _ksa(project, f"{account}/{WORKLOAD_KSA}"),
+                    "roles/iam.workloadIdentityUser"),
+        _sa_binding(project, BUILDER, _ksa(project, f"{account}/{BUILDER_KSA}"),
+                    "roles/iam.workloadIdentityUser"),
+    ]  # fmt: skip
+
+
+def _ksa(project: str, namespaced: str) -> str:
+    return f"serviceAccount:{project}.svc.id.goog[{namespaced}]"
+
+
+def _sa_binding(project: str, account: str, member: str, role: str) -> Step:
+    return Step(
+        (
+            "gcloud",
+            "iam",
+            "service-accounts",
+            "add-iam-policy-binding",
+            email(account, project),
+            f"--member={member}",
+            f"--role={role}",
+            f"--project={project}",
+        ),
+    )
+
+
+def _repository_binding(project: str, location: str, account: str, role: str) -> Step:
+    return Step(
+        (
+            "gcloud",
+            "artifacts",
+            "repositories",
+            "add-iam-policy-binding",
+            REPOSITORY,
+            f"--location={location}",
+            f"--member=serviceAccount:{email(account, project)}",
+            f"--role={role}",
+            f"--project={project}",
+        ),
+    )
+
+
+def run(
+    steps: Sequence[Step],
+    apply: bool,
+    echo: Callable[[str], None] = print,
+    runner: Callable[[Sequence[str]], int] | None = None,
+) -> int:
+    """Print the steps (dry run) or run them; returns the first failing exit code, or 0."""
+    call = runner or (lambda cmd: subprocess.run(list(cmd), check=False).returncode)
+    if not apply:
+        echo("# dry run: nothing runs; --apply runs these")
+    for step in steps:
+        echo(step.render())
+        if not apply:
+            continue
+        if step.unless is not None and call(step.unless) == 0:
+            continue  # it exists already
+        if (code := call(step.command)) != 0:
+            return code
+    return 0

@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dyff.schema import MAX_NAME_CHARS, NAME_PATTERN
+from dyff.schema import NAME_PATTERN, is_name
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 32
@@ -39,7 +39,6 @@ SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy"
 DOCS_CDN = "https://cdn.jsdelivr.net"
 _TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
-_NAME = re.compile(NAME_PATTERN)
 
 
 def bad_path(scope: Scope) -> str | None:
@@ -52,7 +51,7 @@ def bad_path(scope: Scope) -> str | None:
     if b"%2f" in raw.lower() or b"%5c" in raw.lower():
         return "a name in the path contains '/' or '\\'"
     for segment in path[len("/v1/") :].split("/"):
-        if segment and (len(segment) > MAX_NAME_CHARS or not _NAME.match(segment)):
+        if segment and not is_name(segment):
             return f"{segment[:80]!r} is not a valid name ({NAME_PATTERN}, at most 63 chars)"
     return None
 

@@ -17,6 +17,7 @@ import yaml
 
 from dyff.schema import (
     GROUP,
+    MAX_NAME_CHARS,
     RESOURCE_TYPES,
     VERSION,
     Entity,
@@ -79,6 +80,10 @@ def _resolve(node: Any, defs: dict[str, Any], rules: dict[str, list[dict[str, st
         else:
             out[key] = _resolve(value, defs, rules)
     _map_keys(out)
+    if out.get("x-kubernetes-int-or-string"):
+        # An integer or a string (a quantity): the one union a structural schema allows.
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if "properties" in out:
         # Structural schemas forbid additionalProperties beside properties;
         # unknown fields are pruned by the API server instead.
@@ -129,18 +134,46 @@ def crd(entity: type[Entity]) -> dict[str, Any]:
     kind = entity.kind_name
     spec = openapi_schema(entity.spec_type)
     status = openapi_schema(entity.status_type)
-    root = {
+    lifecycle = entity.status_type.lifecycle
+    if lifecycle is not None:
+        # pydantic refuses a phase not of the kind (`Status._phase_of_the_kind`); so does this.
+        status["properties"]["phase"]["enum"] = [p.value for p in lifecycle.phases]
+    root: dict[str, Any] = {
         "type": "object",
         "description": (entity.__doc__ or kind).strip(),
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "metadata": {
+                "type": "object",
+                "description": "Standard object metadata.",
+                # The only restrictions a CRD may put on metadata. Declaring both names as
+                # strings, name bounded, keeps this schema as CEL's type of the root, so the
+                # root rule's cost is estimated for 63 characters, not for a whole request.
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "description": "Name, a DNS label (see the root rule).",
+                        "maxLength": MAX_NAME_CHARS,
+                    },
+                    "generateName": {
+                        "type": "string",
+                        "description": "Prefix of a generated name.",
+                        "maxLength": 253,
+                    },
+                },
+            },
             "spec": spec,
             "status": status,
         },
     }
+    if entity.root_rules:
+        # At the root, CEL sees the whole object with metadata.name (and nothing else of
+        # metadata): the API server then refuses names that pydantic refuses.
+        root["x-kubernetes-validations"] = [
+            {"rule": r.cel, "message": r.message} for r in entity.root_rules
+        ]
     columns = [
         {
             "name": c.name,

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from dyff.lifecycle import DATASET, EVALUATION, MODEL, Lifecycle
@@ -27,20 +35,41 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 SHA256_PATTERN = r"^[a-f0-9]{64}$"
 IMAGE_DIGEST_PATTERN = r"@sha256:[a-f0-9]{64}$"
+# A whole image reference as Docker's grammar (distribution/reference) has it, pinned by
+# digest: [registry[:port]/]repository[/more][:tag]@sha256:<64 hex>. RE2 and CEL-literal
+# safe (character classes, no backslashes), so the CRD and pydantic check the same.
+_DOMAIN_PART = "(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_PART = "[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE_PATTERN = (
+    f"^(?:{_DOMAIN_PART}(?:[.]{_DOMAIN_PART})*(?::[0-9]{{1,5}})?/)?"
+    f"{_PATH_PART}(?:/{_PATH_PART})*"
+    "(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    "@sha256:[a-f0-9]{64}$"
+)
 URI_PATTERN = r"^(gs|file|local)://.+"
 # A Kubernetes object name (RFC 1123 DNS subdomain, kept to a label so it can
 # also name namespaces, Jobs and blob prefixes).
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MAX_NAME_CHARS = 63
+# Every pattern here is read with RE2's meaning, which the API server (OpenAPI `pattern`, CEL
+# `matches`) and pydantic-core (the Rust `regex` crate) share: `$` is the end of the text. Python's
+# `re` lets `$` match before a final newline too, so Python code must use `re_search` (or
+# `re.fullmatch`), never `re.search`/`re.match`, with them.
 
 # Limits, declared once: pydantic enforces them at every edge and `dyff.crdgen` emits them
 # as the CRDs' maxLength/maxItems/maxProperties/minimum/maximum (README, "Limits").
 MAX_SIZE_BYTES = 2**40  # 1 TiB, an upload's or a blob's declared size (well inside int64)
 MAX_LABELS = 64  # metadata labels of one object
-MAX_ANNOTATIONS = 128
 MAX_ANNOTATION_CHARS = 256 * 1024  # Kubernetes' limit on all annotations together
 MAX_FILENAME_CHARS = 255
 MAX_QUANTITY_CHARS = 32  # a resource quantity such as `4Gi`
+MAX_QUANTITY_INT = 2**53  # a quantity written as a YAML integer (`cpu: 2`)
+# Kubernetes' quantity grammar (k8s.io/apimachinery resource.Quantity), unsigned: a request is
+# never negative.
+QUANTITY_PATTERN = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 MAX_GPUS = 64
 MAX_OPAQUE_CHARS = 256  # uid, resourceVersion
 # Kubernetes label syntax: an optional DNS-subdomain prefix and `/`, then a name of 63.
@@ -49,19 +78,56 @@ LABEL_KEY_PATTERN = (
     r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
-LabelKey = Annotated[str, Field(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN)]
+
+
+def _qualified_name(key: str) -> str:
+    # What the API server checks beyond the pattern: a prefix of 253, a name of 63.
+    prefix, _, name = key.rpartition("/")
+    if len(prefix) > 253 or len(name) > 63:
+        raise ValueError("a label or annotation key is [prefix of 253/]name of 63")
+    return key
+
+
+LabelKey = Annotated[
+    str,
+    Field(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN),
+    AfterValidator(_qualified_name),
+]
 LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
-AnnotationKey = Annotated[str, Field(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN)]
+AnnotationKey = Annotated[
+    str,
+    Field(min_length=1, max_length=317, pattern=LABEL_KEY_PATTERN),
+    AfterValidator(_qualified_name),
+]
 AnnotationValue = Annotated[str, Field(max_length=MAX_ANNOTATION_CHARS)]
+# What a request through the HTTP API may carry (its edge bounds every input)...
 Labels = Annotated[
     dict[LabelKey, LabelValue],
     Field(max_length=MAX_LABELS, description="Labels, for filtering."),
 ]
+# ...and what a record may hold: whatever the API server lets a custom resource have, so
+# that every CR it accepted can be adopted (it bounds each key and value, not the count).
+MetaLabels = Annotated[dict[LabelKey, LabelValue], Field(description="Labels, for filtering.")]
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=MAX_NAME_CHARS)]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
+
+
+def _re2(pattern: str) -> re.Pattern[str]:
+    # `$` (unescaped) as RE2 reads it: the end of the text, never before a final newline.
+    return re.compile(re.sub(r"(?<!\\)\$", r"\\Z", pattern))
+
+
+def re_search(pattern: str, text: str) -> bool:
+    """CEL's `text.matches(pattern)` in Python: RE2's search, `$` only at the very end."""
+    return _re2(pattern).search(text) is not None
+
+
+def is_name(text: str) -> bool:
+    """Whether `text` is a dyff name (`NAME_PATTERN`, at most `MAX_NAME_CHARS`)."""
+    return len(text) <= MAX_NAME_CHARS and re_search(NAME_PATTERN, text)
 
 
 @dataclass(frozen=True)
@@ -106,8 +172,55 @@ class Schema(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+class SpecSchema(Schema):
+    """Base for what users write (a CR's spec, an HTTP body): strict types, as the API server
+    checks them, so `"2"` is no integer and `"true"` no boolean on either side."""
+
+    model_config = ConfigDict(strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, data: Any) -> Any:
+        # The API server prunes a null of a non-nullable field (none of dyff's is nullable)
+        # before defaulting: `public: null` is `public` left out, here as there.
+        return _without_nulls(data)
+
+
+def _without_nulls(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_nulls(v) for k, v in data.items() if v is not None}
+    return data
+
+
 def _exactly_one(doc: dict[str, Any], *names: str) -> bool:
     return sum(1 for n in names if n in doc) == 1
+
+
+def _quantity_from_int(value: Any) -> Any:
+    # `cpu: 2` is how YAML people write a quantity; it is kept as the string "2".
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_QUANTITY_INT:
+            raise ValueError(f"a quantity written as an integer is 0..{MAX_QUANTITY_INT}")
+        return str(value)
+    return value
+
+
+# A Kubernetes resource quantity (`2`, `500m`, `1.5Gi`), a string or an integer, as the
+# API server's `x-kubernetes-int-or-string` field takes it (`dyff.crdgen` emits that form).
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_from_int),
+    Field(
+        max_length=MAX_QUANTITY_CHARS,
+        pattern=QUANTITY_PATTERN,
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "pattern": QUANTITY_PATTERN,
+            "minimum": 0,
+            "maximum": MAX_QUANTITY_INT,
+        },
+    ),
+]
 
 
 # ---------------------------------------------------------------- conditions
@@ -156,6 +269,15 @@ class Status(Schema):
     )
     message: str | None = Field(default=None, description="Detail of the current phase.")
 
+    @field_validator("conditions")
+    @classmethod
+    def _one_condition_per_type(cls, conditions: list[Condition]) -> list[Condition]:
+        # The CRD's list-type map keyed by type refuses a second condition of a type.
+        types = [c.type for c in conditions]
+        if len(set(types)) != len(types):
+            raise ValueError("conditions: one condition per type")
+        return conditions
+
     @field_validator("phase")
     @classmethod
     def _phase_of_the_kind(cls, phase: str | None) -> str | None:
@@ -193,9 +315,9 @@ class ObjectMeta(Schema):
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(
-        description="Name, unique per kind in the account.",
+        description="Name, unique per kind in the account (a DNS label: `NAME_RULE`).",
         pattern=NAME_PATTERN,
-        max_length=63,
+        max_length=MAX_NAME_CHARS,
     )
     namespace: str = Field(
         description="The owning account; its entities live in the namespace of that name.",
@@ -215,16 +337,25 @@ class ObjectMeta(Schema):
     deletion_timestamp: datetime | None = Field(
         default=None, description="Set when deletion was requested; the controller cleans up."
     )
-    labels: Labels = Field(default_factory=dict)
+    labels: MetaLabels = Field(default_factory=dict)
     annotations: dict[AnnotationKey, AnnotationValue] = Field(
-        default_factory=dict, max_length=MAX_ANNOTATIONS, description="Annotations."
+        default_factory=dict, description="Annotations (256 KiB in all, as the API server)."
     )
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations_size(cls, annotations: dict[str, str]) -> dict[str, str]:
+        # The API server's limit on all annotations together, keys included.
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+        if size > MAX_ANNOTATION_CHARS:
+            raise ValueError(f"annotations: at most {MAX_ANNOTATION_CHARS} bytes in all")
+        return annotations
 
 
 # --------------------------------------------------------------------- sources
 
 
-class UploadSource(Schema):
+class UploadSource(SpecSchema):
     """An archive or file the user uploads through the shim's upload URL."""
 
     sha256: str = Field(
@@ -238,7 +369,7 @@ class UploadSource(Schema):
     )
 
 
-class UriSource(Schema):
+class UriSource(SpecSchema):
     """An existing object in a blob store, named by URI and pinned by content."""
 
     rules = (
@@ -266,14 +397,22 @@ class UriSource(Schema):
     )
 
 
-class ImageSource(Schema):
+class ImageSource(SpecSchema):
     """A container image running a BentoML service, pinned by digest."""
 
     rules = (
         Rule(
             cel=f"self.reference.matches('{IMAGE_DIGEST_PATTERN}')",
             message="an image source must be pinned by digest (...@sha256:<64 hex>)",
-            check=lambda d: re.search(IMAGE_DIGEST_PATTERN, d["reference"]) is not None,
+            check=lambda d: re_search(IMAGE_DIGEST_PATTERN, d["reference"]),
+        ),
+        Rule(
+            cel=f"!self.reference.matches('{IMAGE_DIGEST_PATTERN}') || "
+            f"self.reference.matches('{IMAGE_REFERENCE_PATTERN}')",
+            message="an image reference is [registry/]repository[:tag]@sha256:<64 hex>, "
+            "with a repository",
+            check=lambda d: not re_search(IMAGE_DIGEST_PATTERN, d["reference"])
+            or re_search(IMAGE_REFERENCE_PATTERN, d["reference"]),
         ),
     )
 
@@ -290,7 +429,7 @@ DatasetForm = Literal["parquet", "imagefolder"]
 Task = Literal["image-classification"]
 
 
-class ModelSource(Schema):
+class ModelSource(SpecSchema):
     """Where a model comes from; exactly one of upload, uri, image."""
 
     rules = (
@@ -314,7 +453,7 @@ class ModelSource(Schema):
     image: ImageSource | None = Field(default=None, description="A container image.")
 
 
-class DatasetSource(Schema):
+class DatasetSource(SpecSchema):
     """Where a dataset comes from; exactly one of upload, uri."""
 
     rules = (
@@ -337,19 +476,17 @@ class DatasetSource(Schema):
 # ---------------------------------------------------------------------- Model
 
 
-class Resources(Schema):
+class Resources(SpecSchema):
     """Compute resources for a workload container."""
 
-    cpu: str | None = Field(
-        default=None, max_length=MAX_QUANTITY_CHARS, description="CPU request, e.g. `2`."
-    )
-    memory: str | None = Field(
-        default=None, max_length=MAX_QUANTITY_CHARS, description="Memory request, e.g. `4Gi`."
+    cpu: Quantity | None = Field(default=None, description="CPU request, a quantity: `2`, `500m`.")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request, a quantity: `4Gi`, `512Mi`."
     )
     gpu: int | None = Field(default=None, ge=0, le=MAX_GPUS, description="nvidia.com/gpu limit.")
 
 
-class ModelSpec(Schema):
+class ModelSpec(SpecSchema):
     """Desired state of a Model."""
 
     rules = (
@@ -389,7 +526,7 @@ class ModelStatus(Status):
 # -------------------------------------------------------------------- Dataset
 
 
-class DatasetSpec(Schema):
+class DatasetSpec(SpecSchema):
     """Desired state of a Dataset."""
 
     rules = (
@@ -446,7 +583,7 @@ class DatasetStatus(Status):
 # ----------------------------------------------------------------- Evaluation
 
 
-class EntityRef(Schema):
+class EntityRef(SpecSchema):
     """A reference to a Model or Dataset by name."""
 
     name: str = Field(
@@ -460,7 +597,7 @@ class EntityRef(Schema):
     )
 
 
-class InferenceConfig(Schema):
+class InferenceConfig(SpecSchema):
     """How inference runs; part of the reuse key, so only fields that change outputs."""
 
     top_k: int = Field(default=5, ge=1, le=100, description="Labels kept per prediction.")
@@ -471,7 +608,7 @@ MAX_LABEL_CHARS = 256
 LabelName = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS)]
 
 
-class LabelMapping(Schema):
+class LabelMapping(SpecSchema):
     """How the model's labels meet the dataset's when their names differ; exactly one of
     byIndex, map. Without it, labels are matched by name (see `dyff.labels`)."""
 
@@ -499,7 +636,7 @@ class LabelMapping(Schema):
     )
 
 
-class RunConfig(Schema):
+class RunConfig(SpecSchema):
     """How the evaluation is executed; does not change the results."""
 
     batch_size: int = Field(default=32, ge=1, le=4096, description="Images per request.")
@@ -523,7 +660,7 @@ ALL_METRICS: list[MetricName] = [
 ]
 
 
-class EvaluationSpec(Schema):
+class EvaluationSpec(SpecSchema):
     """Desired state of an Evaluation: a model run over a dataset."""
 
     rules = (
@@ -543,7 +680,8 @@ class EvaluationSpec(Schema):
     metrics: list[MetricName] = Field(
         default_factory=lambda: list(ALL_METRICS),
         max_length=len(ALL_METRICS),
-        description="Metrics to compute.",
+        description="Metrics to compute, each at most once.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     label_mapping: LabelMapping | None = Field(
         default=None,
@@ -552,6 +690,14 @@ class EvaluationSpec(Schema):
         "name with the dataset's, or are transformers' defaults LABEL_<n>, is refused.",
     )
     run: RunConfig = Field(default_factory=RunConfig, description="Execution settings.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_once(cls, metrics: list[MetricName]) -> list[MetricName]:
+        # The CRD's list-type set refuses a duplicate the same way.
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("metrics: each metric at most once")
+        return metrics
 
 
 class Progress(Schema):
@@ -607,6 +753,19 @@ PHASE_COLUMN = PrinterColumn("Phase", ".status.phase", description="Lifecycle ph
 AGE_COLUMN = PrinterColumn("Age", ".metadata.creationTimestamp", type="date")
 
 
+# The API server lets a custom resource have any DNS-subdomain name (253 characters, dots);
+# a dyff name is a DNS label (`ObjectMeta.name`). At the root of every CRD this rule makes the
+# API server refuse the names pydantic refuses, so no CR is left that dyff cannot adopt.
+# pydantic enforces it through `ObjectMeta.name` (its pattern and max_length).
+NAME_RULE = Rule(
+    cel=f"size(self.metadata.name) <= {MAX_NAME_CHARS}"
+    f" && self.metadata.name.matches('{NAME_PATTERN}')",
+    message=f"metadata.name must be a DNS label: at most {MAX_NAME_CHARS} characters, lowercase "
+    f"letters, digits and '-', starting and ending with a letter or digit ({NAME_PATTERN})",
+    check=lambda d: is_name(d["metadata"]["name"]),
+)
+
+
 class Entity(Schema):
     """A dyff object: a custom resource, a record and an API response alike."""
 
@@ -620,6 +779,8 @@ class Entity(Schema):
     status_type: ClassVar[type[Status]]
     # Phases in which a create of the same name restarts the object (`dyff.lifecycle`).
     restartable_phases: ClassVar[tuple[str, ...]] = ()
+    # Rules on the whole object, emitted at the root of the CRD (`dyff.crdgen`).
+    root_rules: ClassVar[tuple[Rule, ...]] = (NAME_RULE,)
 
     api_version: Literal["dyff.io/v1alpha1"] = Field(default="dyff.io/v1alpha1")
     kind: str

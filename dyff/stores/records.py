@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import builtins
 import random
-import re
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -24,7 +23,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import ValidationError
 
 from dyff.errors import AlreadyExists, Conflict, Invalid, NotFound, invalid_from_validation
-from dyff.schema import NAME_PATTERN, Entity, immutable_violations, utcnow
+from dyff.schema import Entity, immutable_violations, is_name, utcnow
 
 E = TypeVar("E", bound=Entity)
 
@@ -74,7 +73,7 @@ def decode_token(token: str) -> str:
         name = raw.decode()
     except (ValueError, UnicodeDecodeError):
         name = ""
-    if not re.match(NAME_PATTERN, name):
+    if not is_name(name):  # `$` at the very end: "name\n" is no name
         raise Invalid("malformed page token", field="pageToken")
     return name
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from api_shim.routes.models_datasets import ModelCreate
 from dyff import crdgen
 from dyff.schema import (
     MAX_SIZE_BYTES,
@@ -23,9 +24,14 @@ CRDS = {t.kind_name: crdgen.crd(t) for t in RESOURCE_TYPES}
 
 @pytest.mark.parametrize("kind", sorted(CRDS))
 def test_every_spec_field_of_the_crd_is_bounded(kind: str) -> None:
-    spec = crd_validation.crd_schema(CRDS[kind])["properties"]["spec"]
-    for path, node in crd_validation.nodes(spec, ".spec"):
+    root = crd_validation.crd_schema(CRDS[kind])["properties"]
+    every = [*crd_validation.nodes(root["spec"], ".spec")]
+    every += crd_validation.nodes(root["metadata"], ".metadata")
+    for path, node in every:
         where = f"{kind}{path}"
+        if node.get("x-kubernetes-int-or-string"):
+            assert {"maxLength", "pattern", "minimum", "maximum"} <= set(node), where
+            continue
         match node["type"]:
             case "string":
                 assert "maxLength" in node or "enum" in node, f"{where}: no maxLength"
@@ -53,8 +59,10 @@ def test_upload_size_is_bounded(size: int) -> None:
     DatasetSpec.model_validate({"source": _source(MAX_SIZE_BYTES)})
 
 
+SPEC = {"source": {"form": "bento", "upload": {"sha256": "a" * 64, "sizeBytes": 1}}}
+# The HTTP API's request bodies bound the label count; records take what a CR may have.
 OVERSIZED: list[tuple[type[Any], dict[str, Any]]] = [
-    (ObjectMeta, {"name": "a", "namespace": "b", "labels": {f"k{i}": "v" for i in range(65)}}),
+    (ModelCreate, {"name": "a", "spec": SPEC, "labels": {f"k{i}": "v" for i in range(65)}}),
     (ObjectMeta, {"name": "a", "namespace": "b", "labels": {"k": "v" * 64}}),
     (ObjectMeta, {"name": "a", "namespace": "b", "labels": {"k" * 400: "v"}}),
     (ObjectMeta, {"name": "a", "namespace": "b", "labels": {"bad key!": "v"}}),
@@ -98,3 +106,11 @@ OVERSIZED: list[tuple[type[Any], dict[str, Any]]] = [
 def test_oversized_values_are_refused(cls: type[Any], doc: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         cls.model_validate(doc)
+
+
+def test_the_api_takes_labels_up_to_its_bound() -> None:
+    """The other side of the bound above: 64 labels are fine (so 65 fails for the count)."""
+    labels = {f"k{i}": "v" for i in range(64)}
+    assert (
+        len(ModelCreate.model_validate({"name": "a", "spec": SPEC, "labels": labels}).labels) == 64
+    )

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,14 @@ async def bench(records_url: str, env: dict[str, str], tmp: Path) -> dict[str, A
         stack.callback(cluster.kill)
         assert cluster.stdout is not None
         url = json.loads(cluster.stdout.readline())["url"]
+        # The controller's own namespace, where its leader Lease lives.
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "dyff-system"}}
+        post = urllib.request.Request(
+            f"{url}/api/v1/namespaces",
+            data=json.dumps(namespace).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(post, timeout=10).close()
         liveness = f"http://127.0.0.1:{free_port()}/healthz"
         controller_env = {
             **os.environ,
@@ -176,6 +185,7 @@ async def bench(records_url: str, env: dict[str, str], tmp: Path) -> dict[str, A
                 ROOT / "config/base/workload-serviceaccount.yaml"
             ),
             "DYFF_LIVENESS_ENDPOINT": liveness,
+            "DYFF_NAMESPACE": "dyff-system",  # where its leader Lease lives
         }
         log = open(tmp / "controller.log", "wb")  # noqa: SIM115 - closed by the stack
         stack.callback(log.close)

@@ -47,6 +47,7 @@ from tests.controller import ssa
 
 CRDS = sorted((Path(__file__).resolve().parents[2] / "crds").glob("*_*.yaml"))
 NAMESPACES = kmock.resource("v1/namespaces")
+SERVER_MINOR = "33"
 NAMESPACE_PATH = re.compile(r"/api/v1/namespaces(?:/([^/]+))?/?")
 APPLY = "application/apply-patch+yaml"
 SERVER_FIELDS = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "resourceVersion")
@@ -127,6 +128,13 @@ class Cluster(kmock.KubernetesEmulator):
             r for r in self.resources if "status" in self.resources[r].subresources
         }
         self[kmock.action.WATCH] << self._watch
+
+    async def _serve_server_version(self, request: Any) -> Any:
+        """What this emulator's semantics follow (native sidecars, per-index retries):
+        a current Kubernetes, not kmock's default 1.26."""
+        doc = dict(await super()._serve_server_version(request))
+        doc.update(major="1", minor=SERVER_MINOR, gitVersion=f"v1.{SERVER_MINOR}.0+kmock")
+        return doc
 
     # ---- for tests
 

@@ -139,13 +139,14 @@ async def test_expired_kubeconfig_credentials_are_fetched_again(
 
 
 async def test_the_server_version_decides_whether_dyffs_jobs_can_run(cluster: Cluster) -> None:
-    """kmock reports Kubernetes 1.26: too old for native sidecars, and said so."""
+    """The emulator reports Kubernetes 1.33: new enough. 1.28 is too old for native
+    sidecars, and said so."""
     from controller.kube import unsupported_server
 
     api = KubeApi(host=cluster.api_url)
     version = await asyncio.to_thread(api.server_version)
-    assert version == (1, 26)
-    why = unsupported_server(version)
+    assert version == (1, 33) and unsupported_server(version) is None
+    why = unsupported_server((1, 26))
     assert why is not None and "1.26" in why and "1.29" in why
     assert unsupported_server((1, 29)) is None and unsupported_server((2, 0)) is None
     assert unsupported_server((1, 28)) is not None

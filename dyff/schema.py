@@ -205,6 +205,24 @@ def _quantity_from_int(value: Any) -> Any:
     return value
 
 
+_SUFFIXES = {
+    "n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+    "P": 1e15, "E": 1e18, "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40,
+    "Pi": 2.0**50, "Ei": 2.0**60,
+}  # fmt: skip
+
+
+def quantity_value(quantity: str | int) -> float:
+    """The number a Kubernetes quantity stands for (`500m` -> 0.5, `1Ki` -> 1024,
+    `1e3` -> 1000); ValueError for anything `QUANTITY_PATTERN` refuses."""
+    text = str(quantity)
+    if not re_search(QUANTITY_PATTERN, text):
+        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+    number = re.match(r"[0-9.]+([eE][+-]?[0-9.]+)?", text)
+    assert number is not None
+    return float(number.group(0)) * _SUFFIXES[text[number.end() :]]
+
+
 # A Kubernetes resource quantity (`2`, `500m`, `1.5Gi`), a string or an integer, as the
 # API server's `x-kubernetes-int-or-string` field takes it (`dyff.crdgen` emits that form).
 Quantity = Annotated[
@@ -411,8 +429,10 @@ class ImageSource(SpecSchema):
             f"self.reference.matches('{IMAGE_REFERENCE_PATTERN}')",
             message="an image reference is [registry/]repository[:tag]@sha256:<64 hex>, "
             "with a repository",
-            check=lambda d: not re_search(IMAGE_DIGEST_PATTERN, d["reference"])
-            or re_search(IMAGE_REFERENCE_PATTERN, d["reference"]),
+            check=lambda d: (
+                not re_search(IMAGE_DIGEST_PATTERN, d["reference"])
+                or re_search(IMAGE_REFERENCE_PATTERN, d["reference"])
+            ),
         ),
     )
 

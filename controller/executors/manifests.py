@@ -37,7 +37,7 @@ from controller.executors import WorkKey
 from controller.reconcilers.common import Workload
 from dyff import layout
 from dyff.models import validate_image_reference
-from dyff.schema import API_VERSION, Entity, Evaluation, Model, Resources
+from dyff.schema import API_VERSION, Entity, Evaluation, Model, Resources, quantity_value
 from dyff.workloads import pod
 
 LABEL_KIND = "dyff.io/kind"
@@ -407,16 +407,20 @@ def get_workload_container(
     }
 
 
+MAX_TORCH_THREADS = 256  # no node has more cores than that to give one Pod
+
+
 def torch_threads(cpu: str | None) -> int | None:
-    """Torch threads for a CPU request (a Kubernetes quantity: `2`, `1.5`, `500m`): the
-    whole cores, at least one; None where there is no request (the service's default)."""
+    """Torch threads for a CPU request (a Kubernetes quantity: `2`, `1.5`, `500m`, `2k`):
+    the whole cores, at least one; None where there is no request (the service's
+    default)."""
     if not cpu:
         return None
     try:
-        cores = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+        cores = quantity_value(cpu)
     except ValueError:
         return None
-    return max(1, math.floor(cores)) if math.isfinite(cores) else None
+    return max(1, min(math.floor(cores), MAX_TORCH_THREADS)) if math.isfinite(cores) else None
 
 
 def get_model_server_knobs(evaluation: Evaluation, resources: Resources | None) -> dict[str, str]:

@@ -255,7 +255,19 @@ def test_the_pod_entry_point_is_the_library_s() -> None:
 
 @pytest.mark.parametrize(
     ("cpu", "threads"),
-    [(None, None), ("2", 2), ("1.5", 1), ("500m", 1), ("2500m", 2), ("1", 1), ("lots", None)],
+    [
+        (None, None),
+        ("2", 2),
+        ("1.5", 1),
+        ("500m", 1),
+        ("2500m", 2),
+        ("1", 1),
+        ("lots", None),
+        ("0", 1),
+        ("4e0", 4),
+        ("1k", 256),
+        (".5", 1),
+    ],
 )
 def test_torch_threads_follow_the_cpu_request(cpu: str | None, threads: int | None) -> None:
     assert m.torch_threads(cpu) == threads

@@ -114,3 +114,22 @@ def test_the_api_takes_labels_up_to_its_bound() -> None:
     assert (
         len(ModelCreate.model_validate({"name": "a", "spec": SPEC, "labels": labels}).labels) == 64
     )
+
+
+@pytest.mark.parametrize(
+    ("quantity", "value"),
+    [("2", 2.0), ("500m", 0.5), ("1.5", 1.5), ("2k", 2000.0), ("1Ki", 1024.0),
+     ("1e3", 1000.0), (".5", 0.5), ("1.5Gi", 1.5 * 2**30), ("0", 0.0), (3, 3.0)],
+)  # fmt: skip
+def test_quantities_read_as_kubernetes_reads_them(quantity: str | int, value: float) -> None:
+    from dyff.schema import quantity_value
+
+    assert quantity_value(quantity) == value
+
+
+@pytest.mark.parametrize("bad", ["lots", "", "-1", "1.5.2", "2 ", "1KiB"])
+def test_a_string_that_is_no_quantity_is_refused(bad: str) -> None:
+    from dyff.schema import quantity_value
+
+    with pytest.raises(ValueError, match="quantity"):
+        quantity_value(bad)

@@ -1,12 +1,16 @@
 """The local driver: the same reconcilers on one machine, against the record store
 directly (no custom resources), with workloads as local processes. It passes over every
-kind of the registry (`controller.reconcile.KINDS`) in turn."""
+kind of the registry (`controller.reconcile.KINDS`) in turn.
+
+It runs a pass when something happened — `wake()`: a record written in this process (the
+shim's), a workload exited (its report is in) — and otherwise every `interval` seconds, a
+safety net for what no event announces (an upload landing by another process, the
+time-based requeues of waiting work)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from controller.executors import Executor
 from controller.reconcile import KINDS, reconcile_one
@@ -22,12 +26,18 @@ class LocalDriver:
         records: RecordStore,
         blobs: BlobStore,
         executor: Executor,
-        interval: float = 0.5,
+        interval: float = 1.0,
     ) -> None:
         self.records = records
         self.blobs = blobs
         self.executor = executor
         self.interval = interval
+        self._woken = threading.Event()
+        self.passes = 0
+
+    def wake(self, *_: object) -> None:
+        """Run a pass now (any arguments are ignored: it fits every notifier)."""
+        self._woken.set()
 
     def reconcile_all(self) -> int:
         """One level-based pass over every object; returns how many changed."""
@@ -54,6 +64,7 @@ class LocalDriver:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            started = time.monotonic()
+            self._woken.clear()  # what happens from here on wakes the next pass
             self.reconcile_all()
-            stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            self.passes += 1
+            self._woken.wait(self.interval)

@@ -126,6 +126,9 @@ def run(settings: Settings, *, host: str, port: int, max_parallel: int = 2) -> N
         config_file = ClientConfig(url, token).save()
 
         driver = LocalDriver(records, blobs, executor)
+        # Event-driven: the shim's writes and workloads' exits start a pass at once.
+        records.on_write(driver.wake)
+        executor.on_exit = driver.wake
         stop = threading.Event()
         loop = threading.Thread(
             target=driver.run, args=(stop,), name="dyff-controller", daemon=True
@@ -140,6 +143,7 @@ def run(settings: Settings, *, host: str, port: int, max_parallel: int = 2) -> N
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
 
         print(f"dyff is up at {url}", flush=True)
+        print(f"web view: {url}/ui (log in with the API key below)", flush=True)
         print(f"API key (account {LOCAL_ACCOUNT!r}): {token}", flush=True)
         print(f"data: {settings.data_dir}   client config: {config_file}", flush=True)
         loop.start()

@@ -58,6 +58,7 @@ log = logging.getLogger("dyff.controller.local")
 # Exit codes of dyff.workloads.common.run_main: 0 done, 2 bad input (reported in status).
 REPORTED = (0, 2)
 STOP_GRACE_S = 10.0
+EXIT_POLL_S = 0.05
 PR_SET_PDEATHSIG = 1
 
 
@@ -108,8 +109,13 @@ class LocalExecutor:
         max_parallel: int = 2,
         *,
         package: str = "dyff.workloads",
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.package = package  # where workload modules live (tests bring their own)
+        # Called when a workload exits (its report is written): the driver wakes at once.
+        self.on_exit = on_exit
+        self._watching: threading.Thread | None = None
+        self._closing = threading.Event()
         self.records_url = records_url
         self.blobs_url = blobs_url
         self.work_dir = work_dir
@@ -192,6 +198,32 @@ class LocalExecutor:
             self._start_guard()
             waiting.proc = self._spawner.submit(self._spawn, waiting).result()
             running += 1
+            self._watch()
+
+    def _watch(self) -> None:
+        """While workloads run, a thread notices each exit within EXIT_POLL_S and calls
+        `on_exit` (with the lock held by the caller)."""
+        if self.on_exit is None or (self._watching is not None and self._watching.is_alive()):
+            return
+        self._watching = threading.Thread(target=self._watch_exits, name="dyff-exits", daemon=True)
+        self._watching.start()
+
+    def _watch_exits(self) -> None:
+        seen: set[int] = set()
+        while not self._closing.wait(EXIT_POLL_S):
+            with self._lock:
+                procs = [w.proc for w in self._work.values() if w.proc is not None]
+            exited = [p for p in procs if p.pid not in seen and p.poll() is not None]
+            if exited and self.on_exit is not None:
+                seen.update(p.pid for p in exited)
+                self.on_exit()
+            if all(p.poll() is not None for p in procs):
+                with self._lock:  # nothing runs: stop, unless work started meanwhile
+                    if all(
+                        w.proc is None or w.proc.poll() is not None for w in self._work.values()
+                    ):
+                        self._watching = None
+                        return
 
     def state(self, key: WorkKey) -> WorkState:
         with self._lock:
@@ -306,6 +338,7 @@ class LocalExecutor:
         return removed
 
     def close(self) -> None:
+        self._closing.set()
         with self._lock:
             self._kill(list(self._work))
             self._queue.clear()

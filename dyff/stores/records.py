@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import builtins
+import logging
 import random
 import time
 import uuid
@@ -24,6 +25,8 @@ from pydantic import ValidationError
 
 from dyff.errors import AlreadyExists, Conflict, Invalid, NotFound, invalid_from_validation
 from dyff.schema import Entity, immutable_violations, is_name, utcnow
+
+log = logging.getLogger("dyff.stores")
 
 E = TypeVar("E", bound=Entity)
 
@@ -144,6 +147,18 @@ class RecordStore(ABC):
     def close(self) -> None:  # noqa: B027 - optional for backends
         pass
 
+    def on_write(self, listener: Callable[[str, str, str], None]) -> None:
+        """Call `listener(kind, account, name)` after every write through this object
+        (in this process): how `dyff up`'s controller wakes when the shim writes."""
+        self.__dict__.setdefault("_listeners", []).append(listener)
+
+    def _wrote(self, kind: str, account: str, name: str) -> None:
+        for listener in self.__dict__.get("_listeners", ()):
+            try:
+                listener(kind, account, name)
+            except Exception:  # a listener's failure is never the writer's
+                log.exception("write listener failed")
+
     # ---- the shared semantics
 
     def create(self, entity: E) -> tuple[E, CreateOutcome]:
@@ -164,6 +179,7 @@ class RecordStore(ABC):
         if stored is not None:
             # `fresh` is what was written (validated above): no need to parse it back.
             fresh.metadata.resource_version = str(stored.version)
+            self._wrote(entity.kind, entity.account, entity.name)
             return fresh, "created"
 
         # The key exists: restart it if it failed, refuse otherwise.
@@ -189,6 +205,7 @@ class RecordStore(ABC):
 
         stored = self._transact(entity.kind, entity.account, entity.name, body)
         assert stored is not None
+        self._wrote(entity.kind, entity.account, entity.name)
         return _parse(kind, stored), outcome[0]
 
     def get(self, kind: type[E], account: str, name: str) -> E:
@@ -247,6 +264,7 @@ class RecordStore(ABC):
 
         stored = self._transact(entity.kind, entity.account, entity.name, body)
         assert stored is not None
+        self._wrote(entity.kind, entity.account, entity.name)
         return _parse(kind, stored)
 
     def mutate(self, kind: type[E], account: str, name: str, change: Callable[[E], None]) -> E:
@@ -287,6 +305,7 @@ class RecordStore(ABC):
             return DELETE
 
         self._transact(kind.kind_name, account, name, body)
+        self._wrote(kind.kind_name, account, name)
 
     def list(
         self,

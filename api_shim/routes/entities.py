@@ -10,6 +10,7 @@ from pydantic import Field
 from api_shim.auth import ScopeDep
 from api_shim.params import AccountQuery, NameStr
 from api_shim.problems import responses
+from api_shim.state import StateDep
 from dyff.access import check_api_may_change
 from dyff.errors import Conflict, Invalid, NotFound
 from dyff.schema import Entity, Evaluation, Model, Schema
@@ -19,6 +20,7 @@ E = TypeVar("E", bound=Entity)
 # A label filter is `key=value` of a metadata label (`dyff.schema.LabelKey`, `LabelValue`).
 MAX_LABEL_FILTERS = 16
 MAX_LABEL_FILTER_CHARS = 400
+MAX_WAIT_S = 30.0  # a long poll holds a worker thread: keep it short
 
 
 class ListPage(Schema, Generic[E]):
@@ -40,8 +42,31 @@ def add_entity_routes(router: APIRouter, kind: type[E]) -> None:
         responses=responses(401, 404, 422),
         name=f"get_{kind.kind_name}",
     )
-    def get_one(name: NameStr, scope: ScopeDep, account: AccountQuery = None) -> Any:
-        return scope.readable(kind, name, account)
+    def get_one(
+        name: NameStr,
+        scope: ScopeDep,
+        state: StateDep,
+        account: AccountQuery = None,
+        changed_from: Annotated[
+            str | None,
+            Query(alias="changedFrom", max_length=64, description="A resourceVersion seen."),
+        ] = None,
+        wait: Annotated[
+            float, Query(ge=0, le=MAX_WAIT_S, description="Seconds to wait for a change.")
+        ] = 0,
+    ) -> Any:
+        """The entity; with `changedFrom` and `wait`, as soon as its resourceVersion is
+        another (a long poll: `dyff … --wait` follows a status without sleeping)."""
+        entity = scope.readable(kind, name, account)
+        if changed_from is None or wait <= 0:
+            return entity
+        return state.changes.wait_for(
+            lambda: scope.readable(kind, name, account),
+            lambda e: (
+                getattr(getattr(e, "metadata", None), "resource_version", None) == changed_from
+            ),
+            wait,
+        )
 
     @router.get(
         f"/v1/{plural}",

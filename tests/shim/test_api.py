@@ -626,3 +626,32 @@ def test_entities_owned_by_git_are_read_only_through_the_api(shim: Shim) -> None
         assert c.delete("/v1/evaluations/e1").status_code == 409
     assert shim.records.get(Model, account, "m1").metadata.deletion_timestamp is None
     assert shim.records.get(Evaluation, account, "e1").phase == EvaluationPhase.FAILED
+
+
+def test_a_long_poll_answers_as_soon_as_the_entity_changes(shim: Shim) -> None:
+    """`GET …?changedFrom=V&wait=S`: at once when the version is no longer V, else after
+    S seconds with the entity as it is; S is bounded."""
+    import threading
+    import time
+
+    account, token = shim.new_account()
+    with shim.client(token) as c:
+        created = c.post("/v1/models", json=model_body("m1")).json()["item"]
+        version = created["metadata"]["resourceVersion"]
+        started = time.monotonic()
+        same = c.get("/v1/models/m1", params={"changedFrom": version, "wait": 1})
+        assert same.status_code == 200 and 0.9 < time.monotonic() - started < 5
+        assert same.json()["metadata"]["resourceVersion"] == version
+
+        def write_later() -> None:
+            time.sleep(0.5)
+            shim.records.mutate(Model, account, "m1", lambda m: m.metadata.labels.update(x="1"))
+
+        threading.Thread(target=write_later).start()
+        started = time.monotonic()
+        changed = c.get("/v1/models/m1", params={"changedFrom": version, "wait": 20})
+        took = time.monotonic() - started
+        assert changed.json()["metadata"]["labels"] == {"x": "1"}
+        assert 0.4 < took < 3, took
+        too_long = c.get("/v1/models/m1", params={"changedFrom": version, "wait": 31})
+        assert_problem(too_long, 422, "query.wait")

@@ -74,118 +74,43 @@ def _check(project: str, bucket: str, location: str | None = None) -> None:
         raise ValueError(f"{location!r} is not a location (e.g. europe-west4)")
 
 
+@dataclass(frozen=True)
+class Resource:
+    """Something gcloud names: `gcloud GROUP… VERB NAME FLAGS…`."""
+
+    group: tuple[str, ...]
+    name: str
+    flags: tuple[str, ...] = ()
+
+
 def platform_steps(
     project: str, bucket: str, location: str, node_service_account: str | None = None
 ) -> list[Step]:
     """The one-time setup of a project for dyff on GKE and Cloud Run."""
     _check(project, bucket, location)
-    p = f"--project={project}"
-    steps = [Step(("gcloud", "services", "enable", *SERVICES, p))]
+    repository = Resource(("artifacts", "repositories"), REPOSITORY, (f"--location={location}",))
+    storage = Resource(("storage", "buckets"), f"gs://{bucket}")
+    steps = [Step(("gcloud", "services", "enable", *SERVICES, f"--project={project}"))]
     for name in (CONTROLLER, SHIM, WORKLOAD, BUILDER):
-        steps.append(
-            Step(
-                ("gcloud", "iam", "service-accounts", "create", name, f"--display-name={name}", p),
-                unless=("gcloud", "iam", "service-accounts", "describe", email(name, project), p),
-            )
-        )
+        steps.append(_create(project, _account(project, name), name, f"--display-name={name}"))
     steps.append(
-        Step(
-            (
-                "gcloud",
-                "storage",
-                "buckets",
-                "create",
-                f"gs://{bucket}",
-                p,
-                f"--location={location}",
-                "--uniform-bucket-level-access",
-            ),
-            unless=("gcloud", "storage", "buckets", "describe", f"gs://{bucket}", p),
-        )
-    )
-    steps.append(
-        Step(
-            (
-                "gcloud",
-                "artifacts",
-                "repositories",
-                "create",
-                REPOSITORY,
-                "--repository-format=docker",
-                f"--location={location}",
-                p,
-            ),
-            unless=(
-                "gcloud",
-                "artifacts",
-                "repositories",
-                "describe",
-                REPOSITORY,
-                f"--location={location}",
-                p,
-            ),
-        )
-    )
+        _create(project, storage, storage.name, f"--location={location}",
+                "--uniform-bucket-level-access")
+    )  # fmt: skip
+    steps.append(_create(project, repository, REPOSITORY, "--repository-format=docker"))
+    everything = Resource(("projects",), project, ("--condition=None",))
     for name in (CONTROLLER, SHIM, WORKLOAD):
-        member = f"serviceAccount:{email(name, project)}"
-        steps.append(
-            Step(
-                (
-                    "gcloud",
-                    "projects",
-                    "add-iam-policy-binding",
-                    project,
-                    f"--member={member}",
-                    "--role=roles/datastore.user",
-                    "--condition=None",
-                ),
-            )
-        )
-        steps.append(
-            Step(
-                (
-                    "gcloud",
-                    "storage",
-                    "buckets",
-                    "add-iam-policy-binding",
-                    f"gs://{bucket}",
-                    f"--member={member}",
-                    "--role=roles/storage.objectAdmin",
-                    p,
-                ),
-            )
-        )
+        steps.append(_binding(project, everything, _sa(project, name), "roles/datastore.user"))
+        steps.append(_binding(project, storage, _sa(project, name), "roles/storage.objectAdmin"))
     for name in (CONTROLLER, SHIM):  # each signs URLs with its own key (signBlob)
-        steps.append(
-            _sa_binding(
-                project,
-                name,
-                f"serviceAccount:{email(name, project)}",
-                "roles/iam.serviceAccountTokenCreator",
-            )
-        )
-    steps.append(
-        _sa_binding(
-            project, CONTROLLER, _ksa(project, CONTROLLER_KSA), "roles/iam.workloadIdentityUser"
-        )
-    )
-    steps.append(_repository_binding(project, location, BUILDER, "roles/artifactregistry.writer"))
+        steps.append(_binding(project, _account(project, name), _sa(project, name), TOKEN_CREATOR))
+    controller_ksa = _ksa(project, CONTROLLER_KSA)
+    steps.append(_binding(project, _account(project, CONTROLLER), controller_ksa, WI_USER))
+    writer = "roles/artifactregistry.writer"
+    steps.append(_binding(project, repository, _sa(project, BUILDER), writer))
     if node_service_account:  # the nodes pull the images built from users' Bentos
-        steps.append(
-            Step(
-                (
-                    "gcloud",
-                    "artifacts",
-                    "repositories",
-                    "add-iam-policy-binding",
-                    REPOSITORY,
-                    f"--location={location}",
-                    f"--member=serviceAccount:{node_service_account}",
-                    "--role=roles/artifactregistry.reader",
-                    p,
-                ),
-            )
-        )
+        member = f"serviceAccount:{node_service_account}"
+        steps.append(_binding(project, repository, member, "roles/artifactregistry.reader"))
     return steps
 
 
@@ -197,46 +122,43 @@ def account_steps(project: str, account: str) -> list[Step]:
     if not re.fullmatch(NAME_PATTERN, account) or len(account) > 63:
         raise ValueError(f"account {account!r} is not a namespace name")
     return [
-        _sa_binding(project, WORKLOAD, _ksa(project, f"{account}/{WORKLOAD_KSA}"),
-                    "roles/iam.workloadIdentityUser"),
-        _sa_binding(project, BUILDER, _ksa(project, f"{account}/{BUILDER_KSA}"),
-                    "roles/iam.workloadIdentityUser"),
-    ]  # fmt: skip
+        _binding(project, _account(project, gsa), _ksa(project, f"{account}/{ksa}"), WI_USER)
+        for gsa, ksa in ((WORKLOAD, WORKLOAD_KSA), (BUILDER, BUILDER_KSA))
+    ]
+
+
+TOKEN_CREATOR = "roles/iam.serviceAccountTokenCreator"
+WI_USER = "roles/iam.workloadIdentityUser"
+
+
+def _account(project: str, name: str) -> Resource:
+    return Resource(("iam", "service-accounts"), email(name, project))
+
+
+def _sa(project: str, name: str) -> str:
+    return f"serviceAccount:{email(name, project)}"
 
 
 def _ksa(project: str, namespaced: str) -> str:
     return f"serviceAccount:{project}.svc.id.goog[{namespaced}]"
 
 
-def _sa_binding(project: str, account: str, member: str, role: str) -> Step:
+def _create(project: str, resource: Resource, *create: str) -> Step:
+    """Create it unless `describe` finds it."""
+    p = f"--project={project}"
     return Step(
-        (
-            "gcloud",
-            "iam",
-            "service-accounts",
-            "add-iam-policy-binding",
-            email(account, project),
-            f"--member={member}",
-            f"--role={role}",
-            f"--project={project}",
-        ),
+        ("gcloud", *resource.group, "create", *create, *resource.flags, p),
+        unless=("gcloud", *resource.group, "describe", resource.name, *resource.flags, p),
     )
 
 
-def _repository_binding(project: str, location: str, account: str, role: str) -> Step:
+def _binding(project: str, resource: Resource, member: str, role: str) -> Step:
+    """Grant `role` on `resource` to `member` (adding a binding that exists changes
+    nothing)."""
     return Step(
-        (
-            "gcloud",
-            "artifacts",
-            "repositories",
-            "add-iam-policy-binding",
-            REPOSITORY,
-            f"--location={location}",
-            f"--member=serviceAccount:{email(account, project)}",
-            f"--role={role}",
-            f"--project={project}",
-        ),
-    )
+        ("gcloud", *resource.group, "add-iam-policy-binding", resource.name, *resource.flags,
+         f"--member={member}", f"--role={role}", f"--project={project}")
+    )  # fmt: skip
 
 
 def run(

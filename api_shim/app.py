@@ -19,7 +19,16 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from api_shim import edge, observability, problems
-from api_shim.routes import accounts, evaluations, health, models_datasets, results, uploads
+from api_shim.routes import (
+    accounts,
+    comparisons,
+    evaluations,
+    health,
+    models_datasets,
+    results,
+    ui,
+    uploads,
+)
 from api_shim.state import AppState
 from dyff.accounts import Authenticator
 from dyff.stores.blobs import BlobStore
@@ -75,6 +84,15 @@ def create_app(
     # Each included router costs every request routed past it a match, so the hot routes
     # (ordering, reading entities) come first. No path is served by two routers, so the
     # order changes no answer, only the order of /openapi.json's paths.
-    for module in (evaluations, models_datasets, results, uploads, accounts, health):
+    for module in (
+        evaluations,
+        models_datasets,
+        results,
+        comparisons,
+        uploads,
+        accounts,
+        health,
+        ui,
+    ):
         app.include_router(module.router)
     return app

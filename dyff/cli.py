@@ -543,6 +543,83 @@ def report(
     console.print(str(output.resolve()))
 
 
+@app.command("compare")
+def compare(
+    a: str = typer.Argument(..., help="Evaluation A (the baseline)."),
+    b: str = typer.Argument(..., help="Evaluation B (compared against A)."),
+    output: Path = typer.Option(
+        None,
+        "-o",
+        "--output",
+        help="Also write the self-contained HTML report here (default resamples and seed).",
+    ),
+    resamples: int = typer.Option(None, help="Bootstrap resamples (default 1000)."),
+    seed: int = typer.Option(None, help="Seed of the bootstrap (default 0)."),
+) -> None:
+    """Compare two complete evaluations on their common rows: B - A per metric with 95 %
+    paired-bootstrap intervals, McNemar's exact test, per-class recall differences."""
+    with client() as c:
+        doc = c.compare(a, b, resamples=resamples, seed=seed)
+        if output is not None:
+            output.write_text(c.comparison_report(a, b))
+    if state.json:
+        console.print_json(json.dumps(doc))
+        if output is not None:
+            err.print(str(output.resolve()))
+        return
+    console.print(
+        f"B [bold]{b}[/bold] against A [bold]{a}[/bold]: {doc['rows']:,} common rows "
+        f"({doc.get('commonShards', '?')} shards)"
+    )
+    table = new_table(["METRIC", "A", "B", "B - A", "95% INTERVAL"])
+    for m in doc["metrics"]:
+        low, high = m["interval"]
+        interval = "" if low is None else f"[{low:+.4f}, {high:+.4f}]"
+        table.add_row(m["metric"], f"{m['a']:.4f}", f"{m['b']:.4f}", f"{m['difference']:+.4f}",
+                      interval)  # fmt: skip
+    print_table(table)
+    t = doc["mcnemar"]
+    console.print(
+        f"McNemar: both right {t['bothRight']:,}, fixed (A wrong, B right) {t['fixed']:,}, "
+        f"broken (A right, B wrong) {t['broken']:,}, both wrong {t['bothWrong']:,}; "
+        f"exact p = {t['pValue']:.3g}"
+    )
+    if output is not None:
+        console.print(str(output.resolve()))
+
+
+@app.command("leaderboard")
+def leaderboard(
+    dataset: str,
+    metric: str = typer.Option("accuracy", help="accuracy, top5_accuracy, macro_f1 or ece."),
+    account: str = typer.Option(None, help="The dataset's account, for a public dataset."),
+    limit: int = typer.Option(None, help="Evaluations shown (default 20, at most 100)."),
+) -> None:
+    """Your complete evaluations on a dataset, ranked, with 95 % intervals; '~' marks one not
+    significantly different from the one ranked above it."""
+    with client() as c:
+        board = c.leaderboard(dataset, metric, account=account, limit=limit)
+    if state.json:
+        console.print_json(json.dumps(board))
+        return
+    table = new_table(["RANK", "NAME", "MODEL", metric.upper(), "95% INTERVAL", "VS ABOVE"])
+    for e in board["entries"]:
+        low, high = e["interval"]
+        vs = e.get("vsPrevious") or {}
+        mark = {True: "differs", False: "~ same", None: ""}[vs.get("significant")]
+        if vs.get("pValue") is not None:
+            mark += f" (p={vs['pValue']:.2g})"
+        table.add_row(
+            "" if e["rank"] is None else str(e["rank"]),
+            e["evaluation"],
+            str((e.get("model") or {}).get("name", "")),
+            "" if e["value"] is None else f"{e['value']:.4f}",
+            "" if low is None else f"[{low:.4f}, {high:.4f}]",
+            mark,
+        )
+    print_table(table)
+
+
 @app.command("apply")
 def apply(
     filename: Path = typer.Option(..., "-f", "--filename", help="YAML of dyff resources."),

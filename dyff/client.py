@@ -178,6 +178,26 @@ class Client:
             item: dict[str, Any] = created["item"]
             return item
 
+    def register_image(
+        self,
+        name: str,
+        reference: str,
+        *,
+        port: int = 3000,
+        labels: dict[str, str] | None = None,
+        extra_spec: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Register an image-form model: a container image running a service that speaks
+        image-classification/v1, pinned by digest (`REPO@sha256:<64 hex>`). Returns the
+        created entity."""
+        spec = {
+            **(extra_spec or {}),
+            "source": {"form": "image", "image": {"reference": reference, "port": port}},
+        }
+        created = self.create("models", {"name": name, "labels": labels or {}, "spec": spec})
+        item: dict[str, Any] = created["item"]
+        return item
+
     def resume_upload(
         self,
         plural: str,
@@ -315,6 +335,48 @@ class Client:
 
     def report(self, name: str) -> str:
         return self._call("GET", f"/v1/evaluations/{_seg(name)}/report").text
+
+    def compare(
+        self, a: str, b: str, *, resamples: int | None = None, seed: int | None = None
+    ) -> dict[str, Any]:
+        """Paired comparison of two complete evaluations (B against A) on their common rows."""
+        params = {k: v for k, v in (("resamples", resamples), ("seed", seed)) if v is not None}
+        result: dict[str, Any] = self._call(
+            "GET", "/v1/comparisons", params={"a": a, "b": b, **params}
+        ).json()
+        return result
+
+    def comparison_rows(
+        self, a: str, b: str, kind: str | None = None, *, offset: int = 0, limit: int = 100
+    ) -> dict[str, Any]:
+        """Rows `fixed` (A wrong, B right) or `broken` (A right, B wrong), paged."""
+        params: dict[str, Any] = {"a": a, "b": b, "offset": offset, "limit": limit}
+        if kind:
+            params["kind"] = kind
+        result: dict[str, Any] = self._call("GET", "/v1/comparisons/rows", params=params).json()
+        return result
+
+    def comparison_report(self, a: str, b: str) -> str:
+        """The comparison as a self-contained HTML page (with thumbnails of flipped rows)."""
+        return self._call("GET", "/v1/comparisons/report", params={"a": a, "b": b}).text
+
+    def leaderboard(
+        self,
+        dataset: str,
+        metric: str = "accuracy",
+        *,
+        account: str | None = None,
+        limit: int | None = None,
+    ) -> dict[str, Any]:
+        """The caller's complete evaluations on a dataset, ranked by `metric`."""
+        params: dict[str, Any] = {"metric": metric}
+        if account:
+            params["account"] = account
+        if limit:
+            params["limit"] = limit
+        path = f"/v1/datasets/{_seg(dataset)}/leaderboard"
+        result: dict[str, Any] = self._call("GET", path, params=params).json()
+        return result
 
     # -------------------------------------------------------------- apply
 

@@ -290,3 +290,46 @@ def test_a_new_key_expires_no_later_than_the_callers(up: Up) -> None:
     with up.client(up.admin_key) as admin:
         forever = admin.post("/v1/keys", json={"expiresInDays": None})
         assert forever.status_code == 201 and forever.json()["key"].get("expires") is None
+
+
+# ------------------------------------------- comparisons, leaderboards, web view
+
+
+def test_comparisons_leaderboards_and_web_pages_answer_404_across_accounts(up: Up) -> None:
+    """The new routes and pages join the cross-account matrix: the owner is told what its
+    evaluations are (409: not Complete), another account only that nothing is there."""
+    owner, other = new_account(up), new_account(up)
+    with up.client(owner.key) as c:
+        assert c.post("/v1/models", json=model_body("m", b"w")).status_code == 201
+        assert c.post("/v1/datasets", json=dataset_body("d", b"p")).status_code == 201
+        for name in ("e1", "e2"):
+            body = {"name": name, "spec": {"model": {"name": "m"}, "dataset": {"name": "d"}}}
+            assert c.post("/v1/evaluations", json=body).status_code == 201
+        pair = {"a": "e1", "b": "e2"}
+        assert c.get("/v1/comparisons", params=pair).status_code == 409
+        assert c.get("/v1/datasets/d/leaderboard").json()["entries"] == []
+    matrix = [
+        ("/v1/comparisons", pair),
+        ("/v1/comparisons/rows", pair),
+        ("/v1/comparisons/report", pair),
+        ("/v1/datasets/d/leaderboard", {}),
+        ("/v1/datasets/d/leaderboard", {"account": owner.name}),
+    ]
+    with up.client(other.key) as c:
+        for path, params in matrix:
+            r = c.get(path, params=params)
+            assert r.status_code == 404, (path, params, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json")
+    with httpx.Client(base_url=up.url, timeout=30) as browser:
+        login = browser.get("/ui/login")
+        csrf = login.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        r = browser.post("/ui/login", data={"key": other.key, "csrf": csrf})
+        assert r.status_code == 303, r.text
+        for path in ("/ui/evaluations/e1", "/ui/evaluations/e1/report",
+                     "/ui/evaluations/e1/delete", "/ui/models/m/delete",
+                     "/ui/datasets/d/leaderboard", "/ui/compare?a=e1&b=e2"):  # fmt: skip
+            assert browser.get(path).status_code == 404, path
+        assert browser.post("/ui/evaluations/e1/delete", data={"csrf": csrf}).status_code == 404
+        assert 'data-name="e1"' not in browser.get("/ui").text
+    with up.client(owner.key) as c:
+        assert c.get("/v1/evaluations/e1").json()["metadata"].get("deletionTimestamp") is None

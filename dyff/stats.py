@@ -1,0 +1,183 @@
+"""Statistics for comparing and qualifying results: the bootstrap and McNemar's exact test.
+
+Pure numpy (no scipy at run time); `tests/unit/test_stats.py` holds them to scipy.
+
+**Bootstrap as counts.** A bootstrap resample draws N row indices uniformly with replacement;
+every statistic here is a function of *how many times* each index was drawn, so `bootstrap`
+hands the statistic a matrix of counts, one row per resample. Drawing the indices of all
+resamples at once would cost resamples x N random numbers (10^9 for a million rows and a
+thousand resamples). Instead, rows that contribute identically to the statistic are
+grouped (`sizes[j]` rows in group j): the counts of a uniform resample of N rows, summed per
+group, follow Multinomial(N, sizes / N) exactly, so one multinomial draw per resample over the
+groups gives the same distribution as resampling the rows themselves. A comparison of
+accuracy needs four groups (right/wrong by A x right/wrong by B) whatever N is. With
+`sizes = np.ones(n)` every row is its own group: the plain bootstrap of row indices.
+
+A paired bootstrap is one whose groups are defined on both evaluations' values of the same
+row, and whose statistic computes the difference from the same counts: the resample is
+drawn once and applied to both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_RESAMPLES = 1000
+MAX_RESAMPLES = 10_000
+DEFAULT_LEVEL = 0.95
+# Counts (resamples x groups) drawn at once: bounds the memory of one block.
+BLOCK_CELLS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A percentile bootstrap interval; `low`/`high` are None where every resample's
+    statistic was undefined (NaN)."""
+
+    low: float | None
+    high: float | None
+    level: float
+    resamples: int
+
+
+def resample_counts(sizes: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(resamples, len(sizes)) int64: how many rows of each group a uniform resample with
+    replacement of all `sizes.sum()` rows draws."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if sizes.ndim != 1 or (sizes < 0).any():
+        raise ValueError("sizes must be a 1-d array of non-negative group sizes")
+    if not 1 <= resamples <= MAX_RESAMPLES:
+        raise ValueError(f"resamples must be between 1 and {MAX_RESAMPLES}")
+    n = int(sizes.sum())
+    if n == 0:
+        return np.zeros((resamples, len(sizes)), dtype=np.int64)
+    pvals = sizes / n
+    return rng.multinomial(n, pvals, size=resamples).astype(np.int64, copy=False)
+
+
+def bootstrap(
+    statistic: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+    sizes: np.ndarray,
+    *,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int | Sequence[int] = 0,
+    level: float = DEFAULT_LEVEL,
+    block_cells: int = BLOCK_CELLS,
+) -> list[Interval]:
+    """Percentile intervals of `statistic` over `resamples` bootstrap resamples.
+
+    `statistic(counts, rng)` takes a (r, G) matrix of per-group draw counts
+    (`resample_counts`, G = len(sizes)) and the bootstrap's generator (for a statistic that
+    needs more randomness than the counts), and returns r values, or an (r, S) matrix for S
+    statistics at once (one interval each). Resamples are drawn in blocks of at most
+    `block_cells` counts, so memory stays bounded whatever G is. The same `seed`, inputs and
+    block size give the same intervals."""
+    if not 0 < level < 1:
+        raise ValueError("level must lie between 0 and 1")
+    if not 1 <= resamples <= MAX_RESAMPLES:
+        raise ValueError(f"resamples must be between 1 and {MAX_RESAMPLES}")
+    sizes = np.asarray(sizes)
+    rng = np.random.default_rng(seed if isinstance(seed, int) else list(seed))
+    block = max(1, min(resamples, block_cells // max(1, len(sizes))))
+    parts = []
+    done = 0
+    while done < resamples:
+        n = min(block, resamples - done)
+        values = np.asarray(statistic(resample_counts(sizes, n, rng), rng), dtype=np.float64)
+        if values.ndim == 1:
+            values = values[:, None]
+        if values.shape[0] != n:
+            raise ValueError("the statistic must return one value (or row) per resample")
+        parts.append(values)
+        done += n
+    return percentile_intervals(np.concatenate(parts), level)
+
+
+def percentile_intervals(values: np.ndarray, level: float = DEFAULT_LEVEL) -> list[Interval]:
+    """Per column of (R, S) `values`: the central `level` percentile interval (linear
+    interpolation, as `numpy.quantile`), ignoring resamples where the statistic is NaN."""
+    alpha = (1 - level) / 2
+    values = np.asarray(values, dtype=np.float64)
+    values = np.where(np.isfinite(values), values, np.nan)
+    defined = ~np.all(np.isnan(values), axis=0)
+    bounds = np.full((2, values.shape[1]), np.nan)
+    if defined.any():
+        bounds[:, defined] = np.nanquantile(values[:, defined], [alpha, 1 - alpha], axis=0)
+    return [
+        Interval(float(lo) if ok else None, float(hi) if ok else None, level, values.shape[0])
+        for lo, hi, ok in zip(bounds[0], bounds[1], defined, strict=True)
+    ]
+
+
+def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den elementwise, NaN where den is 0 (a statistic undefined in a resample)."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.full(np.broadcast(num, den).shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+# -------------------------------------------------------------------- McNemar
+
+
+@dataclass(frozen=True)
+class McNemar:
+    """McNemar's exact test on paired right/wrong outcomes.
+
+    `table[i][j]`: rows where A is right (i=0) or wrong (i=1) and B right (j=0) or wrong
+    (j=1). The discordant pairs are `broken` (A right, B wrong) and `fixed` (A wrong, B
+    right); under the null both are equally likely, so the p-value is the exact two-sided
+    binomial test of `fixed` among `broken + fixed` at 1/2."""
+
+    both_right: int
+    broken: int
+    fixed: int
+    both_wrong: int
+    p_value: float
+
+    @property
+    def table(self) -> list[list[int]]:
+        return [[self.both_right, self.broken], [self.fixed, self.both_wrong]]
+
+
+def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> McNemar:
+    """The exact McNemar test of two boolean arrays of the same rows."""
+    a = np.asarray(a_correct, dtype=bool)
+    b = np.asarray(b_correct, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError("both evaluations need the same rows")
+    codes = np.bincount(a.astype(np.int64) * 2 + b.astype(np.int64), minlength=4)
+    both_wrong, fixed, broken, both_right = (int(x) for x in codes)
+    return McNemar(both_right, broken, fixed, both_wrong, binomial_two_sided(fixed, broken))
+
+
+def mcnemar_counts(both_right: int, broken: int, fixed: int, both_wrong: int) -> McNemar:
+    return McNemar(both_right, broken, fixed, both_wrong, binomial_two_sided(fixed, broken))
+
+
+def binomial_two_sided(k1: int, k2: int) -> float:
+    """Exact two-sided p-value of observing a split (k1, k2) of n = k1 + k2 fair coin flips:
+    twice the smaller tail, at most 1 (the binomial is symmetric at p = 1/2, so this is the
+    sum of the probabilities of every outcome no more likely than the observed one).
+
+    The tail is summed in log space from the observed count down with the ratio
+    pmf(k-1)/pmf(k) = k / (n-k+1), so a million discordant pairs cost one cumulative sum."""
+    if k1 < 0 or k2 < 0:
+        raise ValueError("counts must be non-negative")
+    n = k1 + k2
+    m = min(k1, k2)
+    if n == 0 or 2 * m == n:
+        return 1.0
+    # log pmf(m) = log C(n, m) - n log 2
+    top = math.lgamma(n + 1) - math.lgamma(m + 1) - math.lgamma(n - m + 1) - n * math.log(2)
+    k = np.arange(m, 0, -1, dtype=np.float64)  # m, m-1, ..., 1
+    steps = np.log(k) - np.log(n - k + 1)  # log pmf(k-1) - log pmf(k)
+    logs = np.concatenate(([top], top + np.cumsum(steps)))
+    peak = logs.max()
+    tail = math.exp(peak) * float(np.sum(np.exp(logs - peak)))
+    return min(1.0, 2.0 * tail)

@@ -202,13 +202,28 @@ def label_space(
     return names, np.asarray(mapping, dtype=np.int32)
 
 
-def inference_digest(inference: dict[str, Any], label_map: np.ndarray) -> str:
+# The public protocol a user's service is spoken to with (docs/serving-protocol.md).
+USER_PROTOCOL = "image-classification/v1"
+
+
+def serves_user_code(model: Model) -> bool:
+    """The model runs its owner's code (a user's Bento, or an image): it is spoken to only
+    through the public protocol, never dyff's fast path."""
+    return model.status.user_code or model.spec.source.form == "image"
+
+
+def inference_digest(
+    inference: dict[str, Any], label_map: np.ndarray, *, protocol: str | None = None
+) -> str:
     """The reuse key of everything but the model and the shard that computes a prediction:
-    the inference settings, the runtime's code and libraries (`runtime_version`), and a
-    non-identity label map."""
+    the inference settings, the runtime's code and libraries (`runtime_version`), a
+    non-identity label map, and the protocol when it is not dyff's own (a user's service:
+    its predictions never pass for ones dyff's own code made, and never the reverse)."""
     from dyff.runtime import runtime_version
 
     key = {**inference, "runtime": runtime_version()}
+    if protocol is not None:
+        key["protocol"] = protocol
     if not np.array_equal(label_map, np.arange(len(label_map))):
         key["labelMap"] = label_map.tolist()
     return layout.config_digest(key)
@@ -235,7 +250,8 @@ def inputs_for(evaluation: Evaluation, model: Model, dataset: Dataset) -> Inputs
         # dataset with another mapping never reuse predictions. Without one, the key is
         # the inference settings' (and a non-identity map's) as before.
         inference = {**inference, "labelMapping": spec.label_mapping.wire()}
-    digest = inference_digest(inference, label_map)
+    protocol = USER_PROTOCOL if serves_user_code(model) else None
+    digest = inference_digest(inference, label_map, protocol=protocol)
     return Inputs(evaluation, model, dataset, names, label_map, digest, match)
 
 

@@ -8,14 +8,16 @@ The three forms a Model arrives in:
   checks it without running anything of the user's (no pickle, no custom
   code, never `trust_remote_code`); `package_transformers` wraps it in dyff's
   BentoML service (`dyff/runtime/service.py`) and exports a Bento archive.
-- **bento**: a Bento archive that dyff packaged (`import_bento_archive`).
-  Only Bentos of dyff's own service are accepted, and their code is never
-  run: the model folder inside is validated like the transformers form and
-  repackaged with the current service. A Bento with its own service code
-  would run user Python in our model server with no isolation; such a model
-  must come as a container image instead, where it runs in its own sandbox.
-- **image**: a container image running a BentoML service that honours the
-  contract in `dyff/runtime/service.py`, pinned by digest
+- **bento**: a Bento archive (`bentoml export`; `import_bento_archive`). A
+  Bento of dyff's own service (its `src/service.py` byte-identical to
+  `dyff/runtime/service.py`, model under `src/model/`) is validated like the
+  transformers form and repackaged with the current service. Any other Bento
+  is the user's own service: accepted when its `bento.yaml` declares the APIs
+  of the public protocol `image-classification/v1` (docs/serving-protocol.md)
+  and dyff's environment satisfies its Python requirements; its code is kept
+  as it is and runs only as its own model server (`ModelStatus.userCode`).
+- **image**: a container image running a service that speaks
+  `image-classification/v1`, pinned by digest
   (`validate_image_reference`; controller/executors/manifests.py runs it as the
   evaluation's model server). It needs a container runtime;
   `local_image_support` says whether there is one.
@@ -54,6 +56,14 @@ INVALID_IMAGE = "InvalidImageReference"
 CONTAINER_RUNTIME_UNAVAILABLE = "ContainerRuntimeUnavailable"
 PACKAGING_FAILED = "PackagingFailed"
 MODEL_DOES_NOT_RUN = "ModelDoesNotRun"
+MISSING_PACKAGES = "MissingPackages"
+MODEL_SERVER_FAILED = "ModelServerFailed"
+PROTOCOL_VIOLATION = "ProtocolViolation"
+
+# The public serving protocol a user's service speaks (docs/serving-protocol.md).
+PROTOCOL = "image-classification/v1"
+METADATA_API = "metadata"
+CLASSIFY_API = "classify_images"
 
 CONFIG = "config.json"
 PREPROCESSOR = "preprocessor_config.json"
@@ -75,8 +85,6 @@ SERVICE_SOURCE = Path(__file__).resolve().parent / "runtime" / "service.py"
 SERVICE_TARGET = "service:ImageClassifier"
 SERVICE_NAME = "dyff-image-classifier"
 BENTO_NAME = "dyff-model"
-# Routes a served model must expose (see dyff/runtime/service.py).
-REQUIRED_ROUTES = frozenset({"classify", "metadata"})
 # Requirements written into the Bento (used when it is containerised).
 BENTO_PACKAGES = ["torch==2.13.0", "transformers>=4.44", "safetensors", "numpy", "pillow"]
 
@@ -467,11 +475,16 @@ def package_transformers(
 
 @dataclass(frozen=True)
 class ImportedBento:
-    """A Bento archive checked and unpacked: its bento.yaml and the model inside."""
+    """A Bento archive checked and unpacked: its bento.yaml, and either the model inside
+    (dyff's own service) or the user's service (`user_code`, `info` None)."""
 
     bento_dir: Path
     manifest: dict[str, Any]
-    info: ModelInfo
+    info: ModelInfo | None
+    user_code: bool = False
+    # The model's identity: `model_digest` of the model folder (dyff's own service) or
+    # `bento_digest` of the whole Bento (a user's service).
+    digest: str = ""
 
 
 def _unxz(archive: Path, dest: Path, max_bytes: int) -> Path:
@@ -511,77 +524,260 @@ def extract_archive(archive: Path, dest: Path) -> Path:
     return dest
 
 
-def unpack_bento(archive: Path, dest: Path) -> Path:
+def unpack_bento(archive: Path, dest: Path, *, user_code: bool = False) -> Path:
     """Unpack a stored Bento archive for serving (checked extraction). A Bento of dyff's own
     service gets the current `dyff/runtime/service.py`: the code that computes predictions
-    is always the one the prediction cache is keyed by (`dyff.runtime.runtime_version`)."""
+    is always the one the prediction cache is keyed by (`dyff.runtime.runtime_version`).
+    A user's service (`user_code`) is served exactly as it was uploaded."""
 
     dest = Path(dest)
     if not (dest / "bento.yaml").is_file():
         extract_archive(archive, dest)
+    if user_code:
+        return dest
     manifest = load_yaml((dest / "bento.yaml").read_bytes(), "bento.yaml", UNSUPPORTED_BENTO) or {}
     service = dest / "src" / "service.py"
-    if manifest.get("service") == SERVICE_TARGET and service.is_file():
+    # dyff's layout only (a user's service may share the target name `service:…`).
+    if (
+        isinstance(manifest, dict)
+        and manifest.get("service") == SERVICE_TARGET
+        and manifest.get("entry_service") == SERVICE_NAME
+        and (dest / "src" / "model").is_dir()
+        and service.is_file()
+    ):
         shutil.copyfile(SERVICE_SOURCE, service)
     return dest
 
 
-def import_bento_archive(archive: Path, workdir: Path, *, load_check: bool = True) -> ImportedBento:
-    """Check a Bento archive and return the model inside it, validated.
+def _bento_root(bento_dir: Path) -> Path:
+    """The folder holding bento.yaml: the archive's top, or its one folder."""
+    if (bento_dir / "bento.yaml").is_file():
+        return bento_dir
+    subdirs = [p for p in bento_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+    if len(subdirs) == 1 and (subdirs[0] / "bento.yaml").is_file():
+        return subdirs[0]
+    raise WorkloadFailed(UNSUPPORTED_BENTO, "not a Bento: bento.yaml is missing")
 
-    Accepted: Bentos of dyff's service (`service: service:ImageClassifier`,
-    entry service `dyff-image-classifier` exposing /classify and /metadata)
-    with the model under `src/model/` — what `package_transformers` makes,
-    exported with `bentoml export` (.bento, .tar, .tar.gz or .zip). The code
-    in the Bento is never run: ingestion repackages the validated model with
-    the current service. Anything else is refused (UnsupportedBento).
+
+def read_manifest(bento_dir: Path) -> dict[str, Any]:
+    """bento.yaml, bounded in size and nesting; it must name a service."""
+    path = bento_dir / "bento.yaml"
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise WorkloadFailed(UNSUPPORTED_BENTO, "bento.yaml is too large")
+    manifest = load_yaml(path.read_bytes(), "bento.yaml", UNSUPPORTED_BENTO)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("service"), str):
+        raise WorkloadFailed(UNSUPPORTED_BENTO, "bento.yaml names no service")
+    return manifest
+
+
+def is_dyff_bento(bento_dir: Path, manifest: dict[str, Any]) -> bool:
+    """dyff's own Bento: dyff's layout, and its service.py byte for byte the current
+    dyff/runtime/service.py. Anything else (an older or edited copy included) is a
+    user's service, whose code is kept and run as theirs, never replaced by ours."""
+    service = bento_dir / "src" / "service.py"
+    return (
+        manifest.get("service") == SERVICE_TARGET
+        and manifest.get("entry_service") == SERVICE_NAME
+        and service.is_file()
+        and not service.is_symlink()
+        and (bento_dir / "src" / "model").is_dir()
+        and service.read_bytes() == SERVICE_SOURCE.read_bytes()
+    )
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _schema_type(schema: Any) -> str | None:
+    return schema.get("type") if isinstance(schema, dict) else None
+
+
+def check_protocol_routes(manifest: dict[str, Any]) -> None:
+    """The entry service declares the APIs of `image-classification/v1` with the IO types
+    BentoML 1.4 writes for them (`schema.routes` of bento.yaml); UnsupportedBento naming
+    the API that is missing or of the wrong type."""
+    schema = manifest.get("schema")
+    routes = schema.get("routes") if isinstance(schema, dict) else None
+    by_name = {
+        r.get("name"): r
+        for r in (routes if isinstance(routes, list) else [])
+        if isinstance(r, dict)
+    }
+    name = manifest.get("entry_service") or manifest["service"]
+    missing = [api for api in (METADATA_API, CLASSIFY_API) if api not in by_name]
+    if missing:
+        raise WorkloadFailed(
+            UNSUPPORTED_BENTO,
+            f"service {name!r} lacks the API {' and '.join(missing)} of protocol {PROTOCOL} "
+            f"(it has {sorted(str(n) for n in by_name)[:10]}); see docs/serving-protocol.md",
+        )
+    problems = []
+    meta = by_name[METADATA_API]
+    meta_in = _object(meta.get("input"))
+    if meta_in.get("required"):
+        problems.append(
+            f"{METADATA_API} must take no required input, not {meta_in['required'][:5]}"
+        )
+    if _schema_type(meta.get("output")) != "object":
+        problems.append(f"{METADATA_API} must answer a JSON object (a dict)")
+    classify = by_name[CLASSIFY_API]
+    c_in = _object(classify.get("input"))
+    images = _object(c_in.get("properties")).get("images")
+    items = _object(images).get("items")
+    if not (_schema_type(images) == "array" and _schema_type(items) == "file"):
+        problems.append(f"{CLASSIFY_API} must take images: list[PIL.Image.Image] (multipart files)")
+    required = c_in.get("required")
+    extra = [r for r in (required if isinstance(required, list) else []) if r != "images"]
+    if extra:
+        problems.append(f"{CLASSIFY_API} must need no input but images, not {extra[:5]}")
+    if _schema_type(classify.get("output")) != "array":
+        problems.append(f"{CLASSIFY_API} must answer a JSON list (one entry per image)")
+    if problems:
+        raise WorkloadFailed(
+            UNSUPPORTED_BENTO,
+            f"service {name!r} does not speak {PROTOCOL}: " + "; ".join(problems),
+        )
+
+
+def bento_requirements(bento_dir: Path, manifest: dict[str, Any] | None = None) -> list[str]:
+    """The Python requirements of a Bento (env/python/requirements.txt, else bento.yaml's
+    image.python_requirements), one per entry; options (-r, --index-url, -e …) are
+    refused: dyff installs nothing."""
+    path = bento_dir / "env" / "python" / "requirements.txt"
+    if path.is_file():
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise WorkloadFailed(UNSUPPORTED_BENTO, "requirements.txt is too large")
+        text = path.read_text(errors="replace")
+    else:
+        image = _object((manifest or {}).get("image"))
+        listed = image.get("python_requirements")
+        text = listed if isinstance(listed, str) else ""
+    out = []
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("-"):
+            raise WorkloadFailed(
+                MISSING_PACKAGES,
+                f"requirements.txt option {line[:80]!r} is not supported: dyff installs no "
+                "packages; list only requirements its environment meets",
+            )
+        out.append(line)
+    return out
+
+
+def unsatisfied(requirements: list[str]) -> list[str]:
+    """The requirements dyff's own environment does not meet (a bad line counts as one)."""
+    from importlib import metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    missing = []
+    for line in requirements:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            missing.append(f"{line[:80]} (not a requirement)")
+            continue
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        if req.url:
+            missing.append(f"{req.name} (from a URL)")
+            continue
+        try:
+            have = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            missing.append(f"{line} (not installed)")
+            continue
+        if req.specifier and not req.specifier.contains(have, prereleases=True):
+            missing.append(f"{line} (installed: {have})")
+    return missing
+
+
+def bento_digest(bento_dir: Path) -> str:
+    """sha256 over the sorted (relative path, file sha256) list of every file in the Bento:
+    its content, however it was archived or re-exported."""
+    h = hashlib.sha256()
+    for name in _walk(bento_dir):
+        h.update(f"{_file_sha256(bento_dir / name)}  {name}\n".encode())
+    return h.hexdigest()
+
+
+def pack_bento(bento_dir: Path, out: Path) -> Path:
+    """A checked Bento folder as a tar.gz with fixed metadata (sorted names, no owners,
+    mtime 0), so what is stored depends on the content only."""
+    import gzip
+    import tarfile
+
+    with (
+        open(out, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for name in _walk(bento_dir):
+            info = tarfile.TarInfo(name)
+            info.size = (bento_dir / name).stat().st_size
+            info.mode = 0o644
+            with open(bento_dir / name, "rb") as f:
+                tar.addfile(info, f)
+    return out
+
+
+def import_bento_archive(archive: Path, workdir: Path, *, load_check: bool = True) -> ImportedBento:
+    """Check a Bento archive (.bento, .tar, .tar.gz or .zip of a `bentoml export`).
+
+    dyff's own Bento (`is_dyff_bento`): its model folder `src/model/` is
+    validated like the transformers form; its code is never run (ingestion
+    repackages the model with the current service). Any other Bento is a
+    user's service: its entry service must declare the protocol's APIs
+    (`check_protocol_routes`, else UnsupportedBento), dyff's environment must
+    meet its requirements (else MissingPackages), and it may not need
+    BentoML store models. Its code is not run here.
     """
 
     workdir = Path(workdir)
-    bento_dir = extract_archive(archive, workdir / "bento")
-    if not (bento_dir / "bento.yaml").is_file():
-        subdirs = [p for p in bento_dir.iterdir() if p.is_dir() and not p.is_symlink()]
-        if len(subdirs) == 1 and (subdirs[0] / "bento.yaml").is_file():
-            bento_dir = subdirs[0]
-        else:
-            raise WorkloadFailed(UNSUPPORTED_BENTO, "not a Bento: bento.yaml is missing")
-    raw = (bento_dir / "bento.yaml").read_bytes()
-    if len(raw) > MAX_JSON_BYTES:
-        raise WorkloadFailed(UNSUPPORTED_BENTO, "bento.yaml is too large")
-    manifest = load_yaml(raw, "bento.yaml", UNSUPPORTED_BENTO)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("service"), str):
-        raise WorkloadFailed(UNSUPPORTED_BENTO, "bento.yaml names no service")
-    if manifest["service"] != SERVICE_TARGET or manifest.get("entry_service") != SERVICE_NAME:
-        raise WorkloadFailed(
-            UNSUPPORTED_BENTO,
-            f"only Bentos packaged by dyff (service {SERVICE_NAME}) are accepted, not "
-            f"{manifest.get('entry_service') or manifest['service']!r}: a custom BentoML "
-            "service runs its own code, so submit it as a container image (form image)",
+    bento_dir = _bento_root(extract_archive(archive, workdir / "bento"))
+    manifest = read_manifest(bento_dir)
+    _walk(bento_dir)  # refuses links and special files before anything reads them
+    if not is_dyff_bento(bento_dir, manifest):
+        check_protocol_routes(manifest)
+        store_models = bento_dir / "models"
+        if manifest.get("models") or (store_models.is_dir() and _walk(store_models)):
+            raise WorkloadFailed(
+                UNSUPPORTED_BENTO,
+                "Bentos with BentoML store models are not supported: include the model "
+                "files in the Bento's source (bentofile.yaml include:) instead",
+            )
+        if not (bento_dir / "src").is_dir():
+            raise WorkloadFailed(UNSUPPORTED_BENTO, "the Bento has no source (src/)")
+        missing = unsatisfied(bento_requirements(bento_dir, manifest))
+        if missing:
+            raise WorkloadFailed(
+                MISSING_PACKAGES,
+                "the service needs Python packages dyff's model server does not have: "
+                + ", ".join(missing[:10])
+                + "; build the Bento against the packages dyff provides, or submit a "
+                "container image (form image)",
+            )
+        return ImportedBento(
+            bento_dir, manifest, None, user_code=True, digest=bento_digest(bento_dir)
         )
-    schema = manifest.get("schema") or {}
-    routes = {r.get("name") for r in schema.get("routes") or [] if isinstance(r, dict)}
-    if not routes >= REQUIRED_ROUTES:
-        raise WorkloadFailed(
-            UNSUPPORTED_BENTO, f"the service lacks the routes {sorted(REQUIRED_ROUTES - routes)}"
-        )
+    src = bento_dir / "src"
     if manifest.get("models"):
         raise WorkloadFailed(
             UNSUPPORTED_BENTO, "Bentos with BentoML store models are not supported"
         )
-    src = bento_dir / "src"
-    extra_code = (
-        [f for f in _walk(src) if Path(f).suffix.lower() in CODE_SUFFIXES and f != "service.py"]
-        if src.is_dir()
-        else []
-    )
+    extra_code = [
+        f for f in _walk(src) if Path(f).suffix.lower() in CODE_SUFFIXES and f != "service.py"
+    ]
     if extra_code:
         raise WorkloadFailed(REMOTE_CODE, f"the Bento carries extra code: {extra_code[:5]}")
-    if not (src / "model").is_dir():
-        raise WorkloadFailed(MISSING_FILE, "the Bento has no model (src/model/)")
     info = validate_transformers_dir(src / "model", load_check=load_check)
     if info.root != src / "model":
         raise WorkloadFailed(MISSING_FILE, "src/model/config.json is missing")
-    return ImportedBento(bento_dir=bento_dir, manifest=manifest, info=info)
+    return ImportedBento(bento_dir, manifest, info, digest=model_digest(info.root, info.files))
 
 
 # ----------------------------------------------------------------- image form
@@ -655,5 +851,5 @@ def local_image_support() -> ImageSupport:
         None,
         "image-form models need a container runtime, and this machine has none (no "
         "Kubernetes, no working docker or podman engine); submit the model as a "
-        "transformers folder or a dyff Bento archive, or run dyff on Kubernetes",
+        "transformers folder or a Bento archive, or run dyff on Kubernetes",
     )

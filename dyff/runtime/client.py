@@ -1,4 +1,8 @@
-"""A small client for dyff's model service (see the contract in dyff/runtime/service.py).
+"""Clients for served models: `ModelClient` speaks dyff's own fast protocol (the contract
+in dyff/runtime/service.py) to dyff's own service; `ServiceClient` speaks the public
+protocol image-classification/v1 (docs/serving-protocol.md) to any service.
+
+ModelClient, for dyff's own service:
 
 Images are decoded the way the transformers pipeline loads them and sent at
 their own size, unless the served model's `/metadata` says a resize is exactly
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import io
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -215,3 +219,210 @@ class ModelClient:
         if not isinstance(out, list) or len(out) != len(encoded):
             raise ValueError("unexpected /classify_images answer")
         return out
+
+
+# ------------------------------------------------- image-classification/v1
+
+PROTOCOL = "image-classification/v1"
+# What a v1 answer may hold (a user's service is not trusted to be reasonable).
+MAX_LABELS = 100_000
+MAX_LABEL_CHARS = 1_000
+MAX_MESSAGE_CHARS = 500
+# A request's encoded images are bounded: images beyond it go in the next request.
+MAX_REQUEST_ENCODED_BYTES = 64 << 20
+# Failure reasons of a user's service (the evaluation's or model's Ready reason).
+MODEL_SERVER_FAILED = "ModelServerFailed"
+MODEL_SERVER_ERROR = "ModelServerError"
+PROTOCOL_VIOLATION = "ProtocolViolation"
+TOP_K_UNAVAILABLE = "TopKUnavailable"
+
+
+def encoded_batches(
+    encoded: Sequence[bytes], batch_size: int, max_bytes: int = MAX_REQUEST_ENCODED_BYTES
+) -> Iterator[list[bytes]]:
+    """`encoded` images as request batches of at most `batch_size` images and `max_bytes`
+    (one larger image goes alone), unchanged: a user's service gets the original files."""
+    batch: list[bytes] = []
+    size = 0
+    for data in encoded:
+        if batch and (len(batch) == batch_size or size + len(data) > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(data)
+        size += len(data)
+    if batch:
+        yield batch
+
+
+def _image_name(data: bytes, i: int) -> str:
+    """A file name whose suffix says the format (BentoML guesses the type from it)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return f"{i}.png"
+    if data[:3] == b"\xff\xd8\xff":
+        return f"{i}.jpg"
+    return f"{i}.bin"
+
+
+def check_labels(labels: Any) -> list[str]:
+    """A v1 `/metadata` `labels`: distinct non-empty strings; ValueError saying why not."""
+    if not isinstance(labels, list) or not labels:
+        raise ValueError("labels must be a non-empty list of label names")
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"more than {MAX_LABELS} labels")
+    if not all(isinstance(x, str) and 0 < len(x) <= MAX_LABEL_CHARS for x in labels):
+        raise ValueError(f"labels must be strings of 1..{MAX_LABEL_CHARS} characters")
+    if len(set(labels)) != len(labels):
+        raise ValueError("labels must be distinct")
+    return list(labels)
+
+
+class ServiceError(Exception):
+    """A served model broke protocol image-classification/v1 or failed; `reason` names
+    how (ModelServerFailed, ModelServerError, ProtocolViolation, TopKUnavailable)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class ServiceClient:
+    """Talks protocol image-classification/v1 (docs/serving-protocol.md) to a served model:
+    a user's Bento or image, or dyff's own service. `exited` (optional) says how the
+    server's process ended, or None while it runs: a request that cannot connect then
+    fails at once with it rather than after timeouts. `scrub` cleans the server's
+    messages of this machine's paths."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 600.0,
+        exited: Callable[[], str | None] | None = None,
+        scrub: Callable[[str], str] = lambda text: text,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._exited = exited or (lambda: None)
+        self._scrub = scrub
+        self._meta: dict[str, Any] | None = None
+        self._index: dict[str, int] = {}
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _post(self, api: str, **kwargs: Any) -> httpx.Response:
+        try:
+            r = self._http.post(f"/{api}", **kwargs)
+        except httpx.TransportError as exc:
+            ended = self._exited()
+            if ended is not None:
+                raise ServiceError(MODEL_SERVER_FAILED, ended) from None
+            raise ServiceError(
+                MODEL_SERVER_FAILED, f"the model server did not answer /{api}: {exc}"
+            ) from None
+        if r.status_code != 200:
+            ended = self._exited()
+            if ended is not None:
+                raise ServiceError(MODEL_SERVER_FAILED, ended)
+            text = self._scrub(r.text[:MAX_MESSAGE_CHARS])
+            raise ServiceError(MODEL_SERVER_ERROR, f"/{api} answered {r.status_code}: {text}")
+        if len(r.content) > MAX_RESPONSE_BYTES:
+            raise ServiceError(PROTOCOL_VIOLATION, f"/{api} answered more than 1 GiB")
+        return r
+
+    def _json(self, r: httpx.Response, api: str) -> Any:
+        try:
+            return r.json()
+        except ValueError:
+            raise ServiceError(PROTOCOL_VIOLATION, f"/{api} did not answer JSON") from None
+
+    def metadata(self) -> dict[str, Any]:
+        """The service's `/metadata`, checked: protocol image-classification/v1, labels."""
+        if self._meta is None:
+            meta = self._json(self._post("metadata", json={}), "metadata")
+            if not isinstance(meta, dict):
+                raise ServiceError(PROTOCOL_VIOLATION, "/metadata must answer a JSON object")
+            if meta.get("protocol") != PROTOCOL:
+                got = str(meta.get("protocol"))[:80]
+                raise ServiceError(
+                    PROTOCOL_VIOLATION, f"/metadata says protocol {got!r}, not {PROTOCOL!r}"
+                )
+            try:
+                labels = check_labels(meta.get("labels"))
+            except ValueError as exc:
+                raise ServiceError(PROTOCOL_VIOLATION, f"/metadata: {exc}") from None
+            self._index = {name: i for i, name in enumerate(labels)}
+            self._meta = meta
+        return self._meta
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.metadata()["labels"])
+
+    def classify_images(self, encoded: list[bytes]) -> list[dict[str, Any]]:
+        """`/classify_images` on encoded images (the files, unchanged): one answer per
+        image, `{"labels": [...], "scores": [...]}` best first, as the service gave it."""
+        files = [("images", (_image_name(d, i), d, "application/octet-stream"))
+                 for i, d in enumerate(encoded)]  # fmt: skip
+        out = self._json(self._post("classify_images", files=files), "classify_images")
+        if not isinstance(out, list) or len(out) != len(encoded):
+            raise ServiceError(
+                PROTOCOL_VIOLATION,
+                f"/classify_images must answer a list of {len(encoded)} results, one per image",
+            )
+        return out
+
+    def classify(self, encoded: list[bytes], top_k: int) -> TopK:
+        """The best min(top_k, labels) (label id, score) per image, best first; label ids
+        index `/metadata` labels. ServiceError if an answer breaks the protocol or holds
+        fewer labels than that."""
+        self.metadata()
+        want = max(1, min(top_k, len(self._index)))
+        indices = np.empty((len(encoded), want), dtype=np.int32)
+        scores = np.empty((len(encoded), want), dtype=np.float32)
+        for row, answer in enumerate(self.classify_images(encoded)):
+            names, values = self._answer(answer, want)
+            indices[row] = names
+            scores[row] = values
+        return TopK(indices=indices, scores=scores)
+
+    def _answer(self, answer: Any, want: int) -> tuple[list[int], list[float]]:
+        """One `/classify_images` result -> its best `want` (label id, score), checked."""
+        names = answer.get("labels") if isinstance(answer, dict) else None
+        values = answer.get("scores") if isinstance(answer, dict) else None
+        if not isinstance(names, list) or not isinstance(values, list) or len(names) != len(values):
+            raise ServiceError(
+                PROTOCOL_VIOLATION,
+                "each /classify_images result must be {labels: [...], scores: [...]} of the "
+                "same length",
+            )
+        if len(names) < want:
+            raise ServiceError(
+                TOP_K_UNAVAILABLE,
+                f"/classify_images answered {len(names)} labels for an image; the evaluation "
+                f"keeps {want} (topK): answer every label, or at least topK",
+            )
+        ids = []
+        for name in names[:want]:
+            i = self._index.get(name) if isinstance(name, str) else None
+            if i is None:
+                raise ServiceError(
+                    PROTOCOL_VIOLATION,
+                    f"/classify_images answered label {str(name)[:80]!r}, not in /metadata",
+                )
+            ids.append(i)
+        if len(set(ids)) != want:
+            raise ServiceError(PROTOCOL_VIOLATION, "/classify_images answered a label twice")
+        top = values[:want]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in top):
+            raise ServiceError(PROTOCOL_VIOLATION, "scores must be numbers")
+        if not np.isfinite(np.asarray(top, dtype=np.float64)).all():
+            raise ServiceError(PROTOCOL_VIOLATION, "scores must be finite numbers")
+        return ids, [float(v) for v in top]

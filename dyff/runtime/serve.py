@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,6 +28,17 @@ import psutil
 from dyff.models import bento_env, unpack_bento
 
 STOP_GRACE_S = 15.0
+# BentoML's arbiter restarts a worker whose service raised at start-up, forever; this
+# line in its log says so at once.
+STARTUP_FAILED_MARKER = b"Application startup failed"
+# What of the caller's environment a user's service gets (no credentials, no tokens).
+USER_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+TAIL_CHARS = 2000
+# What `bento_env` sets: offline, no telemetry, a private BentoML home.
+BENTO_ENV_KEYS = (
+    "BENTOML_HOME", "BENTOML_DO_NOT_TRACK", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+    "HF_HUB_DISABLE_TELEMETRY", "PYTHONDONTWRITEBYTECODE",
+)  # fmt: skip
 
 
 def free_port() -> int:
@@ -35,7 +48,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _bento_target(bento: str | Path, workdir: Path) -> str:
+def _bento_target(bento: str | Path, workdir: Path, user_code: bool = False) -> str:
     """What to hand `bentoml serve`: an unpacked Bento folder, or a tag in BENTOML_HOME."""
     path = Path(bento)
     if path.is_dir():
@@ -45,7 +58,7 @@ def _bento_target(bento: str | Path, workdir: Path) -> str:
     if path.is_file():
         # Unpack with dyff's checked extraction rather than BentoML's importer.
         h = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-        return str(unpack_bento(path, workdir / f"bento-{h}"))
+        return str(unpack_bento(path, workdir / f"bento-{h}", user_code=user_code))
     return str(bento)  # a tag, e.g. dyff-model:0123…
 
 
@@ -54,6 +67,58 @@ def _tail(path: Path, n: int = 4000) -> str:
         return path.read_text(errors="replace")[-n:]
     except OSError:
         return ""
+
+
+# An absolute path's folders (kept: the file name, which says what failed).
+_FOLDERS = re.compile(r"(?<![\w.:/>])/(?:[\w.@+~-]+/)+")
+
+
+def scrub(text: str, *roots: str | Path) -> str:
+    """`text` without this machine's paths: `roots` (a Bento, a work folder) and Python's
+    prefixes become placeholders, any other absolute path keeps its file name only."""
+    names = {str(r): "<bento>" for r in roots}
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        names.setdefault(prefix, "<python>")
+    for path, placeholder in sorted(names.items(), key=lambda kv: -len(kv[0])):
+        if path and path != "/":
+            text = text.replace(path, placeholder)
+    return _FOLDERS.sub("", text)
+
+
+@dataclass
+class Server:
+    """A `bentoml serve` this process started: its URL, process and log."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    bento: str
+
+    def tail(self, n: int = TAIL_CHARS) -> str:
+        """The end of the server's log, without this machine's paths."""
+        return scrub(_tail(self.log_path, 4 * n), self.bento, self.log_path.parent)[-n:]
+
+    def exit_message(self) -> str | None:
+        """None while the server runs; else how it ended, with the tail of its log."""
+        code = self.proc.poll()
+        if code is None:
+            return None
+        return f"the model server exited with code {code}:\n{self.tail()}"
+
+
+def user_env(bentoml_home: Path) -> dict[str, str]:
+    """The environment of a user's service: the allowlist, a private HOME and BentoML
+    home, offline, no telemetry."""
+    env = {k: os.environ[k] for k in USER_ENV_KEEP if k in os.environ}
+    mine = bento_env(bentoml_home)
+    env.update({k: mine[k] for k in BENTO_ENV_KEYS})
+    env["HOME"] = str(bentoml_home)
+    return env
+
+
+class ServerFailed(RuntimeError):
+    """The model server exited, failed at start-up or was not ready in time; the message
+    says which, with the tail of its log (without this machine's paths)."""
 
 
 @contextlib.contextmanager
@@ -71,6 +136,7 @@ def serve_bento(
     device: str | None = None,
     startup_timeout: float = 180.0,
     extra_env: dict[str, str] | None = None,
+    user_code: bool = False,
 ) -> Iterator[str]:
     """Serve a Bento (archive file, unpacked folder or tag) on 127.0.0.1; yield its base URL.
 
@@ -80,8 +146,38 @@ def serve_bento(
     its process group, then SIGKILL after a grace period). The server's
     output goes to `workdir/bentoml-serve-<port>.log` (workdir defaults to
     `bentoml_home/serve`). The DYFF_* knobs of dyff/runtime/service.py are
-    passed as keyword arguments.
+    passed as keyword arguments (not to a user's service, `user_code`).
+    ServerFailed if it exits or fails before it is ready, or is not ready
+    within `startup_timeout` seconds.
     """
+    knobs: dict[str, int | str | None] = {
+        "DYFF_TOP_K": top_k,
+        "DYFF_MAX_BATCH_SIZE": max_batch_size,
+        "DYFF_MAX_LATENCY_MS": max_latency_ms,
+        "DYFF_TORCH_THREADS": torch_threads,
+        "DYFF_CHUNK_SIZE": chunk_size,
+        "DYFF_DEVICE": device,
+    }
+    with serving(
+        bento, port, bentoml_home, workdir=workdir, knobs={} if user_code else knobs,
+        startup_timeout=startup_timeout, extra_env=extra_env, user_code=user_code,
+    ) as server:  # fmt: skip
+        yield server.url
+
+
+@contextlib.contextmanager
+def serving(
+    bento: str | Path,
+    port: int | None = None,
+    bentoml_home: Path | None = None,
+    *,
+    workdir: Path | None = None,
+    knobs: dict[str, int | str | None] | None = None,
+    startup_timeout: float = 180.0,
+    extra_env: dict[str, str] | None = None,
+    user_code: bool = False,
+) -> Iterator[Server]:
+    """`serve_bento`, yielding the Server (URL, process, log) rather than its URL."""
     with contextlib.ExitStack() as stack:
         if bentoml_home is None:
             bentoml_home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bentoml-")))
@@ -91,16 +187,10 @@ def serve_bento(
                 port or free_port(),
                 Path(bentoml_home),
                 workdir=workdir,
-                knobs={
-                    "DYFF_TOP_K": top_k,
-                    "DYFF_MAX_BATCH_SIZE": max_batch_size,
-                    "DYFF_MAX_LATENCY_MS": max_latency_ms,
-                    "DYFF_TORCH_THREADS": torch_threads,
-                    "DYFF_CHUNK_SIZE": chunk_size,
-                    "DYFF_DEVICE": device,
-                },
+                knobs=knobs or {},
                 startup_timeout=startup_timeout,
                 extra_env=extra_env,
+                user_code=user_code,
             )
         )
 
@@ -115,12 +205,13 @@ def _serve(
     knobs: dict[str, int | str | None],
     startup_timeout: float,
     extra_env: dict[str, str] | None,
-) -> Iterator[str]:
+    user_code: bool,
+) -> Iterator[Server]:
     bentoml_home.mkdir(parents=True, exist_ok=True)
     workdir = Path(workdir) if workdir is not None else bentoml_home / "serve"
     workdir.mkdir(parents=True, exist_ok=True)
-    target = _bento_target(bento, workdir)
-    env = bento_env(bentoml_home)
+    target = _bento_target(bento, workdir, user_code)
+    env = user_env(bentoml_home) if user_code else bento_env(bentoml_home)
     env.update({k: str(v) for k, v in knobs.items() if v is not None})
     env.update(extra_env or {})
     log_path = workdir / f"bentoml-serve-{port}.log"
@@ -138,10 +229,13 @@ def _serve(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: Ctrl-C of the caller does not hit it
         )
-    url = f"http://127.0.0.1:{port}"
+    server = Server(f"http://127.0.0.1:{port}", proc, log_path, target)
     try:
-        wait_ready(url, startup_timeout, proc=proc, log_path=log_path)
-        yield url
+        try:
+            wait_ready(server.url, startup_timeout, proc=proc, log_path=log_path, tail=False)
+        except (RuntimeError, TimeoutError) as exc:
+            raise ServerFailed(f"{exc}:\n{server.tail()}") from None
+        yield server
     finally:
         _stop(proc)
 
@@ -153,23 +247,34 @@ def wait_ready(
     proc: subprocess.Popen[bytes] | None = None,
     log_path: Path | None = None,
     interval: float = 0.2,
+    tail: bool = True,
 ) -> None:
     """Wait until the model server at `url` answers `/readyz`. TimeoutError past `timeout`;
-    RuntimeError if `proc` (the server, when we started it) exits first. Both carry the
-    tail of `log_path` when given."""
+    RuntimeError if `proc` (the server, when we started it) exits first, or its log
+    (`log_path`) says that its service failed to start. Both carry the tail of the log
+    when given (and `tail`)."""
     deadline = time.monotonic() + timeout
-    tail = (lambda: f":\n{_tail(log_path)}") if log_path is not None else (lambda: "")
+    show = (lambda: f":\n{_tail(log_path)}") if log_path is not None and tail else (lambda: "")
     with httpx.Client(timeout=5.0) as client:
         while True:
             code = proc.poll() if proc is not None else None
             if code is not None:
-                raise RuntimeError(f"bentoml serve exited with {code} before it was ready{tail()}")
+                raise RuntimeError(f"bentoml serve exited with {code} before it was ready{show()}")
+            if log_path is not None and _startup_failed(log_path):
+                raise RuntimeError(f"the service failed at start-up{show()}")
             with contextlib.suppress(httpx.HTTPError):
                 if client.get(f"{url.rstrip('/')}/readyz").status_code == 200:
                     return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"model server {url} not ready after {timeout:.0f} s{tail()}")
+                raise TimeoutError(f"model server not ready after {timeout:.0f} s{show()}")
             time.sleep(interval)
+
+
+def _startup_failed(log_path: Path) -> bool:
+    try:
+        return STARTUP_FAILED_MARKER in log_path.read_bytes()[-(1 << 20) :]
+    except OSError:
+        return False
 
 
 def server_processes(pid: int) -> list[psutil.Process]:
@@ -200,3 +305,66 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     psutil.wait_procs(alive, timeout=5)
+
+
+# ---------------------------------------------------------------- users' services
+
+# How long a model server may take to become ready (seconds).
+START_TIMEOUT_ENV = "DYFF_MODEL_START_TIMEOUT_S"
+DEFAULT_START_TIMEOUT_S = 600.0
+
+
+def start_timeout() -> float:
+    """DYFF_MODEL_START_TIMEOUT_S, or 600 s."""
+    try:
+        value = float(os.environ.get(START_TIMEOUT_ENV) or DEFAULT_START_TIMEOUT_S)
+    except ValueError:
+        return DEFAULT_START_TIMEOUT_S
+    return value if value > 0 else DEFAULT_START_TIMEOUT_S
+
+
+def probe_image() -> bytes:
+    """A small gray PNG: what a test request classifies."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def probe_service(bento: Path, workdir: Path, *, timeout: float | None = None) -> list[str]:
+    """Serve a user's Bento once, as an evaluation will (`user_code`: its own code, its own
+    process, no credentials), read its labels from `/metadata` and classify one image.
+    Returns the labels; WorkloadFailed (ModelServerFailed with the tail of its log,
+    ProtocolViolation, ModelServerError, TopKUnavailable) when it cannot."""
+    from dyff.errors import WorkloadFailed
+    from dyff.models import MODEL_SERVER_FAILED
+    from dyff.runtime.client import ServiceClient, ServiceError
+
+    workdir = Path(workdir)
+    try:
+        with (
+            serving(
+                bento,
+                bentoml_home=workdir / "home",
+                workdir=workdir / "serve",
+                startup_timeout=timeout or start_timeout(),
+                user_code=True,
+            ) as server,
+            ServiceClient(
+                server.url,
+                timeout=120.0,
+                exited=server.exit_message,
+                scrub=lambda text: scrub(text, server.bento, workdir),
+            ) as client,
+        ):
+            labels = client.labels
+            # The protocol's minimum answer: the best min(5, labels).
+            client.classify([probe_image()], top_k=5)
+    except ServerFailed as exc:
+        raise WorkloadFailed(MODEL_SERVER_FAILED, str(exc)) from None
+    except ServiceError as exc:
+        raise WorkloadFailed(exc.reason, exc.message) from None
+    return labels

@@ -20,7 +20,9 @@ the processor's own resize — and the server rescales and normalises the
 whole batch in torch; the service checks at start-up that this matches the
 processor on sample images, and falls back to the processor if not.
 
-The contract, protocol 2 (also what an image-form model must expose):
+It speaks the public protocol `image-classification/v1` (docs/serving-protocol.md:
+`/metadata` and `/classify_images`, what any user's service must answer) and,
+for dyff's own client, the fast `/classify` (version 2 of dyff's contract):
 
 - `POST /classify`: the body is either one `.npy` file (numpy's format, no
   pickle) holding a uint8 array (N, H, W, 3) of RGB images of one size, or,
@@ -31,13 +33,14 @@ The contract, protocol 2 (also what an image-form model must expose):
   array (N, K) with fields `index` (int32, the label id) and `score`
   (float32), best first; K = min(DYFF_TOP_K, number of labels). A binary
   tensor both ways keeps the per-request cost flat in N.
-- `POST /classify_images` (batchable): multipart `images` files (PNG/JPEG…);
-  answers JSON `[{"labels": [...], "scores": [...]}, ...]`. For people and
-  generic clients; slower.
-- `POST /metadata`: JSON `{protocol, labels, top_k, architecture, device,
-  resize}`; `resize` is `{height, width, resample}` (resample: a PIL filter
-  code) when the client may resize images to that size with that filter
-  before sending them, or null when it must send them as they are.
+- `POST /classify_images` (batchable; protocol v1): multipart `images` files
+  (PNG/JPEG…); answers JSON `[{"labels": [...], "scores": [...]}, ...]`, top-k
+  best first. For people, generic clients and image-form models; slower.
+- `POST /metadata` (protocol v1): JSON `{protocol: "image-classification/v1",
+  labels, classify: 2, top_k, architecture, device, resize}`; `resize` is
+  `{height, width, resample}` (resample: a PIL filter code) when the client
+  may resize images to that size with that filter before sending them, or
+  null when it must send them as they are.
 
 Knobs (environment, read at import): DYFF_MODEL_DIR (default `./model`
 beside this file), DYFF_TOP_K (100), DYFF_MAX_BATCH_SIZE (4096 images),
@@ -63,7 +66,8 @@ from PIL import Image as PILImage
 from PIL import ImageOps
 from pydantic import AfterValidator, BeforeValidator
 
-PROTOCOL = 2
+PROTOCOL = "image-classification/v1"
+CLASSIFY_VERSION = 2  # of the fast /classify contract below
 MODEL_DIR = Path(os.environ.get("DYFF_MODEL_DIR") or Path(__file__).resolve().parent / "model")
 TOP_K = int(os.environ.get("DYFF_TOP_K", "100"))
 MAX_BATCH_SIZE = int(os.environ.get("DYFF_MAX_BATCH_SIZE", "4096"))
@@ -376,6 +380,7 @@ class Classifier:
         return {
             "protocol": PROTOCOL,
             "labels": self.labels,
+            "classify": CLASSIFY_VERSION,
             "top_k": self.top_k,
             "architecture": self.architecture,
             "device": self.device.type,

@@ -15,6 +15,19 @@
    not), write `metrics.json` and the manifest, and mark the evaluation
    Complete with the headline metrics.
 
+A model that runs its owner's code (`status.userCode`: a user's Bento, or an
+image) is spoken to only through the public protocol image-classification/v1
+(docs/serving-protocol.md): its labels from `/metadata` (matched to the
+dataset's then, when ingestion could not read them), each shard's original
+image files sent as multipart to `/classify_images`, the label names it
+answers mapped to ids. Its Bento is served with its own code, in its own
+process, without credentials; an image runs in a locked-down container
+(`dyff.runtime.container`) where Docker or Podman works, or, on Kubernetes,
+in the isolated Pod whose URL the controller passes. A server that exits or
+fails to start within DYFF_MODEL_START_TIMEOUT_S (600 s) fails the evaluation
+(ModelServerFailed, with the tail of its log); one that dies mid-run is seen
+within a second (its process exited), not after request timeouts.
+
 Crash safety comes from content addressing: a killed run leaves whole
 prediction files or none (atomic puts), and the next run reuses them and
 infers the rest. The `bentoml serve` a run starts lives in its own process
@@ -51,6 +64,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,15 +81,25 @@ from dyff.evaluation import (
     compute_metrics,
     encode_json,
     encode_predictions,
+    inputs_for,
     plan_inputs,
     prediction_table,
     resolve,
+    serves_user_code,
     top5_answerable,
 )
 from dyff.lifecycle import EvaluationPhase as Phase
 from dyff.lifecycle import settle
 from dyff.metrics import summary
-from dyff.runtime.client import Images, ModelClient, Resize, TopK, image_batches
+from dyff.runtime.client import (
+    ModelClient,
+    Resize,
+    ServiceClient,
+    ServiceError,
+    TopK,
+    encoded_batches,
+    image_batches,
+)
 from dyff.schema import ConditionStatus, Evaluation, MetricsSummary, Progress, Shard
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -96,6 +120,9 @@ MODEL_READY_TIMEOUT_S = 900.0
 
 MODEL_NOT_SERVED = "ModelServerUnavailable"
 MODEL_MISMATCH = "ModelMismatch"
+MODEL_SERVER_FAILED = "ModelServerFailed"
+# How often a wait for answers checks that the model server still runs (seconds).
+LIVENESS_INTERVAL_S = 0.5
 
 
 class Deleted(Exception):
@@ -155,9 +182,10 @@ def set_status(
 
 
 class CountingClient:
-    """The model client, counting inference requests and images (for tests and benches)."""
+    """The model client (dyff's own, or a v1 `ServiceClient`), counting inference requests
+    and images (for tests and benches)."""
 
-    def __init__(self, client: ModelClient) -> None:
+    def __init__(self, client: ModelClient | ServiceClient) -> None:
         self.client = client
         self.calls = 0
         self.images = 0
@@ -166,7 +194,7 @@ class CountingClient:
     def metadata(self) -> dict[str, Any]:
         return self.client.metadata()
 
-    def classify(self, images: Images, top_k: int) -> TopK:
+    def classify(self, images: Any, top_k: int) -> TopK:
         with self._lock:
             self.calls += 1
             self.images += len(images)
@@ -247,6 +275,16 @@ class ServerOptions:
     startup_timeout: float = 300.0
 
 
+@dataclass
+class Served:
+    """A model server for the run: its URL; how it ended (None while it runs, or when it
+    is not ours to watch); what cleans its messages of this machine's paths."""
+
+    url: str
+    exited: Callable[[], str | None] = lambda: None
+    scrub: Callable[[str], str] = lambda text: text
+
+
 @contextlib.contextmanager
 def model_server(
     inputs: Inputs,
@@ -257,50 +295,113 @@ def model_server(
     options: ServerOptions | None = None,
 ) -> Iterator[str]:
     """The base URL of a server for the evaluation's model: `model_url` if given, else
-    the model's Bento served on loopback until the block ends."""
-    if model_url:
-        from dyff.runtime.serve import wait_ready
+    the model's Bento (or image) served on loopback until the block ends."""
+    with serve_model(inputs, blobs, scratch, model_url=model_url, options=options) as served:
+        yield served.url
 
+
+@contextlib.contextmanager
+def serve_model(
+    inputs: Inputs,
+    blobs: BlobStore,
+    scratch: Path,
+    *,
+    model_url: str | None,
+    options: ServerOptions | None = None,
+) -> Iterator[Served]:
+    """`model_server`, yielding the Served (URL, liveness, scrubbing)."""
+    from dyff.runtime.serve import ServerFailed, scrub, serving, start_timeout, wait_ready
+
+    model = inputs.model
+    user = serves_user_code(model)
+    if model_url:
         try:
-            wait_ready(model_url, MODEL_READY_TIMEOUT_S, interval=0.5)
+            wait_ready(model_url, start_timeout() if user else MODEL_READY_TIMEOUT_S, interval=0.5)
         except TimeoutError as exc:
             raise WorkloadFailed(MODEL_NOT_SERVED, str(exc)) from None
-        yield model_url
+        yield Served(model_url)
         return
-    model = inputs.model
     if model.spec.source.form == "image":
-        raise WorkloadFailed(
-            MODEL_NOT_SERVED,
-            f"image-form model {model.name} needs its container ({MODEL_URL_ENV} unset)",
-        )
-    from dyff.runtime.serve import serve_bento
-
+        with _serve_image(inputs, scratch) as served:
+            yield served
+        return
     options = options or ServerOptions()
-    # Forward passes of the run's batch size, however many requests the server merges:
-    # the batch size a user picks is the one their model's memory was sized for.
-    chunk = options.chunk_size or inputs.evaluation.spec.run.batch_size
     archive = blobs.download(
         layout.bento_key(model.account, inputs.model_digest), scratch / "model.bento"
     )
-    threads = options.torch_threads or server_threads(archive.stat().st_size)
     token = uuid.uuid4().hex
     env = {SERVER_TOKEN_ENV: token, **options.extra_env}
-    if threads > 1 and options.omp_passive:
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    with (
-        reaper(token),
-        serve_bento(
-            archive,
-            bentoml_home=scratch / "bentoml-home",
-            workdir=scratch / "serve",
-            top_k=inputs.top_k,
-            torch_threads=threads,
-            chunk_size=chunk,
-            startup_timeout=options.startup_timeout,
-            extra_env=env,
-        ) as url,
-    ):
-        yield url
+    knobs: dict[str, int | str | None] = {}
+    if not user:
+        threads = options.torch_threads or server_threads(archive.stat().st_size)
+        if threads > 1 and options.omp_passive:
+            env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # Forward passes of the run's batch size, however many requests the server
+        # merges: the batch size a user picks is the one their model's memory was sized for.
+        knobs = {
+            "DYFF_TOP_K": inputs.top_k,
+            "DYFF_TORCH_THREADS": threads,
+            "DYFF_CHUNK_SIZE": options.chunk_size or inputs.evaluation.spec.run.batch_size,
+        }
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(reaper(token))
+        try:
+            server = stack.enter_context(
+                serving(
+                    archive,
+                    bentoml_home=scratch / "bentoml-home",
+                    workdir=scratch / "serve",
+                    knobs=knobs,
+                    startup_timeout=start_timeout() if user else options.startup_timeout,
+                    extra_env=env,
+                    user_code=user,
+                )
+            )
+        except ServerFailed as exc:
+            if not user:
+                raise  # dyff's own service failing is ours: a crash, retried
+            raise WorkloadFailed(MODEL_SERVER_FAILED, str(exc)) from None
+        yield Served(
+            server.url,
+            exited=server.exit_message,
+            scrub=lambda text: scrub(text, server.bento, scratch),
+        )
+
+
+@contextlib.contextmanager
+def _serve_image(inputs: Inputs, scratch: Path) -> Iterator[Served]:
+    """An image-form model in a locked-down container of this machine's engine, or
+    ModelServerUnavailable saying why there is none."""
+    from dyff.models import local_image_support
+
+    model = inputs.model
+    support = local_image_support()
+    if support.runtime not in ("docker", "podman"):
+        # On Kubernetes the controller runs the container and passes its URL.
+        why = (
+            "the controller did not pass its model server's URL"
+            if support.runtime == "kubernetes"
+            else support.message
+        )
+        raise WorkloadFailed(
+            MODEL_NOT_SERVED,
+            f"image-form model {model.name} needs its container ({MODEL_URL_ENV} unset): {why}",
+        )
+    from dyff.runtime.container import ContainerFailed, run_container
+    from dyff.runtime.serve import start_timeout
+
+    assert support.runtime is not None and model.spec.source.image is not None
+    try:
+        with run_container(
+            support.runtime,
+            model.spec.source.image.reference,
+            model.spec.source.image.port,
+            resources=model.spec.resources,
+            startup_timeout=start_timeout(),
+        ) as container:
+            yield Served(container.url, exited=container.exit_message)
+    except ContainerFailed as exc:
+        raise WorkloadFailed(MODEL_SERVER_FAILED, str(exc)) from None
 
 
 def check_served(inputs: Inputs, meta: dict[str, Any]) -> Resize | None:
@@ -310,24 +411,16 @@ def check_served(inputs: Inputs, meta: dict[str, Any]) -> Resize | None:
     recorded = inputs.model.status.labels
     if served is not None and recorded is not None and list(served) != list(recorded):
         raise WorkloadFailed(MODEL_MISMATCH, "the served model's labels are not the Model's")
-    dataset_labels = list(inputs.dataset.status.labels or [])
-    mapping = inputs.evaluation.spec.label_mapping
-    by_index = mapping is not None and bool(mapping.by_index)
-    if (
-        served is not None
-        and recorded is None
-        and list(served) != dataset_labels[: len(served)]
-        and not (by_index and len(served) == len(dataset_labels))
-    ):
-        # Without recorded labels the plan took predicted ids as dataset label ids (what
-        # labelMapping byIndex says outright).
-        raise WorkloadFailed(
-            MODEL_MISMATCH,
-            "the served model's labels differ from the dataset's; an image-form model "
-            "must predict the dataset's label ids (say so with spec.labelMapping "
-            "{byIndex: true})",
-        )
     return Resize.from_metadata(meta)
+
+
+def with_served_labels(inputs: Inputs, labels: list[str]) -> Inputs:
+    """Inputs for a model whose labels ingestion could not read (a user's service on
+    Kubernetes, an image): its served labels, matched to the dataset's now, exactly as if
+    they had been recorded (LabelMismatch when they cannot be)."""
+    model = inputs.model.model_copy(deep=True)
+    model.status.labels = list(labels)
+    return inputs_for(inputs.evaluation, model, inputs.dataset)
 
 
 # ------------------------------------------------------------------ inference
@@ -362,10 +455,19 @@ def infer_shards(
     concurrency: int,
     resize: Resize | None,
     on_shard: Callable[[Shard], None],
+    batches: Callable[[list[bytes]], Iterator[Any]] | None = None,
+    alive: Callable[[], None] = lambda: None,
 ) -> None:
     """Stream `shards` through the model and store each shard's prediction file. Requests
     hold up to `batch_size` images (fewer when they are large) and run across shard
-    boundaries, `concurrency` in flight."""
+    boundaries, `concurrency` in flight. `batches` turns a shard's encoded images into
+    requests (default: decoded pixels, `image_batches`); `alive` raises when the server
+    is gone, and is called while answers are awaited."""
+    if batches is None:
+
+        def batches(images: list[bytes]) -> Iterator[Any]:
+            return image_batches(images, batch_size, resize)
+
     top_k = inputs.top_k
     n_labels = len(inputs.model.status.labels or inputs.label_names)
     want_k = min(top_k, n_labels)
@@ -384,35 +486,47 @@ def infer_shards(
     pending: deque[tuple[_ShardWork, int, Future[TopK]]] = deque()
 
     def complete_oldest() -> None:
-        work, i, future = pending.popleft()
-        work.parts[i] = future.result()
+        work, i, future = pending[0]
+        while True:
+            try:
+                answer = future.result(timeout=LIVENESS_INTERVAL_S)
+                break
+            except FutureTimeout:
+                alive()
+        pending.popleft()
+        work.parts[i] = answer
         work.remaining -= 1
         if work.sealed and work.remaining == 0:
             finish(work)
 
-    with ThreadPoolExecutor(concurrency, thread_name_prefix="dyff-eval") as pool:
-        try:
-            for shard in shards:
-                table, images = _load_shard(inputs, blobs, shard)
-                work = _ShardWork(
-                    shard, table.column("row_id").to_numpy(), table.column("label").to_numpy()
-                )
-                # Decoding happens here, while earlier requests are in flight.
-                for batch in image_batches(images, batch_size, resize):
-                    while len(pending) >= concurrency:
-                        complete_oldest()
-                    work.parts.append(None)
-                    work.remaining += 1
-                    future = pool.submit(client.classify, batch, top_k)
-                    pending.append((work, len(work.parts) - 1, future))
-                work.sealed = True
-                if work.remaining == 0:  # an empty shard, or every answer is in already
-                    finish(work)
-            while pending:
-                complete_oldest()
-        finally:
-            for _, _, future in pending:
-                future.cancel()
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="dyff-eval")
+    failed = True
+    try:
+        for shard in shards:
+            table, images = _load_shard(inputs, blobs, shard)
+            work = _ShardWork(
+                shard, table.column("row_id").to_numpy(), table.column("label").to_numpy()
+            )
+            # Decoding happens here, while earlier requests are in flight.
+            for batch in batches(images):
+                while len(pending) >= concurrency:
+                    complete_oldest()
+                work.parts.append(None)
+                work.remaining += 1
+                future = pool.submit(client.classify, batch, top_k)
+                pending.append((work, len(work.parts) - 1, future))
+            work.sealed = True
+            if work.remaining == 0:  # an empty shard, or every answer is in already
+                finish(work)
+        while pending:
+            complete_oldest()
+        failed = False
+    finally:
+        for _, _, future in pending:
+            future.cancel()
+        # After a failure, requests still in flight are not waited for: the server they
+        # wait on is stopped next, which ends them.
+        pool.shutdown(wait=not failed, cancel_futures=True)
 
 
 # ------------------------------------------------------------------------ run
@@ -496,33 +610,41 @@ def run_evaluation(
     started = time.perf_counter()
     try:
         inputs = resolve(records, ev)
-        plan = plan_inputs(inputs, blobs)
-        outcome = RunReport(plan=plan)
-        todo = plan.to_infer
-        if indexed:
-            assert shard_index is not None and shard_count is not None
-            todo = assigned(todo, plan.shards, shard_index, shard_count)
-        done = {s.sha256 for s in plan.shards} - {s.sha256 for s in plan.to_infer}
-        set_status(
-            records, account, name,
-            phase=Phase.RUNNING, generation=generation, progress=_progress(plan, done),
-            model_digest=inputs.model_digest,
-            ready=("False", "Running", f"{plan.reused}/{plan.shards_total} shards reused, "
-                   f"{len(todo)} to infer"),
-        )  # fmt: skip
-        log.info(
-            "%s/%s: %d shards, %d reused, %d to infer here",
-            account, name, plan.shards_total, plan.reused, len(todo),
-        )  # fmt: skip
         if scratch_dir:
             Path(scratch_dir).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=scratch_dir, prefix="evaluate-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(dir=scratch_dir, prefix="evaluate-") as tmp,
+            contextlib.ExitStack() as stack,  # the model server, if one is started
+        ):
             scratch = Path(tmp)
+            served = _Server(inputs, blobs, scratch, stack, model_url=model_url, options=server)
+            if serves_user_code(inputs.model) and inputs.model.status.labels is None:
+                # The reuse key depends on the labels: ask the service before planning.
+                inputs = with_served_labels(inputs, served.service().labels)
+            plan = plan_inputs(inputs, blobs)
+            outcome = RunReport(plan=plan)
+            todo = plan.to_infer
+            if indexed:
+                assert shard_index is not None and shard_count is not None
+                todo = assigned(todo, plan.shards, shard_index, shard_count)
+            done = {s.sha256 for s in plan.shards} - {s.sha256 for s in plan.to_infer}
+            set_status(
+                records, account, name,
+                phase=Phase.RUNNING, generation=generation, progress=_progress(plan, done),
+                model_digest=inputs.model_digest,
+                ready=("False", "Running", f"{plan.reused}/{plan.shards_total} shards reused, "
+                       f"{len(todo)} to infer"),
+            )  # fmt: skip
+            log.info(
+                "%s/%s: %d shards, %d reused, %d to infer here",
+                account, name, plan.shards_total, plan.reused, len(todo),
+            )  # fmt: skip
             if todo:
                 _infer(
-                    inputs, blobs, records, plan, todo, done, outcome, scratch,
-                    model_url=model_url, server=server, indexed=indexed, generation=generation,
+                    inputs, blobs, records, plan, todo, done, outcome, served,
+                    indexed=indexed, generation=generation,
                 )  # fmt: skip
+            stack.close()  # the server is no longer needed
             outcome.timings["inference_s"] = time.perf_counter() - started
             missing = [s for s in plan.shards if s.sha256 not in _present(inputs, blobs)]
             if missing and indexed:
@@ -555,6 +677,65 @@ def run_evaluation(
         return None
 
 
+class _Server:
+    """The run's model server, started on first use and stopped with `stack`; for a user's
+    service, the v1 client that talks to it."""
+
+    def __init__(
+        self,
+        inputs: Inputs,
+        blobs: BlobStore,
+        scratch: Path,
+        stack: contextlib.ExitStack,
+        *,
+        model_url: str | None,
+        options: ServerOptions | None,
+    ) -> None:
+        self.inputs, self.blobs, self.scratch, self.stack = inputs, blobs, scratch, stack
+        self.model_url, self.options = model_url, options
+        self.user = serves_user_code(inputs.model)
+        self._served: Served | None = None
+        self._service: ServiceClient | None = None
+        self.start_s = 0.0
+
+    def get(self) -> Served:
+        if self._served is None:
+            t0 = time.perf_counter()
+            self._served = self.stack.enter_context(
+                serve_model(
+                    self.inputs,
+                    self.blobs,
+                    self.scratch,
+                    model_url=self.model_url,
+                    options=self.options,
+                )
+            )
+            self.start_s = time.perf_counter() - t0
+        return self._served
+
+    def service(self) -> ServiceClient:
+        """The v1 client of the served model, its `/metadata` checked."""
+        if self._service is None:
+            served = self.get()
+            self._service = self.stack.enter_context(
+                ServiceClient(served.url, exited=served.exited, scrub=served.scrub)
+            )
+            try:
+                self._service.metadata()
+            except ServiceError as exc:
+                raise WorkloadFailed(exc.reason, exc.message) from None
+        return self._service
+
+    def alive(self) -> None:
+        """Raise if the server we started has exited (a user's: WorkloadFailed)."""
+        ended = self.get().exited()
+        if ended is None:
+            return
+        if self.user:
+            raise WorkloadFailed(MODEL_SERVER_FAILED, ended)
+        raise RuntimeError(ended)
+
+
 def _infer(
     inputs: Inputs,
     blobs: BlobStore,
@@ -563,44 +744,57 @@ def _infer(
     todo: list[Shard],
     done: set[str],
     outcome: RunReport,
-    scratch: Path,
+    server: _Server,
     *,
-    model_url: str | None,
-    server: ServerOptions | None,
     indexed: bool,
     generation: int,
 ) -> None:
     ev = inputs.evaluation
-    t0 = time.perf_counter()
-    with model_server(inputs, blobs, scratch, model_url=model_url, options=server) as url:
-        outcome.timings["serve_start_s"] = time.perf_counter() - t0
-        run = ev.spec.run
-        with ModelClient(url, concurrency=run.concurrency) as http:
+    run = ev.spec.run
+    served = server.get()
+    outcome.timings["serve_start_s"] = server.start_s
+    with contextlib.ExitStack() as stack:
+        batches: Callable[[list[bytes]], Iterator[Any]] | None = None
+        if server.user:
+            # Protocol v1 only: the original image files, answers in label names.
+            service = server.service()
+            client = CountingClient(service)
+            check_served(inputs, service.metadata())
+            resize = None
+
+            def batches(images: list[bytes]) -> Iterator[Any]:
+                return encoded_batches(images, run.batch_size)
+        else:
+            http = stack.enter_context(ModelClient(served.url, concurrency=run.concurrency))
             client = CountingClient(http)
             resize = check_served(inputs, client.metadata())
 
-            def shard_done(shard: Shard) -> None:
-                outcome.inferred.append(shard.sha256)
-                # Pods of an Indexed Job share the record: count what exists, not what
-                # this pod did, so their writes never undo each other.
-                now = _present(inputs, blobs) if indexed else done | {shard.sha256}
-                done.add(shard.sha256)
-                set_status(
-                    records, ev.account, ev.name,
-                    phase=Phase.RUNNING, generation=generation, progress=_progress(plan, now),
-                )  # fmt: skip
+        def shard_done(shard: Shard) -> None:
+            outcome.inferred.append(shard.sha256)
+            # Pods of an Indexed Job share the record: count what exists, not what
+            # this pod did, so their writes never undo each other.
+            now = _present(inputs, blobs) if indexed else done | {shard.sha256}
+            done.add(shard.sha256)
+            set_status(
+                records, ev.account, ev.name,
+                phase=Phase.RUNNING, generation=generation, progress=_progress(plan, now),
+            )  # fmt: skip
 
-            t1 = time.perf_counter()
-            try:
-                infer_shards(
-                    inputs, blobs, client, todo,
-                    batch_size=run.batch_size, concurrency=run.concurrency,
-                    resize=resize, on_shard=shard_done,
-                )  # fmt: skip
-            finally:
-                outcome.inference_calls = client.calls
-                outcome.images = client.images
-            outcome.timings["stream_s"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        try:
+            infer_shards(
+                inputs, blobs, client, todo,
+                batch_size=run.batch_size, concurrency=run.concurrency,
+                resize=resize, on_shard=shard_done, batches=batches, alive=server.alive,
+            )  # fmt: skip
+        except ServiceError as exc:
+            # The service's answer broke the protocol or it failed: the user's error.
+            server.alive()  # its exit (with its log) says more than a refused connection
+            raise WorkloadFailed(exc.reason, exc.message) from None
+        finally:
+            outcome.inference_calls = client.calls
+            outcome.images = client.images
+        outcome.timings["stream_s"] = time.perf_counter() - t1
 
 
 def run(config: WorkloadConfig) -> None:

@@ -5,14 +5,23 @@ Reads the Model record and, by the form of its source:
 - `transformers`: fetches the archive (tar, tar.gz or zip of the model
   folder), extracts it with `dyff.archives` checks, validates it
   (`dyff.models.validate_transformers_dir`), and packages it into a Bento;
-- `bento`: fetches the Bento archive, checks it is one of dyff's own
-  (`dyff.models.import_bento_archive`) and repackages the model inside it
-  (the archive's code is never run);
+- `bento`: fetches the Bento archive and checks it
+  (`dyff.models.import_bento_archive`). dyff's own Bento: the model inside is
+  repackaged (the archive's code is never run). A user's service (any other
+  Bento that declares the protocol image-classification/v1): stored as it is
+  (`userCode: true`). On one machine it is served once first, in its own
+  process without credentials (`dyff.runtime.serve.probe_service`): its
+  labels come from its `/metadata`, and one image is classified; a service
+  that does not start fails the model (ModelServerFailed, with the tail of
+  its log). On Kubernetes this workload holds storage credentials, so it
+  never runs user code: the labels stay unknown until an evaluation serves
+  the model in a Pod of its own;
 - `image`: checks the digest-pinned reference and that containers can be run
-  here (`dyff.models.local_image_support`); nothing is stored.
+  here (`dyff.models.local_image_support`); nothing is stored (`userCode`).
 
 The Bento is stored content-addressed at `layout.bento_key(account, digest)`,
-where `digest` is `dyff.models.model_digest` of the validated model folder;
+where `digest` is `dyff.models.model_digest` of the validated model folder
+(`dyff.models.bento_digest` of a user's whole Bento);
 when that key already exists (the same model, ingested before in this
 account) it is reused and nothing is rebuilt. The record then gets phase
 Ready with digest, bentoUri, labels and sizeBytes, and Ready=True. A bad
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +52,12 @@ from dyff import layout
 from dyff.errors import WorkloadFailed
 from dyff.models import (
     CONTAINER_RUNTIME_UNAVAILABLE,
+    ImportedBento,
     extract_archive,
     import_bento_archive,
     local_image_support,
     model_digest,
+    pack_bento,
     package_transformers,
     validate_image_reference,
     validate_transformers_dir,
@@ -71,6 +83,7 @@ class Ingested:
     labels: list[str] | None
     size_bytes: int | None
     reused: bool
+    user_code: bool = False
 
 
 def _file_sha256(path: Path) -> str:
@@ -91,13 +104,17 @@ def ingest(model: Model, blobs: BlobStore, scratch: Path, written: list[str]) ->
         if not support.available:
             raise WorkloadFailed(CONTAINER_RUNTIME_UNAVAILABLE, support.message)
         # The image digest is the model's identity; labels come from its /metadata when served.
-        return Ingested(ref.digest, None, None, None, reused=False)
+        return Ingested(ref.digest, None, None, None, reused=False, user_code=True)
 
     source = fetch_source(model, blobs, scratch / "source")
     if src.form == "transformers":
         info = validate_transformers_dir(extract_archive(source, scratch / "model"))
     else:
-        info = import_bento_archive(source, scratch / "import").info
+        imported = import_bento_archive(source, scratch / "import")
+        if imported.user_code:
+            return ingest_user_bento(model, imported, blobs, scratch, written)
+        assert imported.info is not None
+        info = imported.info
     digest = model_digest(info.root, info.files)
     key = layout.bento_key(model.account, digest)
     existing = blobs.stat(key)
@@ -111,6 +128,38 @@ def ingest(model: Model, blobs: BlobStore, scratch: Path, written: list[str]) ->
     written.append(key)
     log.info("%s/%s: stored Bento %s (%d bytes)", model.account, model.name, key, size)
     return Ingested(digest, blobs.uri(key), info.labels, size, reused=False)
+
+
+def on_kubernetes() -> bool:
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
+def ingest_user_bento(
+    model: Model, imported: ImportedBento, blobs: BlobStore, scratch: Path, written: list[str]
+) -> Ingested:
+    """Store a user's Bento (its own code, as uploaded) under its content digest. On one
+    machine it is test-served first, for its labels; on Kubernetes it is not run here."""
+    # Packed first: the probe serves the very bytes that are stored, and whatever the
+    # service writes while it runs cannot change them.
+    archive = pack_bento(imported.bento_dir, scratch / "user.bento")
+    labels = None
+    if not on_kubernetes():
+        from dyff.runtime.serve import probe_service
+
+        labels = probe_service(archive, scratch / "probe")
+    key = layout.bento_key(model.account, imported.digest)
+    existing = blobs.stat(key)
+    if existing is not None:
+        log.info("%s/%s: reusing the stored Bento %s", model.account, model.name, key)
+        return Ingested(
+            imported.digest, blobs.uri(key), labels, existing.size, reused=True, user_code=True
+        )
+    size = archive.stat().st_size
+    with open(archive, "rb") as f:
+        blobs.put(key, f, sha256=_file_sha256(archive), size=size)
+    written.append(key)
+    log.info("%s/%s: stored the user's Bento %s (%d bytes)", model.account, model.name, key, size)
+    return Ingested(imported.digest, blobs.uri(key), labels, size, reused=False, user_code=True)
 
 
 def discard(
@@ -136,6 +185,11 @@ def run(config: WorkloadConfig) -> None:
         result = ingest(model, blobs, scratch, written)
         if model.spec.source.form == "image":
             reason, msg = "ImageAccepted", f"image pinned at sha256:{result.digest}"
+        elif result.user_code:
+            how = "same as the stored" if result.reused else "stored as"
+            served = f"; serves {len(result.labels)} labels" if result.labels is not None else ""
+            reason, msg = "UserService", f"the user's service, {how} Bento {result.digest[:12]}"
+            msg += served
         elif result.reused:
             reason, msg = "Reused", f"same model as the stored Bento {result.digest[:12]}"
         else:
@@ -145,6 +199,7 @@ def run(config: WorkloadConfig) -> None:
             "bento_uri": result.bento_uri,
             "labels": result.labels,
             "size_bytes": result.size_bytes,
+            "user_code": result.user_code,
         }
         return IngestReport(reason, msg, results)
 

@@ -215,3 +215,39 @@ def test_create_wait_fails_with_the_reason(
     assert code != 0, err
     flat = " ".join(err.split())
     assert "MissingLabels" in flat and "has no id2label" in flat
+
+
+def test_create_an_image_form_model(
+    served: Served, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reference = "registry.example/team/classifier@sha256:" + "ab" * 32
+    code, _, err = run_cli(
+        served, monkeypatch, capsys, "models", "create", "img", "--image", reference,
+        "--port", "8080",
+    )  # fmt: skip
+    assert code == 0, err
+    model = served.records.get(Model, served.account, "img")
+    source = model.spec.source
+    assert source.form == "image" and source.image is not None
+    assert (source.image.reference, source.image.port) == (reference, 8080)
+    assert source.upload is None
+
+
+def test_create_a_model_needs_one_source(
+    served: Served,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    code, _, err = run_cli(served, monkeypatch, capsys, "models", "create", "none")
+    assert code != 0 and "exactly one of --upload and --image" in " ".join(err.split())
+    code, _, err = run_cli(
+        served, monkeypatch, capsys, "models", "create", "both", "--upload", str(tmp_path),
+        "--image", "reg.example/m@sha256:" + "0" * 64,
+    )  # fmt: skip
+    assert code != 0 and "exactly one of --upload and --image" in " ".join(err.split())
+    code, _, err = run_cli(
+        served, monkeypatch, capsys, "models", "create", "tagged", "--image", "reg.example/m:v1"
+    )
+    assert code != 0 and "pinned by digest" in " ".join(err.split())
+    assert served.records.find(Model, served.account, "tagged") is None

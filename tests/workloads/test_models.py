@@ -19,6 +19,7 @@ from dyff.models import (
     import_bento_archive,
     local_image_support,
     model_digest,
+    unpack_bento,
     validate_image_reference,
     validate_transformers_dir,
 )
@@ -236,19 +237,42 @@ def test_bentoml_default_xz_export_accepted(tiny_bento: Path, tmp_path: Path) ->
     assert model_digest(again.info.root) == model_digest(first.info.root)
 
 
-def test_foreign_bento_service_refused(tiny_bento: Path, tmp_path: Path) -> None:
+def test_foreign_bento_service_without_the_protocol_refused(
+    tiny_bento: Path, tmp_path: Path
+) -> None:
+    """A Bento of another service is the user's own; lacking a v1 API, it is refused with
+    the API named."""
     import yaml
 
     first = import_bento_archive(tiny_bento, tmp_path / "a", load_check=False)
     manifest = yaml.safe_load((first.bento_dir / "bento.yaml").read_text())
     manifest["service"] = "mine:Evil"
     manifest["entry_service"] = "evil"
+    manifest["schema"]["routes"] = [
+        r for r in manifest["schema"]["routes"] if r["name"] != "classify_images"
+    ]
     (first.bento_dir / "bento.yaml").write_text(yaml.safe_dump(manifest))
     archive = _rebundle(first.bento_dir, tmp_path / "evil.tar.gz")
     with pytest.raises(WorkloadFailed) as info:
         import_bento_archive(archive, tmp_path / "b")
     assert info.value.reason == "UnsupportedBento"
-    assert "container image" in info.value.message
+    assert "lacks the API classify_images" in info.value.message
+    assert "image-classification/v1" in info.value.message
+
+
+def test_edited_copy_of_dyffs_service_is_user_code(tiny_bento: Path, tmp_path: Path) -> None:
+    """dyff's layout with a service.py that is not byte for byte dyff's: the user's code,
+    kept as it is (never replaced by dyff's service when served)."""
+    first = import_bento_archive(tiny_bento, tmp_path / "a", load_check=False)
+    assert not first.user_code and first.info is not None
+    service = first.bento_dir / "src" / "service.py"
+    service.write_text(service.read_text() + "\n# mine\n")
+    archive = _rebundle(first.bento_dir, tmp_path / "edited.tar.gz")
+    again = import_bento_archive(archive, tmp_path / "b")
+    assert again.user_code and again.info is None
+    assert again.digest != first.digest
+    served = unpack_bento(archive, tmp_path / "served", user_code=True)
+    assert (served / "src" / "service.py").read_text().endswith("# mine\n")
 
 
 def test_bento_with_pickle_model_refused(tiny_bento: Path, tmp_path: Path) -> None:

@@ -164,10 +164,19 @@ def test_runtime_version_names_the_serving_code(tmp_path: Path) -> None:
 
     assert len(runtime_version()) == 64
     bento = tmp_path / "bento"
-    (bento / "src").mkdir(parents=True)
-    (bento / "bento.yaml").write_text("service: service:ImageClassifier\nname: dyff-model\n")
+    (bento / "src" / "model").mkdir(parents=True)
+    (bento / "bento.yaml").write_text(
+        "service: service:ImageClassifier\nentry_service: dyff-image-classifier\nname: dyff-model\n"
+    )
     (bento / "src" / "service.py").write_text("# an older service\n")
     archive = tmp_path / "old.tar"
     shutil.make_archive(str(archive.with_suffix("")), "tar", bento)
     served = unpack_bento(archive, tmp_path / "unpacked")
     assert (served / "src" / "service.py").read_bytes() == SERVICE_SOURCE.read_bytes()
+    # A user's service of the same target name keeps its own code.
+    (bento / "bento.yaml").write_text(
+        "service: service:ImageClassifier\nentry_service: image-classifier\nname: mine\n"
+    )
+    shutil.make_archive(str(tmp_path / "user"), "tar", bento)
+    theirs = unpack_bento(tmp_path / "user.tar", tmp_path / "theirs")
+    assert (theirs / "src" / "service.py").read_text() == "# an older service\n"

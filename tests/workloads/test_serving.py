@@ -40,7 +40,7 @@ def bare_top1(tiny_model_dir: Path, digits_test: Any) -> np.ndarray:
 def test_metadata(served_tiny: str) -> None:
     with ModelClient(served_tiny) as client:
         meta = client.metadata()
-    assert meta["protocol"] == 2
+    assert meta["protocol"] == "image-classification/v1" and meta["classify"] == 2
     assert meta["labels"] == [str(i) for i in range(10)]
     assert meta["top_k"] == 10
     assert meta["architecture"] == "ViTForImageClassification"

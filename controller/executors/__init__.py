@@ -12,7 +12,10 @@ WorkKey = tuple[str, str, str]  # (kind, account, name)
 class Executor(Protocol):
     """Starts, observes and stops one workload per object."""
 
-    runs_containers: bool
+    @property
+    def runs_containers(self) -> bool:
+        """Whether image-form models can run here."""
+        ...
 
     def state(self, key: WorkKey) -> WorkState: ...
 

@@ -32,6 +32,7 @@ that no longer exist and the scratch of interrupted work.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -99,7 +100,14 @@ def die_with_parent() -> Callable[[], None] | None:
 
 
 class LocalExecutor:
-    runs_containers = False
+    @functools.cached_property
+    def runs_containers(self) -> bool:
+        """Image models run here where docker or podman works (the evaluate workload starts
+        the container); looked at once, on first need."""
+        from dyff.models import local_image_support
+
+        support = local_image_support()
+        return support.available and support.runtime in ("docker", "podman")
 
     def __init__(
         self,

@@ -55,12 +55,14 @@ def decide(model: Model, world: ModelWorld) -> Outcome:
                 Phase.FAILED,
                 "False",
                 "ContainerRuntimeUnavailable",
-                "image models need a container runtime; this executor runs local processes "
-                "(use a Kubernetes cluster, or upload the model as transformers or bento)",
+                "image models need a container runtime, and this machine has none (no "
+                "working docker or podman); use a Kubernetes cluster, or upload the model "
+                "as transformers or bento",
                 generation,
             )
             return Outcome(status)
         status.digest = source.image.reference.rsplit("@sha256:", 1)[1]
+        status.user_code = True  # its owner's own service: served isolated, spoken to by v1
         settle(status, Phase.READY, "True", "ImageReady", source.image.reference, generation)
         return Outcome(status)
     waiting = waiting_for_upload(

@@ -47,8 +47,11 @@ def workload_config_file(environ: Mapping[str, str]) -> Path:
 def serve_model(environ: Mapping[str, str]) -> None:
     """Fetch the Bento from the blob store, unpack it (with the current service) and
     become `bentoml serve`, on all interfaces: the kubelet probes the Pod IP, the
-    client uses loopback. The DYFF_* knobs in the environment reach the service."""
-    from dyff.models import bento_env, unpack_bento
+    client uses loopback. The DYFF_* knobs in the environment reach the service.
+
+    Only dyff's own service runs here: this Pod holds storage credentials. A user's Bento
+    (its own code) is refused; the controller serves those in a Pod of their own."""
+    from dyff.models import bento_env, is_dyff_bento, read_manifest, unpack_bento
     from dyff.stores import open_blobs
 
     config = json.loads(environ[WORKLOAD_CONFIG_ENV])
@@ -57,6 +60,8 @@ def serve_model(environ: Mapping[str, str]) -> None:
     archive = blobs.download(environ[BENTO_KEY_ENV], work / "model.bento")
     target = unpack_bento(archive, work / "bento")
     archive.unlink()
+    if not is_dyff_bento(target, read_manifest(target)):
+        raise SystemExit("serve-model serves dyff's own Bentos only; this one runs its own code")
     env = bento_env(Path(environ.get("BENTOML_HOME", str(work / "bentoml"))))
     port = environ.get("BENTOML_PORT", "3000")
     cmd = [sys.executable, "-m", "bentoml", "serve", str(target)]

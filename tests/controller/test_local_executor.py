@@ -198,3 +198,25 @@ def test_workloads_die_with_the_process_that_started_them(tmp_path: Path) -> Non
     finally:
         parent.kill()
         parent.wait()
+
+
+@pytest.mark.parametrize(
+    ("runtime", "available", "runs"),
+    [("docker", True, True), ("podman", True, True), (None, False, False)],
+)
+def test_image_models_run_locally_where_an_engine_works(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    runtime: str | None,
+    available: bool,
+    runs: bool,
+) -> None:
+    from dyff import models
+
+    support = models.ImageSupport(available, runtime, "test")
+    monkeypatch.setattr(models, "local_image_support", lambda: support)
+    ex = LocalExecutor("sqlite:///r.db", "file:///b", tmp_path, package=FAKES)
+    try:
+        assert ex.runs_containers is runs
+    finally:
+        ex.close()

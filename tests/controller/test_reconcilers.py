@@ -117,6 +117,7 @@ def test_image_model_is_ready_where_containers_run_and_refused_elsewhere() -> No
     )
     ok = decide_model(model, ModelWorld(runs_containers=True))
     assert ok.status.phase == "Ready" and ok.status.digest == digest and ok.actions == []
+    assert ok.status.user_code, "an image runs its owner's code: served isolated"
     refused = decide_model(model, ModelWorld(runs_containers=False))
     assert refused.status.phase == "Failed"
     assert ready_reason(refused) == "ContainerRuntimeUnavailable"

@@ -160,6 +160,33 @@ def test_bento_digest_is_the_content_and_packing_is_deterministic(tmp_path: Path
     assert bento_digest(a) != bento_digest(b)
 
 
+def test_the_credentialed_sidecar_never_serves_a_users_bento(tmp_path: Path) -> None:
+    """`serve-model` runs in the evaluation Pod, which holds storage credentials: a Bento
+    with its own code is refused there (the controller serves those in Pods of their own),
+    even one that copies dyff's layout with an edited service."""
+    import json
+
+    from dyff.models import SERVICE_NAME, SERVICE_TARGET
+    from dyff.stores.file import FileBlobStore
+    from dyff.workloads import pod
+
+    bento = tmp_path / "bento-src"
+    (bento / "src" / "model").mkdir(parents=True)
+    manifest = f"service: '{SERVICE_TARGET}'\nentry_service: {SERVICE_NAME}\n"
+    (bento / "bento.yaml").write_text(manifest)
+    (bento / "src" / "service.py").write_text("import os  # not dyff's service\n")
+    blobs = FileBlobStore(tmp_path / "blobs")
+    blobs.put("accounts/acme/bentos/x.bento", pack_bento(bento, tmp_path / "x.tgz").read_bytes())
+    environ = {
+        pod.WORKLOAD_CONFIG_ENV: json.dumps({"blobsUrl": blobs.url}),
+        pod.BENTO_KEY_ENV: "accounts/acme/bentos/x.bento",
+        "DYFF_WORK_DIR": str(tmp_path / "work"),
+    }
+    (tmp_path / "work").mkdir()
+    with pytest.raises(SystemExit, match="dyff's own Bentos only"):
+        pod.serve_model(environ)
+
+
 # ------------------------------------------------------------------ protocol v1
 
 

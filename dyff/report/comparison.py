@@ -10,26 +10,19 @@ differences with intervals, and the flipped rows. Sections carry stable ids:
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from dyff import layout, results
-from dyff.errors import DyffError
 from dyff.report import charts
 from dyff.report.page import _env, dec
+from dyff.report.sources import shard_images
 from dyff.report.thumbnails import thumbnail_data_uri
 from dyff.schema import Dataset, Evaluation
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
-
-log = logging.getLogger("dyff.report")
 
 METRIC_NAMES = {
     "accuracy": "Accuracy",
@@ -202,18 +195,7 @@ def add_images(
         return
     images: dict[tuple[str, int], bytes] = {}
     for shard, ids in wanted.items():
-        key = layout.shard_key(dataset.account, shard)
-        try:
-            (path,) = results.local_paths(blobs, [key], cache_dir)
-            table = pq.read_table(
-                path, columns=["row_id", "image"], filters=[("row_id", "in", ids)]
-            )
-        except (DyffError, OSError, pa.ArrowException) as exc:
-            log.warning("shard %s unreadable, its thumbnails are left out: %s", key, exc)
-            continue
-        for rid, image in zip(
-            table.column("row_id").to_pylist(), table.column("image").to_pylist(), strict=True
-        ):
-            images[(shard, rid)] = image
+        found = shard_images(blobs, dataset.account, shard, ids, cache_dir)
+        images.update(((shard, rid), image) for rid, image in found.items())
     for row in rows:
         row["image"] = images.get((str(row.get("shard")), int(row["row_id"])))

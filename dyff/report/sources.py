@@ -37,19 +37,26 @@ def _row_images(
             wanted.setdefault(i, []).append(int(rid))
     out: dict[int, bytes] = {}
     for i, ids in sorted(wanted.items()):
-        key = layout.shard_key(dataset.account, shards[i].sha256)
-        try:
-            (path,) = results.local_paths(blobs, [key], cache_dir)
-            table = pq.read_table(
-                path, columns=["row_id", "image"], filters=[("row_id", "in", ids)]
-            )
-        except (DyffError, OSError, pa.ArrowException) as exc:
-            log.warning("shard %s unreadable, its thumbnails are left out: %s", key, exc)
-            continue
-        rows = table.column("row_id").to_pylist()
-        images = table.column("image").to_pylist()
-        out.update(zip(rows, images, strict=True))
+        out.update(shard_images(blobs, dataset.account, shards[i].sha256, ids, cache_dir))
     return out
+
+
+def shard_images(
+    blobs: BlobStore, account: str, shard: str, row_ids: Sequence[int], cache_dir: Path
+) -> dict[int, bytes]:
+    """The encoded images of `row_ids` in one shard (only those rows are read); none where
+    the shard cannot be read (its thumbnails are left out, the report still renders)."""
+    key = layout.shard_key(account, shard)
+    try:
+        (path,) = results.local_paths(blobs, [key], cache_dir)
+        table = pq.read_table(
+            path, columns=["row_id", "image"], filters=[("row_id", "in", list(row_ids))]
+        )
+    except (DyffError, OSError, pa.ArrowException) as exc:
+        log.warning("shard %s unreadable, its thumbnails are left out: %s", key, exc)
+        return {}
+    rows = table.column("row_id").to_pylist()
+    return dict(zip(rows, table.column("image").to_pylist(), strict=True))
 
 
 def build_report(

@@ -24,6 +24,12 @@ path) in sorted order.
 
 Every image is decoded once with Pillow (PNG and JPEG decoders only) and kept
 as it came. Memory stays bounded by one input row group plus one shard.
+
+Beside each shard, an *attribute file* (see "attribute files" below) holds per-row
+attributes for slicing results: derived ones computed while the image is decoded
+(width, height, aspect, brightness, colour) and the dataset's own extra columns
+(Hugging Face features other than image and label, an ImageFolder's sub-folders, the
+columns of metadata.csv / metadata.jsonl files). They never enter the shard's bytes.
 """
 
 from __future__ import annotations
@@ -33,14 +39,14 @@ import io
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, ImageChops, ImageStat
 
 from dyff.archives import DEFAULT_LIMITS, ArchiveLimits, BadArchive, archive_format, safe_extract
 from dyff.errors import WorkloadFailed
@@ -66,6 +72,18 @@ MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_LABELS = 100_000
 READ_BATCH_ROWS = 256
 PARQUET_MAGIC = b"PAR1"
+
+# -------------------------------------------------------- derived attributes
+# Computed once per image while ingestion decodes it; fixed thresholds, so the same image
+# always lands in the same bucket.
+EXIF_ORIENTATION = 0x0112
+STATS_SIDE = 256  # pixel statistics on a copy at most this many pixels a side
+ASPECT_SQUARE = 1.1  # long side / short side at most this: square
+# Mean luma (0..255) below each limit: that bucket.
+BRIGHTNESS_BUCKETS = ((64.0, "dark"), (128.0, "dim"), (192.0, "bright"), (256.0, "very_bright"))
+GRAY_TOLERANCE = 3  # colour channels differing by at most this many levels: grayscale
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F"})
 
 # ------------------------------------------------------------- shard format
 
@@ -99,15 +117,23 @@ SHARD_WRITER_OPTIONS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ShardFile:
-    """One written shard: its bytes and where it sits in the dataset."""
+    """One written shard: its bytes and where it sits in the dataset, and (from
+    `iter_shards`) its attribute file, which is never part of the shard's bytes."""
 
     sha256: str
     rows: int
     first_row: int
     data: bytes
+    attributes: bytes | None = None
+    attributes_sha256: str | None = None
 
     def shard(self) -> Shard:
-        return Shard(sha256=self.sha256, rows=self.rows, first_row=self.first_row)
+        return Shard(
+            sha256=self.sha256,
+            rows=self.rows,
+            first_row=self.first_row,
+            attributes=self.attributes_sha256,
+        )
 
 
 def write_shard(first_row: int, images: list[bytes], labels: list[int]) -> ShardFile:
@@ -134,11 +160,193 @@ def read_shard(source: bytes | Path | str) -> pa.Table:
     return pq.read_table(where, schema=SHARD_SCHEMA)
 
 
+# ---------------------------------------------------------- attribute files
+#
+# Beside each shard, one Parquet file of per-row attributes for slicing results
+# (`dyff.criteria`), stored under `layout.attributes_key(account, shard sha256, its own
+# sha256)`: the shard stays byte-identical (predictions are cached by its digest), and two
+# datasets with the same shard but different metadata keep different attribute files.
+# Columns: `row_id`, the derived attributes (DERIVED_FIELDS), then the dataset's own extra
+# columns (`DatasetInput.attribute_fields`: Hugging Face features other than image and
+# label, an ImageFolder's `subfolder`, the columns of metadata.csv / metadata.jsonl), each a
+# string, int64, float64 or bool, nullable. Written as deterministically as shards.
+
+DERIVED_FIELDS = (
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("aspect", pa.string()),
+    pa.field("brightness", pa.string()),
+    pa.field("colour", pa.string()),
+)
+DERIVED_ATTRIBUTES = tuple(f.name for f in DERIVED_FIELDS)
+SUBFOLDER = "subfolder"
+# Names an extra column may not take: the shard's, the derived ones, the predictions'.
+RESERVED_ATTRIBUTES = frozenset(
+    {"row_id", "image", "label", "predicted", "score", "correct", "topk_labels",
+     "topk_scores", "file_name", *DERIVED_ATTRIBUTES}
+)  # fmt: skip
+ATTRIBUTE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+MAX_EXTRA_ATTRIBUTES = 32  # extra columns kept (the first ones, in the source's order)
+MAX_ATTRIBUTES = len(DERIVED_FIELDS) + MAX_EXTRA_ATTRIBUTES
+MAX_ATTRIBUTE_CHARS = 256  # a longer string value is cut to this many characters
+ATTRIBUTE_TYPES = (pa.string(), pa.int64(), pa.float64(), pa.bool_())
+INT64_RANGE = (-(2**63), 2**63 - 1)
+ATTRIBUTE_WRITER_OPTIONS: dict[str, Any] = {
+    **SHARD_WRITER_OPTIONS,
+    "use_dictionary": True,
+    "write_statistics": False,
+}
+
+
+def attribute_name_ok(name: str) -> bool:
+    """Whether an extra column may become an attribute (a plain name, not reserved)."""
+    return (
+        name not in RESERVED_ATTRIBUTES
+        and re.fullmatch(ATTRIBUTE_NAME_PATTERN.strip("^$"), name) is not None
+    )
+
+
+def attribute_schema(extra: Sequence[pa.Field]) -> pa.Schema:
+    return pa.schema([pa.field("row_id", pa.int64(), nullable=False), *DERIVED_FIELDS, *extra])
+
+
+def attribute_value(value: Any, type_: pa.DataType) -> Any:
+    """A Python value as an attribute of `type_` (strings cut to MAX_ATTRIBUTE_CHARS;
+    anything that does not fit is None)."""
+    if value is None:
+        return None
+    if type_ == pa.string():
+        text = value if isinstance(value, str) else _as_text(value)
+        return text[:MAX_ATTRIBUTE_CHARS]
+    if type_ == pa.bool_():
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if type_ == pa.int64():
+        ok = isinstance(value, int) and INT64_RANGE[0] <= value <= INT64_RANGE[1]
+        return value if ok else None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def write_attributes(
+    first_row: int,
+    derived: Sequence[tuple[Any, ...]],
+    extra_fields: Sequence[pa.Field],
+    extras: Sequence[tuple[Any, ...]],
+) -> tuple[str, bytes]:
+    """(sha256, bytes) of the attribute file of rows `first_row …`."""
+    n = len(derived)
+    schema = attribute_schema(extra_fields)
+    columns: dict[str, pa.Array] = {
+        "row_id": pa.array(range(first_row, first_row + n), type=pa.int64())
+    }
+    for i, f in enumerate(DERIVED_FIELDS):
+        columns[f.name] = pa.array([d[i] for d in derived], type=f.type)
+    for i, f in enumerate(extra_fields):
+        values = [attribute_value(e[i] if i < len(e) else None, f.type) for e in extras]
+        columns[f.name] = pa.array(values, type=f.type)
+    table = pa.table(columns, schema=schema)
+    buf = io.BytesIO()
+    with pq.ParquetWriter(buf, schema, **ATTRIBUTE_WRITER_OPTIONS) as writer:
+        writer.write_table(table, row_group_size=SHARD_ROW_GROUP_ROWS)
+    data = buf.getvalue()
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def read_attributes(source: bytes | Path | str) -> pa.Table:
+    """An attribute file as an Arrow table."""
+    where = pa.BufferReader(source) if isinstance(source, bytes) else str(source)
+    return pq.read_table(where)
+
+
 # ------------------------------------------------------------------ images
 
 
-def check_image(data: bytes | None, where: str, max_pixels: int = MAX_PIXELS) -> None:
-    """Decode the image fully (PNG or JPEG only); raise naming `where` if it does not."""
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ingestion learns of an image while decoding it (the derived attributes)."""
+
+    width: int  # as the model sees it: EXIF orientation applied
+    height: int
+    luminance: float | None  # mean luma (ITU-R 601, Pillow's "L"), 0..255; None: unknown
+    grayscale: bool | None
+
+    def derived(self) -> tuple[int, int, str, str | None, str | None]:
+        """(width, height, aspect, brightness, colour): the DERIVED_ATTRIBUTES' values."""
+        colour = None if self.grayscale is None else "grayscale" if self.grayscale else "colour"
+        return (
+            self.width,
+            self.height,
+            aspect_bucket(self.width, self.height),
+            None if self.luminance is None else brightness_bucket(self.luminance),
+            colour,
+        )
+
+
+def aspect_bucket(width: int, height: int) -> str:
+    """`square` when the long side is at most ASPECT_SQUARE times the short one, else
+    `landscape` (wider) or `portrait` (taller)."""
+    if max(width, height) <= ASPECT_SQUARE * max(1, min(width, height)):
+        return "square"
+    return "landscape" if width > height else "portrait"
+
+
+def brightness_bucket(luminance: float) -> str:
+    """Fixed buckets of mean luma: dark < 64 <= dim < 128 <= bright < 192 <= very_bright."""
+    for limit, name in BRIGHTNESS_BUCKETS:
+        if luminance < limit:
+            return name
+    return BRIGHTNESS_BUCKETS[-1][1]
+
+
+def _image_info(im: Image.Image) -> ImageInfo:
+    """Derived attributes of a loaded image. Never refuses an image that decoded: what
+    cannot be measured (an exotic mode) is None."""
+    width, height = im.width, im.height
+    try:
+        if im.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8):  # a quarter turn
+            width, height = height, width
+    except Exception:  # a malformed EXIF block changes nothing of the pixels
+        pass
+    try:
+        luminance, gray = _pixel_stats(im)
+    except Exception:  # Pillow raises many types for modes it cannot convert
+        luminance, gray = None, None
+    return ImageInfo(width, height, luminance, gray)
+
+
+def _pixel_stats(im: Image.Image) -> tuple[float, bool]:
+    """(mean luma, grayscale) from a copy reduced to at most STATS_SIDE pixels a side (box
+    averages: the mean barely moves). Grayscale: a mode without colour, or colour channels
+    that nowhere differ by more than GRAY_TOLERANCE levels."""
+    if im.mode not in REDUCIBLE_MODES:
+        im = im.convert("L" if im.mode in GRAY_MODES else "RGB")
+    factor = max(1, -(-max(im.width, im.height) // STATS_SIDE))
+    small = im.reduce(factor) if factor > 1 else im
+    if small.mode in GRAY_MODES:
+        gray = True
+        luma = small.convert("L")
+    else:
+        rgb = small.convert("RGB")
+        r, g, b = rgb.split()
+        spread = max(
+            int(ImageChops.difference(r, g).getextrema()[1]),  # type: ignore[arg-type]
+            int(ImageChops.difference(g, b).getextrema()[1]),  # type: ignore[arg-type]
+        )
+        gray = spread <= GRAY_TOLERANCE
+        luma = rgb.convert("L")
+    return float(ImageStat.Stat(luma).mean[0]), gray
+
+
+def check_image(data: bytes | None, where: str, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    """Decode the image fully (PNG or JPEG only); raise naming `where` if it does not.
+    Returns its derived attributes (`ImageInfo`)."""
     if not data:
         raise WorkloadFailed(CORRUPT_IMAGE, f"{where}: image has no bytes")
     try:
@@ -150,6 +358,7 @@ def check_image(data: bytes | None, where: str, max_pixels: int = MAX_PIXELS) ->
                     f"{where}: image is {im.width}x{im.height}, above {max_pixels} pixels",
                 )
             im.load()
+            info = _image_info(im)
     except WorkloadFailed:
         raise
     except Image.DecompressionBombError:
@@ -161,6 +370,7 @@ def check_image(data: bytes | None, where: str, max_pixels: int = MAX_PIXELS) ->
         raise WorkloadFailed(
             CORRUPT_IMAGE, f"{where}: not a decodable PNG or JPEG image ({exc})"
         ) from None
+    return info
 
 
 # ----------------------------------------------------------------- readers
@@ -173,6 +383,7 @@ class Example:
     image: bytes | None
     label: int
     where: str
+    extra: tuple[Any, ...] = ()  # values of DatasetInput.attribute_fields, in order
 
 
 @dataclass
@@ -183,6 +394,13 @@ class DatasetInput:
     rows: int
     examples: Iterator[Example]
     split: str | None = None  # the split read, for a folder in the Hugging Face layout
+    # The dataset's own attribute columns (see "attribute files"), known before any row.
+    attribute_fields: list[pa.Field] = field(default_factory=list)
+
+    @property
+    def attributes(self) -> list[str]:
+        """Every attribute column name of the attribute files (row_id aside)."""
+        return [*DERIVED_ATTRIBUTES, *(f.name for f in self.attribute_fields)]
 
 
 def hf_features(schema: pa.Schema) -> dict[str, Any] | None:
@@ -506,6 +724,82 @@ def scan_parquet_labels(
     return names, offset
 
 
+def _attribute_type(t: pa.DataType) -> pa.DataType | None:
+    """The attribute type of a Parquet column's type; None for what is not kept (binary,
+    nested types, dates, decimals)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_boolean(t):
+        return pa.bool_()
+    if pa.types.is_integer(t):
+        return pa.string() if t == pa.uint64() else pa.int64()  # uint64 may not fit
+    if pa.types.is_floating(t):
+        return pa.float64()
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        return pa.string()
+    return None
+
+
+def parquet_attribute_fields(parts: Sequence[ParquetPart], cols: ParquetColumns) -> list[pa.Field]:
+    """The extra columns of a Parquet dataset kept as attributes: scalar columns other than
+    image and label with plain names, across all parts (a column missing from a part is
+    null there; one whose type differs between parts is kept as strings), a ClassLabel
+    column as its class names; the first MAX_EXTRA_ATTRIBUTES of them."""
+    types: dict[str, pa.DataType] = {}
+    for part in parts:
+        with _open_parquet_file(part) as pf:
+            schema = pf.schema_arrow
+        features = hf_features(schema) or {}
+        for f in schema:
+            if f.name in (cols.image, cols.label) or not attribute_name_ok(f.name):
+                continue
+            t = _attribute_type(f.type)
+            if t is None:
+                continue
+            if _feature_type(features.get(f.name)) == "ClassLabel":
+                t = pa.string()
+            if f.name not in types:
+                types[f.name] = t
+            elif types[f.name] != t:
+                types[f.name] = pa.string()
+    kept = list(types)[:MAX_EXTRA_ATTRIBUTES]
+    if len(types) > len(kept):
+        log.info("keeping %d of %d extra columns as attributes", len(kept), len(types))
+    return [pa.field(name, types[name]) for name in kept]
+
+
+def _class_names_of(schema: pa.Schema, column: str) -> list[str] | None:
+    feature = (hf_features(schema) or {}).get(column)
+    if _feature_type(feature) != "ClassLabel":
+        return None
+    assert isinstance(feature, dict)
+    try:
+        return class_label_names(feature)
+    except WorkloadFailed:
+        return None
+
+
+def _attribute_column(arr: pa.Array, type_: pa.DataType, names: list[str] | None) -> list[Any]:
+    """A batch's column as attribute values of `type_` (None where a value does not fit)."""
+    arr = _plain(arr)
+    if names is not None and pa.types.is_integer(arr.type):
+        ids = arr.cast(pa.int64())
+        inside = pc.and_(pc.greater_equal(ids, 0), pc.less(ids, len(names)))
+        arr = pc.take(pa.array(names), pc.if_else(inside, ids, None))
+    try:
+        if type_ == pa.string() and not pa.types.is_string(arr.type):
+            if pa.types.is_boolean(arr.type):
+                return [None if v is None else _as_text(v) for v in arr.to_pylist()]
+            arr = arr.cast(pa.string())
+        elif arr.type != type_:
+            arr = arr.cast(type_)
+        if type_ == pa.string():
+            arr = pc.utf8_slice_codeunits(arr, 0, MAX_ATTRIBUTE_CHARS)
+    except (pa.ArrowException, ValueError):
+        return [None] * len(arr)
+    return arr.to_pylist()
+
+
 def open_parquet(
     source: Path | Sequence[ParquetPart],
     batch_rows: int = READ_BATCH_ROWS,
@@ -516,22 +810,33 @@ def open_parquet(
     parts = _parts(source)
     cols = parquet_columns_of(parts)
     names, rows = scan_parquet_labels(parts, cols)
+    fields = parquet_attribute_fields(parts, cols)
     return DatasetInput(
         labels=names,
         rows=rows,
-        examples=_parquet_rows(parts, cols, names, batch_rows),
+        examples=_parquet_rows(parts, cols, names, batch_rows, fields),
         split=split,
+        attribute_fields=fields,
     )
 
 
 def _parquet_rows(
-    parts: list[ParquetPart], cols: ParquetColumns, names: list[str], batch_rows: int
+    parts: list[ParquetPart],
+    cols: ParquetColumns,
+    names: list[str],
+    batch_rows: int,
+    fields: Sequence[pa.Field] = (),
 ) -> Iterator[Example]:
     offset = 0
     for part in parts:
         local = 0
         with _open_parquet_file(part) as pf:
-            batches = pf.iter_batches(batch_size=batch_rows, columns=[cols.image, cols.label])
+            present = [f for f in fields if f.name in pf.schema_arrow.names]
+            class_names = {f.name: _class_names_of(pf.schema_arrow, f.name) for f in present}
+            extra_columns = [f.name for f in present]
+            batches = pf.iter_batches(
+                batch_size=batch_rows, columns=[cols.image, cols.label, *extra_columns]
+            )
             while True:
                 try:
                     batch = next(batches, None)
@@ -550,10 +855,25 @@ def _parquet_rows(
                 labels = _plain(batch.column(cols.label))
                 if cols.kind == "str":
                     labels = pc.index_in(labels.cast(pa.string()), value_set=pa.array(names))
-                for i, (image, label) in enumerate(
-                    zip(images.to_pylist(), labels.to_pylist(), strict=True)
+                by_name = {
+                    f.name: _attribute_column(batch.column(f.name), f.type, class_names[f.name])
+                    for f in present
+                }
+                nulls = [None] * batch.num_rows
+                extra_rows: Iterator[tuple[Any, ...]] | list[tuple[Any, ...]] = (
+                    zip(*(by_name.get(f.name, nulls) for f in fields), strict=True)
+                    if fields
+                    else [()] * batch.num_rows
+                )
+                for i, (image, label, extra) in enumerate(
+                    zip(images.to_pylist(), labels.to_pylist(), extra_rows, strict=True)
                 ):
-                    yield Example(image=image, label=label, where=part.where(offset + i, local + i))
+                    yield Example(
+                        image=image,
+                        label=label,
+                        where=part.where(offset + i, local + i),
+                        extra=extra,
+                    )
                 offset += batch.num_rows
                 local += batch.num_rows
 
@@ -731,13 +1051,18 @@ def _skip(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+def _not_data(path: Path) -> bool:
+    return _skip(path.name) or path.name in METADATA_NAMES
+
+
 def imagefolder_root(root: Path) -> Path:
-    """The folder holding the class folders: `root`, or the single folder wrapping them."""
+    """The folder holding the class folders: `root`, or the single folder wrapping them
+    (metadata files beside the folders do not count)."""
     while True:
-        entries = [p for p in root.iterdir() if not _skip(p.name)]
+        entries = [p for p in root.iterdir() if not _not_data(p)]
         if len(entries) != 1 or not entries[0].is_dir():
             return root
-        inner = [p for p in entries[0].iterdir() if not _skip(p.name)]
+        inner = [p for p in entries[0].iterdir() if not _not_data(p)]
         # Descend only if the one folder holds folders only (else it *is* the one class).
         if not inner or not all(p.is_dir() for p in inner):
             return root
@@ -763,20 +1088,288 @@ def open_imagefolder(root: Path) -> DatasetInput:
                 continue
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 found.append(path)
-            else:
+            elif path.name not in METADATA_NAMES:
                 ignored += 1
         files.extend((p, label) for p in sorted(found, key=lambda p: p.as_posix()))
     if ignored:
         log.info("ignored %d non-image files", ignored)
-    return DatasetInput(labels=classes, rows=len(files), examples=_folder_rows(files, root))
+    # Attributes: the folder below the class folder, and metadata files' columns.
+    subfolders: list[str | None] = [
+        path.parent.relative_to(base / classes[label]).as_posix() for path, label in files
+    ]
+    subfolders = [None if sub == "." else sub for sub in subfolders]
+    fields: list[pa.Field] = []
+    extras: list[list[Any]] = [[] for _ in files]
+    if any(sub is not None for sub in subfolders):
+        fields.append(pa.field(SUBFOLDER, pa.string()))
+        for row, sub in zip(extras, subfolders, strict=True):
+            row.append(sub)
+    meta_fields, meta_rows = imagefolder_metadata(root, [p for p, _ in files])
+    room = MAX_EXTRA_ATTRIBUTES - len(fields)
+    fields += meta_fields[:room]
+    for row, values in zip(extras, meta_rows, strict=True):
+        row.extend(values[:room])
+    return DatasetInput(
+        labels=classes,
+        rows=len(files),
+        examples=_folder_rows(files, root, [tuple(e) for e in extras]),
+        attribute_fields=fields,
+    )
 
 
-def _folder_rows(files: list[tuple[Path, int]], root: Path) -> Iterator[Example]:
-    for path, label in files:
+def _folder_rows(
+    files: list[tuple[Path, int]], root: Path, extras: list[tuple[Any, ...]]
+) -> Iterator[Example]:
+    for (path, label), extra in zip(files, extras, strict=True):
         where = path.relative_to(root).as_posix()
         if path.stat().st_size > MAX_IMAGE_BYTES:  # before reading it into memory
             raise WorkloadFailed(IMAGE_TOO_LARGE, f"{where}: file above {MAX_IMAGE_BYTES} bytes")
-        yield Example(image=path.read_bytes(), label=label, where=where)
+        yield Example(image=path.read_bytes(), label=label, where=where, extra=extra)
+
+
+# ------------------------------------------------------------ metadata files
+#
+# An ImageFolder may hold `metadata.csv` or `metadata.jsonl` files, as the `datasets`
+# ImageFolder loader reads them: one row per image, its `file_name` relative to the folder
+# holding the metadata file, the other columns the image's attributes. An image takes the
+# metadata file nearest above it. These files are written by anyone: parsing is bounded
+# (bytes, lines, columns, cell size, nesting) and anything out of shape is refused with
+# reason BadMetadata, naming the file and line.
+
+BAD_METADATA = "BadMetadata"
+METADATA_NAMES = frozenset({"metadata.csv", "metadata.jsonl"})
+MAX_METADATA_BYTES = 64 * 1024 * 1024  # all metadata files together
+MAX_METADATA_FILES = 1000
+MAX_METADATA_ROWS = 2_000_000
+METADATA_SPARE_ROWS = 10_000  # rows beyond the images' count a metadata file may hold
+MAX_METADATA_COLUMNS = 256
+MAX_METADATA_CELL_CHARS = 64 * 1024
+INT_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
+
+
+def _refuse(where: str, what: str) -> WorkloadFailed:
+    return WorkloadFailed(BAD_METADATA, f"{where}: {what}")
+
+
+def _file_key(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise _refuse(where, f"file_name must be a non-empty string, not {type(name).__name__}")
+    if len(name) > 4096:
+        raise _refuse(where, "file_name is longer than 4096 characters")
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts:
+        raise _refuse(where, f"file_name {name[:200]!r} leaves the metadata file's folder")
+    return path.as_posix()
+
+
+def _scalar_kind(value: Any) -> str | None:
+    """`bool`, `int`, `float`, `str` for a scalar JSON value, None for null, `nested`."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if INT64_RANGE[0] <= value <= INT64_RANGE[1] else "float"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    return "nested"
+
+
+KIND_TYPES = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "str": pa.string()}
+
+
+def _merge_kind(old: str | None, new: str | None, column: str, where: str) -> str | None:
+    if new is None or old == new:
+        return old if new is None else new
+    if old is None:
+        return new
+    if "nested" in (old, new):
+        return "nested"
+    if {old, new} == {"int", "float"}:
+        return "float"
+    raise _refuse(where, f"column {column!r} holds both {old} and {new} values")
+
+
+def _read_text(path: Path, where: str, budget: int) -> str:
+    size = path.stat().st_size
+    if size > budget:
+        raise _refuse(
+            where, f"{size} bytes, above what metadata files may hold ({MAX_METADATA_BYTES})"
+        )
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _refuse(where, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _parse_csv(text: str, where: str, max_rows: int) -> tuple[list[str], list[dict[str, Any]]]:
+    import csv
+
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[dict[str, Any]] = []
+    header: list[str] | None = None
+    try:
+        for record in reader:
+            line = reader.line_num
+            if header is None:
+                header = record
+                if len(header) > MAX_METADATA_COLUMNS:
+                    raise _refuse(where, f"more than {MAX_METADATA_COLUMNS} columns")
+                if len(set(header)) != len(header):
+                    raise _refuse(where, "a column name appears twice in the header")
+                continue
+            if not record:
+                continue
+            if len(record) != len(header):
+                raise _refuse(
+                    f"{where} line {line}", f"{len(record)} fields, the header has {len(header)}"
+                )
+            if len(rows) >= max_rows:
+                raise _refuse(where, f"more than {max_rows} rows")
+            rows.append({k: (v if v != "" else None) for k, v in zip(header, record, strict=True)})
+    except csv.Error as exc:
+        raise _refuse(f"{where} line {reader.line_num}", f"not valid CSV ({exc})") from None
+    if header is None:
+        raise _refuse(where, "empty (no header)")
+    columns = [c for c in header if c != "file_name"]
+    # CSV cells are text: a column of integers is int64, of numbers float64, else strings.
+    for c in columns:
+        values = [r[c] for r in rows if r[c] is not None]
+        if (
+            values
+            and all(INT_TEXT.fullmatch(v) for v in values)
+            and all(INT64_RANGE[0] <= int(v) <= INT64_RANGE[1] for v in values)
+        ):
+            convert: Any = int
+        else:
+            try:
+                for v in values:
+                    float(v)
+                convert = float
+            except ValueError:
+                convert = None
+        if convert is not None:
+            for r in rows:
+                if r[c] is not None:
+                    r[c] = convert(r[c])
+    return header, rows
+
+
+def _parse_jsonl(text: str, where: str, max_rows: int) -> tuple[list[str], list[dict[str, Any]]]:
+    header: dict[str, None] = {}
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        at = f"{where} line {number}"
+        if len(line) > MAX_METADATA_CELL_CHARS * 4:
+            raise _refuse(at, f"a line longer than {MAX_METADATA_CELL_CHARS * 4} characters")
+        doc = load_json(line, at, BAD_METADATA)
+        if not isinstance(doc, dict):
+            raise _refuse(at, f"each line must be a JSON object, not {type(doc).__name__}")
+        if len(doc) > MAX_METADATA_COLUMNS:
+            raise _refuse(at, f"more than {MAX_METADATA_COLUMNS} keys")
+        if len(rows) >= max_rows:
+            raise _refuse(where, f"more than {max_rows} rows")
+        header.update(dict.fromkeys(doc))
+        if len(header) > MAX_METADATA_COLUMNS:
+            raise _refuse(where, f"more than {MAX_METADATA_COLUMNS} distinct keys")
+        rows.append(doc)
+    return list(header), rows
+
+
+def read_metadata(
+    path: Path, where: str, budget: int = MAX_METADATA_BYTES, max_rows: int = MAX_METADATA_ROWS
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """One metadata file: ({column: kind}, {file name: row}). Kinds are `bool`, `int`,
+    `float`, `str` or `nested` (a column of lists or objects, not kept); a column of no
+    value at all is left out."""
+    text = _read_text(path, where, budget)
+    parse = _parse_csv if path.suffix == ".csv" else _parse_jsonl
+    header, rows = parse(text, where, max_rows)
+    if "file_name" not in header:
+        raise _refuse(where, "no file_name column (it names each row's image)")
+    kinds: dict[str, str | None] = {c: None for c in header if c != "file_name"}
+    by_file: dict[str, dict[str, Any]] = {}
+    for i, row in enumerate(rows, start=1):
+        at = f"{where} row {i}"
+        key = _file_key(row.get("file_name"), at)
+        if key in by_file:
+            raise _refuse(at, f"file_name {key[:200]!r} appears twice")
+        for c in kinds:
+            value = row.get(c)
+            if isinstance(value, str) and len(value) > MAX_METADATA_CELL_CHARS:
+                raise _refuse(at, f"column {c!r} holds more than {MAX_METADATA_CELL_CHARS} chars")
+            kinds[c] = _merge_kind(kinds[c], _scalar_kind(value), c, at)
+        by_file[key] = row
+    return {c: k for c, k in kinds.items() if k is not None}, by_file
+
+
+def imagefolder_metadata(
+    root: Path, images: Sequence[Path]
+) -> tuple[list[pa.Field], list[list[Any]]]:
+    """The attribute columns the metadata files under `root` give `images`, and each
+    image's values (None where its metadata file has no row for it)."""
+    found: dict[Path, Path] = {}
+    count = 0
+    for path in sorted(root.rglob("metadata.*")):
+        rel = path.relative_to(root)
+        if path.name not in METADATA_NAMES or any(_skip(p) for p in rel.parts):
+            continue
+        if not path.is_file():
+            continue
+        count += 1
+        if count > MAX_METADATA_FILES:
+            raise _refuse(rel.as_posix(), f"more than {MAX_METADATA_FILES} metadata files")
+        if path.parent in found:
+            raise _refuse(
+                rel.parent.as_posix() or ".",
+                "both metadata.csv and metadata.jsonl; keep one of them",
+            )
+        found[path.parent] = path
+    if not found:
+        return [], [[] for _ in images]
+    budget = MAX_METADATA_BYTES
+    kinds: dict[str, str | None] = {}
+    tables: dict[Path, dict[str, dict[str, Any]]] = {}
+    for folder, path in found.items():
+        where = path.relative_to(root).as_posix()
+        # A row per image at most matters; a few spare for files named but absent.
+        max_rows = min(MAX_METADATA_ROWS, len(images) + METADATA_SPARE_ROWS)
+        file_kinds, by_file = read_metadata(path, where, budget, max_rows)
+        budget -= path.stat().st_size
+        for c, k in file_kinds.items():
+            if c in kinds and kinds[c] != k:
+                kinds[c] = "nested" if "nested" in (k, kinds[c]) else "mixed"
+            else:
+                kinds.setdefault(c, k)
+        tables[folder] = by_file
+    columns = [c for c, k in kinds.items() if k != "nested" and attribute_name_ok(c)][
+        :MAX_EXTRA_ATTRIBUTES
+    ]
+    skipped = [c for c in kinds if c not in columns]
+    if skipped:
+        log.info("metadata columns not kept as attributes: %s", ", ".join(skipped[:20]))
+    fields = [
+        pa.field(c, pa.string() if kinds[c] == "mixed" else KIND_TYPES[kinds[c] or "str"])
+        for c in columns
+    ]
+    matched = 0
+    values: list[list[Any]] = []
+    for image in images:
+        folder = image.parent
+        while folder not in found and folder != root and root in folder.parents:
+            folder = folder.parent
+        row = None
+        if folder in tables:
+            row = tables[folder].get(image.relative_to(folder).as_posix())
+        matched += row is not None
+        values.append([None if row is None else row.get(c) for c in columns])
+    log.info("metadata: %d of %d images have a row; attributes %s", matched, len(images),
+             ", ".join(columns) or "none")  # fmt: skip
+    return fields, values
 
 
 # ---------------------------------------------------------------- ingestion
@@ -785,23 +1378,34 @@ def _folder_rows(files: list[tuple[Path, int]], root: Path) -> Iterator[Example]
 def iter_shards(
     dataset: DatasetInput, shard_rows: int, max_pixels: int = MAX_PIXELS
 ) -> Iterator[ShardFile]:
-    """Check every image and yield shards of `shard_rows` rows (the last may be short)."""
+    """Check every image and yield shards of `shard_rows` rows (the last may be short),
+    each with its attribute file (the shard's bytes are `write_shard`'s alone)."""
     if shard_rows < 1:
         raise ValueError("shard_rows must be at least 1")
     images: list[bytes] = []
     labels: list[int] = []
+    derived: list[tuple[Any, ...]] = []
+    extras: list[tuple[Any, ...]] = []
     first = 0
+
+    def cut() -> ShardFile:
+        shard = write_shard(first, images, labels)
+        sha, data = write_attributes(first, derived, dataset.attribute_fields, extras)
+        return replace(shard, attributes=data, attributes_sha256=sha)
+
     for ex in dataset.examples:
-        check_image(ex.image, ex.where, max_pixels)
+        info = check_image(ex.image, ex.where, max_pixels)
         assert ex.image is not None
         images.append(ex.image)
         labels.append(ex.label)
+        derived.append(info.derived())
+        extras.append(ex.extra)
         if len(images) == shard_rows:
-            yield write_shard(first, images, labels)
+            yield cut()
             first += len(images)
-            images, labels = [], []
+            images, labels, derived, extras = [], [], [], []
     if images:
-        yield write_shard(first, images, labels)
+        yield cut()
 
 
 DatasetFormName = Literal["parquet", "imagefolder"]

@@ -27,6 +27,18 @@ def shard_key(account: str, sha256: str) -> str:
     return f"{account_prefix(account)}/shards/{sha256}.parquet"
 
 
+def attributes_prefix(account: str, shard_sha256: str) -> str:
+    """Every attribute file of one shard (one per distinct set of attributes given it)."""
+    return f"{account_prefix(account)}/attributes/{shard_sha256}"
+
+
+def attributes_key(account: str, shard_sha256: str, attributes_sha256: str) -> str:
+    """A shard's attribute file (Parquet, `dyff.datasets`): per-row attributes for slicing,
+    named by the shard's digest and its own, so the shard's bytes never change and two
+    datasets with the same shard but other metadata each keep theirs."""
+    return f"{attributes_prefix(account, shard_sha256)}/{attributes_sha256}.parquet"
+
+
 def config_digest(config: dict[str, Any]) -> str:
     """A stable digest of a JSON-able configuration."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()

@@ -589,6 +589,16 @@ class Shard(Schema):
     sha256: str = Field(description="sha256 of the shard file, hex.", pattern=SHA256_PATTERN)
     rows: int = Field(ge=0, description="Rows in the shard.")
     first_row: int = Field(ge=0, description="Row id of the shard's first row.")
+    attributes: str | None = Field(
+        default=None,
+        description="sha256 of the shard's attribute file (per-row attributes for slicing: "
+        "`dyff.datasets`), stored beside the shard without changing its bytes.",
+        pattern=SHA256_PATTERN,
+    )
+
+
+MAX_ATTRIBUTE_NAME_CHARS = 64
+MAX_DATASET_ATTRIBUTES = 64  # dyff.datasets keeps at most 5 derived + 32 extra columns
 
 
 class DatasetStatus(Status):
@@ -598,6 +608,14 @@ class DatasetStatus(Status):
     rows: int | None = Field(default=None, ge=0, description="Number of rows.")
     shards: list[Shard] | None = Field(default=None, description="The Parquet shards, in order.")
     labels: list[str] | None = Field(default=None, description="Class labels, in id order.")
+    attributes: list[Annotated[str, Field(max_length=MAX_ATTRIBUTE_NAME_CHARS)]] | None = Field(
+        default=None,
+        max_length=MAX_DATASET_ATTRIBUTES,
+        description="Columns of the attribute files, by which evaluation results can be "
+        "sliced: the derived width, height, aspect, brightness, colour, then the dataset's "
+        "own (Hugging Face features other than image and label, an ImageFolder's subfolder, "
+        "the columns of metadata.csv / metadata.jsonl).",
+    )
 
 
 # ----------------------------------------------------------------- Evaluation
@@ -680,6 +698,136 @@ ALL_METRICS: list[MetricName] = [
 ]
 
 
+# ------------------------------------------------ criteria beyond the metrics
+# Criteria that need no inference (`dyff.criteria`): computed from the prediction files and
+# the dataset's attribute files, so they never enter the prediction reuse key.
+
+ATTRIBUTE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"  # as `dyff.datasets` keeps them
+MAX_SLICE_SPECS = 16
+MAX_SLICE_COLUMNS = 3  # columns crossed in one slice
+MAX_GATES = 32
+MAX_SLICE_VALUE_CHARS = 256  # dyff.datasets cuts attribute strings to this
+MAX_SLICE_VALUE_INT = 2**53
+MAX_RESAMPLES = 10_000  # dyff.stats.MAX_RESAMPLES
+SLICE_VALUE_PATTERN = r"^[^\n]*$"
+AttributeName = Annotated[
+    str, Field(min_length=1, max_length=MAX_ATTRIBUTE_NAME_CHARS, pattern=ATTRIBUTE_NAME_PATTERN)
+]
+
+
+def _slice_value_from_int(value: Any) -> Any:
+    # `site: 3` in YAML: an integer attribute's value, kept as its text "3".
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -MAX_SLICE_VALUE_INT <= value <= MAX_SLICE_VALUE_INT:
+            raise ValueError(f"an integer slice value is within ±{MAX_SLICE_VALUE_INT}")
+        return str(value)
+    return value
+
+
+# One value of an attribute column: its text (a bool column's values are "true"/"false"),
+# or an integer, as the API server's int-or-string takes it.
+SliceValue = Annotated[
+    str,
+    BeforeValidator(_slice_value_from_int),
+    Field(
+        max_length=MAX_SLICE_VALUE_CHARS,
+        pattern=SLICE_VALUE_PATTERN,
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "pattern": SLICE_VALUE_PATTERN,
+            "minimum": -MAX_SLICE_VALUE_INT,
+            "maximum": MAX_SLICE_VALUE_INT,
+        },
+    ),
+]
+
+
+class IntervalSpec(SpecSchema):
+    """Bootstrap confidence intervals of the headline metrics (percentile, over rows)."""
+
+    resamples: int = Field(
+        default=1000, ge=100, le=MAX_RESAMPLES, description="Bootstrap resamples."
+    )
+    level: float = Field(default=0.95, ge=0.5, le=0.999, description="Confidence level.")
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**31 - 1,
+        description="Seed: the same predictions and seed give the same intervals.",
+    )
+
+
+class SliceSpec(SpecSchema):
+    """Every metric per value of one attribute column, or of several crossed, and the
+    slices whose accuracy is significantly below the rest's flagged (a one-sided
+    two-proportion z-test of the slice against the other rows, Benjamini-Hochberg over the
+    slices of this spec)."""
+
+    by: list[AttributeName] = Field(
+        min_length=1,
+        max_length=MAX_SLICE_COLUMNS,
+        description="Attribute columns (the dataset's status.attributes), crossed.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    q: float = Field(
+        default=0.05, ge=0.001, le=0.5, description="False discovery rate of the flagged slices."
+    )
+    min_support: int = Field(
+        default=30, ge=1, le=10**9, description="Slices with fewer rows are never flagged."
+    )
+
+    @field_validator("by")
+    @classmethod
+    def _columns_once(cls, by: list[str]) -> list[str]:
+        if len(set(by)) != len(by):
+            raise ValueError("by: each column at most once")
+        return by
+
+
+GateMetric = Literal[
+    "accuracy", "top5_accuracy", "macro_precision", "macro_recall", "macro_f1", "ece"
+]
+
+
+class Gate(SpecSchema):
+    """A quality gate: a metric (of every row, or of one slice) against a threshold."""
+
+    name: str | None = Field(
+        default=None,
+        max_length=MAX_NAME_CHARS,
+        description="Name in messages (default: the gate written out).",
+    )
+    metric: GateMetric = Field(description="The metric compared.")
+    op: Literal[">=", ">", "<=", "<"] = Field(description="metric OP value must hold.")
+    value: float = Field(ge=0, le=1, description="The threshold.")
+    slice: dict[AttributeName, SliceValue] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SLICE_COLUMNS,
+        description="Only the rows with these attribute values (column: value).",
+    )
+    using: Literal["point", "lower_bound", "upper_bound"] = Field(
+        default="point",
+        description="Compare the metric itself, or a bound of its bootstrap interval "
+        "(lower_bound for a gate that wants a metric high, upper_bound for ece).",
+    )
+
+
+class Criteria(SpecSchema):
+    """Evaluation criteria beyond the standard metrics that need no inference: computed
+    from the predictions (reused whatever the criteria) and the dataset's attributes."""
+
+    intervals: IntervalSpec = Field(
+        default_factory=IntervalSpec, description="Bootstrap intervals of every metric."
+    )
+    slices: list[SliceSpec] = Field(
+        default_factory=list, max_length=MAX_SLICE_SPECS, description="Metrics per slice."
+    )
+    gates: list[Gate] = Field(
+        default_factory=list, max_length=MAX_GATES, description="Quality gates."
+    )
+
+
 class EvaluationSpec(SpecSchema):
     """Desired state of an Evaluation: a model run over a dataset."""
 
@@ -710,6 +858,11 @@ class EvaluationSpec(SpecSchema):
         "name with the dataset's, or are transformers' defaults LABEL_<n>, is refused.",
     )
     run: RunConfig = Field(default_factory=RunConfig, description="Execution settings.")
+    criteria: Criteria | None = Field(
+        default=None,
+        description="Criteria beyond the standard metrics: confidence intervals, slices, "
+        "quality gates. They need no inference and are not part of the reuse key.",
+    )
 
     @field_validator("metrics")
     @classmethod
@@ -727,6 +880,19 @@ class Progress(Schema):
     shards_done: int = Field(default=0, ge=0, description="Shards with predictions.")
     shards_reused: int = Field(default=0, ge=0, description="Shards whose predictions were reused.")
     rows: int = Field(default=0, ge=0, description="Rows predicted so far.")
+
+
+class Timings(Schema):
+    """Where an evaluation's time went, in seconds (written by the evaluate workload)."""
+
+    queued_s: float = Field(
+        default=0.0, ge=0, description="Ordered (or its spec changed) to workload started."
+    )
+    model_start_s: float = Field(
+        default=0.0, ge=0, description="Starting the model server: 0 when warm or none needed."
+    )
+    inference_s: float = Field(default=0.0, ge=0, description="Streaming shards through it.")
+    metrics_s: float = Field(default=0.0, ge=0, description="Computing and writing metrics.")
 
 
 class MetricsSummary(Schema):
@@ -752,6 +918,9 @@ class EvaluationStatus(Status):
         default=None, description="Prefix holding metrics.json and predictions."
     )
     model_digest: str | None = Field(default=None, description="Digest of the model evaluated.")
+    timings: Timings | None = Field(
+        default=None, description="Seconds queued, starting the model, inferring, on metrics."
+    )
 
 
 # ------------------------------------------------------------------- entities

@@ -2,8 +2,10 @@
 
 Reads the Dataset record, fetches its source into scratch space (checking the
 declared sha256 and size), cuts it into content-addressed Parquet shards
-(`dyff.datasets`), stores the shards that are not stored yet, and reports on
-the record: phase Ready with rows, shards and labels (and a status message
+(`dyff.datasets`), stores the shards that are not stored yet and each shard's
+attribute file (`layout.attributes_key`), and reports on the record: phase Ready
+with rows, shards (each naming its attribute file), labels and the attribute
+columns (and a status message
 summing them up: "450 rows in 10 shards, 10 classes (split test)"), or phase Failed with
 Ready=False and the reason. A failed ingestion leaves no shard behind that it
 wrote itself (shards that were already stored, shared with other datasets,
@@ -42,18 +44,21 @@ log = logging.getLogger("dyff.workloads.ingest_dataset")
 
 
 def referenced_shards(records: RecordStore, account: str, exclude: str) -> set[str]:
-    """sha256 of every shard some other Dataset of the account lists."""
+    """sha256 of every shard, and of every attribute file, some other Dataset of the
+    account lists."""
     out: set[str] = set()
     for ds in records.list_all(Dataset, account):
         if ds.name != exclude and ds.status.shards:
             out.update(s.sha256 for s in ds.status.shards)
+            out.update(s.attributes for s in ds.status.shards if s.attributes)
     return out
 
 
 def discard(
     records: RecordStore, blobs: BlobStore, account: str, name: str, keys: dict[str, str]
 ) -> None:
-    """Delete the shards this run wrote (sha256 -> key) unless another dataset lists them."""
+    """Delete the shards and attribute files this run wrote (sha256 -> key) unless another
+    dataset lists them."""
     if not keys:
         return
     keep = referenced_shards(records, account, exclude=name)
@@ -74,16 +79,27 @@ def ingest(
         if blobs.stat(key) is None:
             blobs.put(key, shard.data, sha256=shard.sha256)
             written[shard.sha256] = key
+        if shard.attributes is not None and shard.attributes_sha256 is not None:
+            akey = layout.attributes_key(dataset.account, shard.sha256, shard.attributes_sha256)
+            if blobs.stat(akey) is None:
+                blobs.put(akey, shard.attributes, sha256=shard.attributes_sha256)
+                written[shard.attributes_sha256] = akey
         shards.append(shard.shard())
     log.info(
-        "%s/%s: %d rows, %d shards (%d new)",
+        "%s/%s: %d rows, %d shards (%d new); attributes %s",
         dataset.account,
         dataset.name,
         opened.rows,
         len(shards),
-        len(written),
+        new_shards(dataset.account, written),
+        ", ".join(opened.attributes),
     )
     return opened, shards
+
+
+def new_shards(account: str, written: dict[str, str]) -> int:
+    """How many of the blobs written are shards (the rest are attribute files)."""
+    return sum(1 for sha, key in written.items() if key == layout.shard_key(account, sha))
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -109,14 +125,18 @@ def run(config: WorkloadConfig) -> None:
             "rows": opened.rows,
             "shards": shards,
             "labels": opened.labels,
+            "attributes": opened.attributes,
             "message": summary(opened, shards),
         }
-        return IngestReport("Ingested", summary(opened, shards, len(written)), results)
+        new = new_shards(config.account, written)
+        return IngestReport("Ingested", summary(opened, shards, new), results)
 
     def discard_written(records: RecordStore, blobs: BlobStore) -> None:
         discard(records, blobs, config.account, config.name, written)
 
-    run_ingestion(config, Dataset, ingested, discard_written, ("rows", "shards", "labels"))
+    run_ingestion(
+        config, Dataset, ingested, discard_written, ("rows", "shards", "labels", "attributes")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

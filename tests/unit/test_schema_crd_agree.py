@@ -107,6 +107,14 @@ def label_map(n: int, key: str = "L") -> dict[str, Any]:
     return evaluation(**{"spec.labelMapping": {"map": {f"{key}{i}": "x" for i in range(n)}}})
 
 
+def criteria(**fields: Any) -> dict[str, Any]:
+    return evaluation(**{"spec.criteria": fields})
+
+
+def gate(**fields: Any) -> dict[str, Any]:
+    return {"metric": "accuracy", "op": ">=", "value": 0.5, **fields}
+
+
 def condition(type_: str, reason: str = "Ok") -> dict[str, Any]:
     return {"type": type_, "status": "True", "reason": reason}
 
@@ -329,6 +337,58 @@ CASES = [
         NO,
         id="status-reason-trailing-newline",
     ),
+    # ---- criteria (issue 12): slices, gates, intervals, every list and string bounded
+    pytest.param(criteria(), OK, id="criteria-empty"),
+    pytest.param(
+        criteria(
+            intervals={"resamples": 2000, "level": 0.9, "seed": 7},
+            slices=[{"by": ["lighting"]}, {"by": ["aspect", "colour"], "q": 0.1, "minSupport": 5}],
+            gates=[
+                {"metric": "accuracy", "op": ">=", "value": 0.9, "using": "lower_bound"},
+                {"metric": "ece", "op": "<=", "value": 0.1, "slice": {"site": 3, "a": "x"}},
+            ],
+        ),
+        OK,
+        id="criteria-full",
+    ),
+    pytest.param(criteria(slices=[{"by": ["a", "b", "c", "d"]}]), NO, id="slice-by-4-over-max"),
+    pytest.param(criteria(slices=[{"by": []}]), NO, id="slice-by-empty"),
+    pytest.param(criteria(slices=[{"by": ["a", "a"]}]), NO, id="slice-by-duplicate"),
+    pytest.param(criteria(slices=[{"by": ["a" * 64]}]), OK, id="slice-column-64-at-max"),
+    pytest.param(criteria(slices=[{"by": ["a" * 65]}]), NO, id="slice-column-65-over-max"),
+    pytest.param(criteria(slices=[{"by": ["bad name"]}]), NO, id="slice-column-space"),
+    pytest.param(criteria(slices=[{"by": ["a\n"]}]), NO, id="slice-column-newline"),
+    pytest.param(criteria(slices=[{"by": ["a"]}] * 17), NO, id="slices-17-over-max"),
+    pytest.param(criteria(slices=[{"by": ["a"], "q": 0}]), NO, id="slice-q-zero"),
+    pytest.param(criteria(slices=[{"by": ["a"], "minSupport": 0}]), NO, id="slice-support-0"),
+    pytest.param(criteria(gates=[gate()] * 32), OK, id="gates-32-at-max"),
+    pytest.param(criteria(gates=[gate()] * 33), NO, id="gates-33-over-max"),
+    pytest.param(criteria(gates=[gate(value=1)]), OK, id="gate-value-integer-1"),
+    pytest.param(criteria(gates=[gate(value=1.5)]), NO, id="gate-value-over-1"),
+    pytest.param(criteria(gates=[gate(value="0.9")]), NO, id="gate-value-string"),
+    pytest.param(criteria(gates=[gate(op="==")]), NO, id="gate-op-unknown"),
+    pytest.param(criteria(gates=[gate(metric="bleu")]), NO, id="gate-metric-unknown"),
+    pytest.param(criteria(gates=[gate(using="median")]), NO, id="gate-using-unknown"),
+    pytest.param(criteria(gates=[gate(slice={"a": "v" * 256})]), OK, id="gate-slice-256"),
+    pytest.param(criteria(gates=[gate(slice={"a": "v" * 257})]), NO, id="gate-slice-257"),
+    pytest.param(criteria(gates=[gate(slice={"a": "v\n"})]), NO, id="gate-slice-newline"),
+    pytest.param(criteria(gates=[gate(slice={"a": 2**53})]), OK, id="gate-slice-int-at-max"),
+    pytest.param(criteria(gates=[gate(slice={"a": 2**53 + 1})]), NO, id="gate-slice-int-over"),
+    pytest.param(criteria(gates=[gate(slice={"a": True})]), NO, id="gate-slice-boolean"),
+    pytest.param(criteria(gates=[gate(slice={"a": 1.5})]), NO, id="gate-slice-float"),
+    pytest.param(criteria(gates=[gate(slice={})]), NO, id="gate-slice-empty"),
+    pytest.param(
+        criteria(gates=[gate(slice={"a": "1", "b": "2", "c": "3", "d": "4"})]),
+        NO,
+        id="gate-slice-4-over-max",
+    ),
+    pytest.param(criteria(gates=[gate(slice={"bad key": "v"})]), NO, id="gate-slice-bad-key"),
+    pytest.param(criteria(gates=[gate(name="n" * 63)]), OK, id="gate-name-63"),
+    pytest.param(criteria(gates=[gate(name="n" * 64)]), NO, id="gate-name-64"),
+    pytest.param(criteria(intervals={"resamples": 99}), NO, id="resamples-under-min"),
+    pytest.param(criteria(intervals={"resamples": 10_001}), NO, id="resamples-over-max"),
+    pytest.param(criteria(intervals={"level": 1.0}), NO, id="level-1"),
+    pytest.param(criteria(intervals={"seed": -1}), NO, id="seed-negative"),
 ]
 
 

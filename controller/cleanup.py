@@ -67,15 +67,17 @@ def cleanup(records: RecordStore, blobs: BlobStore, entity: Entity) -> int:
             deleted += blobs.delete(layout.bento_key(account, digest))
             deleted += blobs.delete_prefix(f"{_predictions_prefix(account)}{digest}")
     elif isinstance(entity, Dataset):
+        datasets = [d for d in records.list_all(Dataset, account) if d.name != entity.name]
         mine = {s.sha256 for s in entity.status.shards or []}
-        used = {
-            s.sha256
-            for d in records.list_all(Dataset, account)
-            if d.name != entity.name
-            for s in d.status.shards or []
-        }
+        used = {s.sha256 for d in datasets for s in d.status.shards or []}
         for sha in mine - used:
             deleted += blobs.delete(layout.shard_key(account, sha))
+        # Attribute files are per (shard, content): another dataset may share the shard
+        # with other metadata, or the same file.
+        attributes = {(s.sha256, s.attributes) for s in entity.status.shards or [] if s.attributes}
+        kept = {(s.sha256, s.attributes) for d in datasets for s in d.status.shards or []}
+        for sha, attrs in attributes - kept:
+            deleted += blobs.delete(layout.attributes_key(account, sha, attrs))
         orphans = {f"/{sha}.parquet" for sha in mine - used}
         for info in list(blobs.list(_predictions_prefix(account))):
             if any(info.key.endswith(suffix) for suffix in orphans):

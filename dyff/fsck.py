@@ -8,8 +8,8 @@ Run against the stores directly, like `dyff admin bootstrap`. What counts as an 
 - work: work folders (one machine) and Jobs (a cluster) of entities that are gone;
 - blobs: anything under an account that is gone; uploads of an entity that is gone or
   declared other bytes; an evaluation's results without its record (name and uid);
-  bentos, shards and cached predictions that no model (digest), dataset (shard) or
-  evaluation (manifest) of the account refers to.
+  bentos, shards, shards' attribute files and cached predictions that no model
+  (digest), dataset (shard) or evaluation (manifest) of the account refers to.
 
 An account with a model, dataset or evaluation at work (packaging, ingesting, running)
 is skipped for the content-addressed blobs (bentos, shards, predictions): its workload
@@ -110,6 +110,13 @@ def find_orphans(
     evaluations = [e for e in entities[Evaluation] if isinstance(e, Evaluation)]
     digests = {(m.account, m.status.digest) for m in models if m.status.digest}
     shards = {(d.account, s.sha256) for d in datasets for s in d.status.shards or []}
+    # An attribute file is (shard, its own digest): listed as "shard/attributes".
+    shards |= {
+        (d.account, f"{s.sha256}/{s.attributes}")
+        for d in datasets
+        for s in d.status.shards or []
+        if s.attributes
+    }
     manifests: set[str] = set()
     for ev in evaluations:
         manifest = layout.manifest_key(ev.account, ev.name, ev.metadata.uid or "")
@@ -158,6 +165,9 @@ def _blob_reason(
     if area == "shards" and len(parts) == 4:
         sha = parts[3].removesuffix(".parquet")
         return None if (account, sha) in shards else "shard of no dataset"
+    if area == "attributes" and len(parts) == 5:
+        listed = (account, f"{parts[3]}/{parts[4].removesuffix('.parquet')}")
+        return None if listed in shards else "attributes of no dataset"
     if area == "predictions" and len(parts) == 6:
         if (account, parts[3]) not in digests:
             return "predictions of a model gone"

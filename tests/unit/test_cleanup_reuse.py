@@ -74,3 +74,25 @@ def test_files_nothing_else_uses_are_deleted(tmp_path: Path) -> None:
     records.mutate(Evaluation, "acme", "e3", failed)
     cleanup(records, blobs, records.get(Evaluation, "acme", "e1"))
     assert not any(blobs.exists(key) for key in files)
+
+
+def test_deleting_a_dataset_deletes_its_attribute_files_and_keeps_anothers(
+    tmp_path: Path,
+) -> None:
+    """Two datasets of one account share a shard with other metadata: deleting one takes
+    its attribute file (and none of the other's), the shared shard stays."""
+    from tests import factories
+
+    records = SqliteRecordStore(tmp_path / "records.db")
+    blobs = FileBlobStore(tmp_path / "blobs")
+    shard, mine, theirs = "12" * 32, "aa" * 32, "bb" * 32
+    for name, attrs in (("d1", mine), ("d2", theirs)):
+        dataset, _ = records.create(factories.dataset(name))
+        dataset.status.shards = [Shard(sha256=shard, rows=1, first_row=0, attributes=attrs)]
+        records.update(dataset)
+        blobs.put(layout.attributes_key("acme", shard, attrs), b"attributes")
+    blobs.put(layout.shard_key("acme", shard), b"shard")
+    cleanup(records, blobs, records.get(Dataset, "acme", "d1"))
+    assert not blobs.exists(layout.attributes_key("acme", shard, mine))
+    assert blobs.exists(layout.attributes_key("acme", shard, theirs))
+    assert blobs.exists(layout.shard_key("acme", shard))

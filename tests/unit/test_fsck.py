@@ -19,6 +19,7 @@ from tests import factories
 SHA = "ab" * 32
 DIGEST, GONE_DIGEST = "cd" * 32, "ef" * 32
 SHARD, GONE_SHARD = "12" * 32, "34" * 32
+ATTRS = "ee" * 32
 
 
 def seed(records: RecordStore, blobs: BlobStore) -> set[str]:
@@ -29,11 +30,12 @@ def seed(records: RecordStore, blobs: BlobStore) -> set[str]:
     model.status.digest = DIGEST
     records.update(model)
     dataset, _ = records.create(factories.dataset("d1"))
-    dataset.status.shards = [Shard(sha256=SHARD, rows=1, first_row=0)]
+    dataset.status.shards = [Shard(sha256=SHARD, rows=1, first_row=0, attributes=ATTRS)]
     records.update(dataset)
     keep = [
         layout.bento_key("acme", DIGEST),
         layout.shard_key("acme", SHARD),
+        layout.attributes_key("acme", SHARD, ATTRS),
         layout.prediction_key("acme", DIGEST, "cfg", SHARD),
         layout.upload_key("acme", "Model", "m1", factories.SHA),
     ]
@@ -52,6 +54,8 @@ def seed(records: RecordStore, blobs: BlobStore) -> set[str]:
         layout.upload_key("acme", "Model", "gone", SHA),
         layout.bento_key("acme", GONE_DIGEST),
         layout.shard_key("acme", GONE_SHARD),
+        layout.attributes_key("acme", GONE_SHARD, ATTRS),
+        layout.attributes_key("acme", SHARD, "f0" * 32),  # the shard's, other metadata
         layout.prediction_key("acme", GONE_DIGEST, "cfg", SHARD),
         layout.prediction_key("acme", DIGEST, "cfg", GONE_SHARD),
         layout.metrics_key("acme", "e1", "some-uid"),

@@ -234,28 +234,6 @@ def _groups(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return present, counts, inverse
 
 
-class _Sums:
-    """Per resample, the sums of count columns by class: (R, width) from (R, G), for the
-    groups j selected by `where` (all by default), into column cls[j]. The gather order and
-    the class boundaries are worked out once; each call is one gather and one reduceat."""
-
-    def __init__(self, cls: np.ndarray, width: int, where: np.ndarray | None = None) -> None:
-        cols = np.arange(len(cls)) if where is None else np.flatnonzero(where)
-        c = cls[cols]
-        order = np.argsort(c, kind="stable")
-        self.index = cols[order]
-        sorted_cls = c[order]
-        self.starts = np.flatnonzero(np.r_[True, sorted_cls[1:] != sorted_cls[:-1]])
-        self.targets = sorted_cls[self.starts] if len(sorted_cls) else sorted_cls
-        self.width = width
-
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        out = np.zeros((values.shape[0], self.width), dtype=np.float64)
-        if len(self.index):
-            out[:, self.targets] = np.add.reduceat(values[:, self.index], self.starts, axis=1)
-        return out
-
-
 def _macro(tp: np.ndarray, predicted: np.ndarray, support: np.ndarray) -> np.ndarray:
     """(R, 3) macro precision, recall, F1 per resample, as `dyff.metrics.class_scores`."""
     precision = np.nan_to_num(stats.ratio(tp, predicted))
@@ -352,9 +330,9 @@ def compute(
     present, sizes, _ = _groups(codes, k * w * w)
     g_label, g_a, g_b = present // (w * w), (present // w) % w, present % w
 
-    support_of = _Sums(g_label, k)
+    support_of = stats.GroupSums(g_label, k)
     sums = [
-        (_Sums(g_label, k, g_pred == g_label), _Sums(g_pred, k, g_pred < k))
+        (stats.GroupSums(g_label, k, g_pred == g_label), stats.GroupSums(g_pred, k, g_pred < k))
         for g_pred in (g_a, g_b)
     ]
 
@@ -423,7 +401,7 @@ def compute(
     l21 = np.divide(cov, l11, out=np.zeros(g), where=l11 > 0)
     l22 = np.sqrt(np.maximum(var_b - l21 * l21, 0.0))
 
-    by_bin_a, by_bin_b = _Sums(e_bin_a, bins), _Sums(e_bin_b, bins)
+    by_bin_a, by_bin_b = stats.GroupSums(e_bin_a, bins), stats.GroupSums(e_bin_b, bins)
 
     def ece(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c = counts.astype(np.float64)

@@ -17,6 +17,7 @@ from api_shim.params import NameStr
 from api_shim.problems import responses
 from api_shim.routes.entities import add_entity_routes, check_restart_allowed
 from dyff.access import usable
+from dyff.criteria import check_criteria
 from dyff.errors import AlreadyExists, Conflict, Invalid
 from dyff.labels import LABEL_MISMATCH, match_labels
 from dyff.lifecycle import DatasetPhase, ModelPhase
@@ -84,6 +85,12 @@ def check_usable(scope: AccountScope, spec: EvaluationSpec) -> None:
             raise Invalid(f"{kind.kind_name.lower()} {ref.name!r} is being deleted", field=field)
     model, dataset = found
     assert isinstance(model, Model) and isinstance(dataset, Dataset)
+    if spec.criteria is not None and dataset.status.phase == DatasetPhase.READY:
+        # Slices and gates name the dataset's attribute columns: a missing one now, not
+        # after the evaluation ran.
+        why = check_criteria(spec.criteria, dataset.status.attributes)
+        if why is not None:
+            raise Invalid(why, field="spec.criteria")
     if (
         model.status.phase == ModelPhase.READY
         and dataset.status.phase == DatasetPhase.READY

@@ -655,3 +655,21 @@ def test_a_long_poll_answers_as_soon_as_the_entity_changes(shim: Shim) -> None:
         assert 0.4 < took < 3, took
         too_long = c.get("/v1/models/m1", params={"changedFrom": version, "wait": 31})
         assert_problem(too_long, 422, "query.wait")
+
+
+def test_criteria_naming_a_column_the_dataset_lacks_are_refused_at_order(shim: Shim) -> None:
+    """Slices and gates name attribute columns: once the dataset is Ready, a column it
+    does not have is a 422 naming spec.criteria and the columns it has."""
+    account, token = shim.new_account()
+    setup_pair(shim, token)
+    make_ready(shim, account, Model, "m", DIGITS)
+    make_ready(shim, account, Dataset, "d", DIGITS)
+    shim.records.mutate(
+        Dataset, account, "d", lambda d: setattr(d.status, "attributes", ["width", "colour"])
+    )
+    with shim.client(token) as c:
+        bad = order(criteria={"slices": [{"by": ["lighting"]}]})
+        doc = assert_problem(c.post("/v1/evaluations", json=bad), 422, "spec.criteria")
+        assert "lighting" in doc["detail"] and "colour" in doc["detail"]
+        good = order(criteria={"slices": [{"by": ["colour"]}]})
+        assert c.post("/v1/evaluations", json=good).status_code == 201

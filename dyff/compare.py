@@ -262,6 +262,24 @@ def _entry(metric: str, a: float, b: float, ivs: Sequence[stats.Interval]) -> di
     }
 
 
+def paired_rates(
+    hit_a: np.ndarray, hit_b: np.ndarray, *, resamples: int, seed: Any, level: float
+) -> list[stats.Interval]:
+    """Intervals of A's rate, B's rate and B - A over the same resampled rows: four
+    groups (hit or miss by A x by B) carry everything a resample needs."""
+    n = len(hit_a)
+    present, sizes, _ = _groups(hit_a.astype(np.int64) * 2 + hit_b, 4)
+    ra = (present >= 2).astype(np.float64)
+    rb = (present % 2 == 1).astype(np.float64)
+
+    def rates(counts: np.ndarray, _: np.random.Generator) -> np.ndarray:
+        c = counts.astype(np.float64)
+        a, b = c @ ra / n, c @ rb / n
+        return np.stack([a, b, b - a], axis=1)
+
+    return stats.bootstrap(rates, sizes, resamples=resamples, seed=seed, level=level)
+
+
 def compute(
     p: Paired,
     labels: list[str],
@@ -292,33 +310,11 @@ def compute(
     }
     entries: list[dict[str, Any]] = []
 
-    # accuracy: four groups, right/wrong by A x by B
-    codes = ca.astype(np.int64) * 2 + cb
-    present, sizes, _ = _groups(codes, 4)
-    ra = (present >= 2).astype(np.float64)
-    rb = (present % 2 == 1).astype(np.float64)
-
-    def accuracy(counts: np.ndarray, _: np.random.Generator) -> np.ndarray:
-        c = counts.astype(np.float64)
-        a, b = c @ ra / n, c @ rb / n
-        return np.stack([a, b, b - a], axis=1)
-
-    ivs = stats.bootstrap(accuracy, sizes, resamples=resamples, seed=(seed, 1), level=level)
+    ivs = paired_rates(ca, cb, resamples=resamples, seed=(seed, 1), level=level)
     entries.append(_entry("accuracy", metrics.accuracy(p.label, p.pred_a),
                           metrics.accuracy(p.label, p.pred_b), ivs))  # fmt: skip
-
     if p.top5_a is not None and p.top5_b is not None:
-        codes = p.top5_a.astype(np.int64) * 2 + p.top5_b
-        present, sizes, _ = _groups(codes, 4)
-        ta = (present >= 2).astype(np.float64)
-        tb = (present % 2 == 1).astype(np.float64)
-
-        def top5(counts: np.ndarray, _: np.random.Generator) -> np.ndarray:
-            c = counts.astype(np.float64)
-            a, b = c @ ta / n, c @ tb / n
-            return np.stack([a, b, b - a], axis=1)
-
-        ivs = stats.bootstrap(top5, sizes, resamples=resamples, seed=(seed, 2), level=level)
+        ivs = paired_rates(p.top5_a, p.top5_b, resamples=resamples, seed=(seed, 2), level=level)
         entries.append(_entry("top5_accuracy", float(p.top5_a.mean()), float(p.top5_b.mean()), ivs))
 
     # macro precision/recall/F1 and per-class recall: groups (label, A's, B's prediction),
@@ -428,6 +424,48 @@ def compute(
     return doc
 
 
+def slice_comparison(
+    p: Paired,
+    attributes: pl.DataFrame,
+    by: Sequence[str],
+    *,
+    resamples: int,
+    seed: int,
+    level: float = stats.DEFAULT_LEVEL,
+) -> dict[str, Any]:
+    """Accuracy of A and B per slice of the common rows (the distinct values of the `by`
+    attribute columns, crossed), with B - A's paired-bootstrap interval and McNemar's test
+    on the slice's rows. `attributes` has `shard` (index into p.shards), `row_id` and the
+    `by` columns; a row without attributes is in the null slice."""
+    from dyff.criteria import slice_ids  # the same slices as an evaluation's criteria
+
+    rows = pl.DataFrame({"shard": p.shard, "row_id": p.row_id})
+    joined = rows.join(attributes, on=["shard", "row_id"], how="left", maintain_order="left")
+    ids, keys = slice_ids(joined, by)
+    ca, cb = p.pred_a == p.label, p.pred_b == p.label
+    values = []
+    for number, key in zip(
+        keys["slice"].to_list(), keys.drop("slice").iter_rows(named=True), strict=True
+    ):
+        sel = ids == number
+        a, b = ca[sel], cb[sel]
+        if not len(a):
+            continue
+        ivs = paired_rates(a, b, resamples=resamples, seed=(seed, 7, number), level=level)
+        values.append(
+            {
+                "key": key,
+                "rows": len(a),
+                "a": float(a.mean()),
+                "b": float(b.mean()),
+                "difference": float(b.mean() - a.mean()),
+                "interval": _interval(ivs[2]),
+                "mcnemarP": stats.mcnemar(a, b).p_value,
+            }
+        )
+    return {"by": list(by), "metric": "accuracy", "values": values}
+
+
 def _confusion(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
     """(k, k+1): true label x predicted class, the last column predictions outside."""
     flat = np.bincount(labels * (k + 1) + predicted, minlength=k * (k + 1))
@@ -487,10 +525,16 @@ class Comparison:
 
 
 def cache_key(
-    pairs: Sequence[tuple[str, str, str]], labels: list[str], top5: bool, resamples: int, seed: int
+    pairs: Sequence[tuple[str, str, str]],
+    labels: list[str],
+    top5: bool,
+    resamples: int,
+    seed: int,
+    by: Sequence[str] = (),
 ) -> str:
     doc = {
         "v": VERSION,
+        "by": list(by),
         "pairs": [[a, b] for _, a, b in pairs],
         "labels": labels,
         "top5": top5,
@@ -508,8 +552,12 @@ def compare(
     *,
     resamples: int = stats.DEFAULT_RESAMPLES,
     seed: int = 0,
+    by: Sequence[str] = (),
+    attributes: dict[str, str] | None = None,
 ) -> Comparison:
-    """Compare two complete evaluations (their `Side`s); cached under cache_dir."""
+    """Compare two complete evaluations (their `Side`s); cached under cache_dir. With
+    `by`, also per slice of those attribute columns; `attributes` maps a shard digest to
+    its attribute file's key (the dataset's, `dyff.layout.attributes_key`)."""
     if not 1 <= resamples <= MAX_RESAMPLES:
         raise Invalid(f"resamples must be between 1 and {MAX_RESAMPLES}", field="resamples")
     if not 0 <= seed < 2**63:
@@ -526,7 +574,13 @@ def compare(
             f"evaluations {a.name!r} and {b.name!r} have different dataset labels", field="b"
         )
     top5 = a.top5 and b.top5
-    key = cache_key(pairs, a.labels, top5, resamples, seed)
+    if by and (attributes is None or any(s not in attributes for s, _, _ in pairs)):
+        raise Invalid(
+            f"evaluation {a.name!r}'s dataset keeps no attributes to slice by "
+            "(ingested before attributes were kept)",
+            field="by",
+        )
+    key = cache_key(pairs, a.labels, top5, resamples, seed, by)
     folder = cache_dir / "comparisons"
     doc_path, flips_path = folder / f"{key}.json", folder / f"{key}.flips.parquet"
     if doc_path.exists() and flips_path.exists():
@@ -547,6 +601,20 @@ def compare(
             )
         doc = compute(paired, a.labels, resamples=resamples, seed=seed)
         doc["commonShards"] = len(pairs)
+        if by:
+            assert attributes is not None
+            keys = [attributes[s] for s, _, _ in pairs]
+            frames = [
+                pl.scan_parquet(str(path), glob=False)
+                .select(["row_id", *by])
+                .with_columns(shard=pl.lit(i, dtype=pl.Int32))
+                for i, path in enumerate(local_paths(blobs, keys, cache_dir))
+            ]
+            try:
+                table = pl.concat(pl.collect_all(frames))
+            except pl.exceptions.ColumnNotFoundError:
+                raise Invalid(f"the dataset has no attribute {', '.join(by)}", field="by") from None
+            doc["slices"] = slice_comparison(paired, table, by, resamples=resamples, seed=seed)
         folder.mkdir(parents=True, exist_ok=True)
         _atomic_write(flips_path, lambda path: flips(paired).write_parquet(path))
         _atomic_write(doc_path, lambda path: path.write_text(json.dumps(doc)))

@@ -15,7 +15,8 @@ from api_shim.params import AccountQuery, NameStr
 from api_shim.problems import responses
 from api_shim.routes.results import complete_evaluation, results_gone_is_conflict
 from api_shim.state import AppState, StateDep
-from dyff import compare, stats
+from dyff import compare, layout, stats
+from dyff.errors import Invalid
 from dyff.lifecycle import EvaluationPhase
 from dyff.results import MAX_LIMIT, MAX_OFFSET
 from dyff.schema import Dataset, Evaluation, Schema
@@ -28,6 +29,10 @@ Resamples = Annotated[
     Query(ge=1, le=stats.MAX_RESAMPLES, description="Bootstrap resamples for the intervals."),
 ]
 Seed = Annotated[int, Query(ge=0, le=2**63 - 1, description="Seed of the bootstrap.")]
+SliceBy = Annotated[
+    list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]],
+    Query(max_length=3, description="Attribute columns to compare per slice of (crossed)."),
+]
 
 
 class FlipRows(Schema):
@@ -45,11 +50,34 @@ def side(state: AppState, scope: AccountScope, name: str) -> compare.Side:
 
 
 def comparison(
-    state: AppState, scope: AccountScope, a: str, b: str, resamples: int, seed: int
+    state: AppState,
+    scope: AccountScope,
+    a: str,
+    b: str,
+    resamples: int,
+    seed: int,
+    by: list[str] | None = None,
 ) -> compare.Comparison:
     sa, sb = side(state, scope, a), side(state, scope, b)
+    attributes = None
+    if by:
+        if len(set(by)) != len(by):
+            raise Invalid("a column is named twice in by", field="by")
+        # The attribute files of A's dataset (the common rows are its rows).
+        ref = complete_evaluation(scope, a).spec.dataset
+        dataset = state.records.find(Dataset, ref.account or scope.account, ref.name)
+        attributes = {}
+        if dataset is not None:
+            attributes = {
+                s.sha256: layout.attributes_key(dataset.account, s.sha256, s.attributes)
+                for s in dataset.status.shards or []
+                if s.attributes
+            }
     with results_gone_is_conflict(f"{a}' or '{b}"):
-        return compare.compare(state.blobs, sa, sb, state.cache_dir, resamples=resamples, seed=seed)
+        return compare.compare(
+            state.blobs, sa, sb, state.cache_dir, resamples=resamples, seed=seed,
+            by=by or (), attributes=attributes,
+        )  # fmt: skip
 
 
 @router.get("/v1/comparisons", responses=responses(401, 404, 409, 422))
@@ -60,12 +88,13 @@ def get_comparison(
     state: StateDep,
     resamples: Resamples = stats.DEFAULT_RESAMPLES,
     seed: Seed = 0,
+    by: SliceBy = [],  # noqa: B006 - FastAPI copies defaults
 ) -> dict[str, Any]:
     """Compare two complete evaluations on the dataset rows they share: per metric both
     values and the difference B - A with 95 % paired-bootstrap intervals, McNemar's exact
-    test on top-1 correctness, and per-class recall differences. 422 when they share no
-    rows."""
-    return comparison(state, scope, a, b, resamples, seed).doc
+    test on top-1 correctness, and per-class recall differences; with `by`, accuracy per
+    slice of those dataset attributes too. 422 when they share no rows."""
+    return comparison(state, scope, a, b, resamples, seed, by).doc
 
 
 @router.get(

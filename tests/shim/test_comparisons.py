@@ -246,3 +246,61 @@ def test_the_comparison_report_shows_thumbnails_of_flipped_rows(shim: Shim) -> N
         html = r.text
         assert "<script" not in html and html.count('class="flip-thumb"') == 15
         assert "data:image/png;base64," in html
+
+
+def test_a_comparison_per_slice_of_a_dataset_attribute(shim: Shim) -> None:
+    """`by=lighting`: B fixed every night row A got wrong and nothing else changed, so the
+    night slice shows the whole difference (interval above 0, McNemar small) and the day
+    slice none; a column the dataset lacks, or a dataset without attributes, is a 422."""
+    import hashlib
+    import io
+
+    import polars as pl
+
+    from dyff import layout
+    from dyff.schema import Shard
+    from tests.shim.evaluations_with_results import SHARD_ROWS
+
+    account, token = shim.new_account()
+    setup_pair(shim, token)
+    n = 2 * SHARD_ROWS
+    night = [i % 4 == 0 for i in range(n)]
+    a_right = [not x for x in night]  # A is wrong on every night row
+    b_right = [True] * n
+    with shim.client(token) as c:
+        for name in ("sa", "sb"):
+            assert c.post("/v1/evaluations", json=named_order(name)).status_code == 201
+        complete(shim, account, "sa", a_right, seed=1)
+        complete(shim, account, "sb", b_right, seed=2)
+        refused = c.get("/v1/comparisons", params={"a": "sa", "b": "sb", "by": "lighting"})
+        assert_problem(refused, 422, "by")  # no attribute files yet
+
+        shards = [shard_digest(f"shard-{i}") for i in range(2)]
+        listed = []
+        for i, shard in enumerate(shards):
+            ids = list(range(i * SHARD_ROWS, (i + 1) * SHARD_ROWS))
+            frame = pl.DataFrame(
+                {"row_id": ids, "lighting": ["night" if night[r] else "day" for r in ids]}
+            )
+            buf = io.BytesIO()
+            frame.write_parquet(buf)
+            data = buf.getvalue()
+            attrs = hashlib.sha256(data).hexdigest()
+            shim.blobs.put(layout.attributes_key(account, shard, attrs), data)
+            listed.append(Shard(sha256=shard, rows=SHARD_ROWS, first_row=ids[0], attributes=attrs))
+
+        def with_shards(d: Dataset) -> None:
+            d.status.shards = listed
+            d.status.attributes = ["lighting"]
+
+        shim.records.mutate(Dataset, account, "d", with_shards)
+        r = c.get("/v1/comparisons", params={"a": "sa", "b": "sb", "by": "lighting"})
+        assert r.status_code == 200, r.text
+        by_key = {v["key"]["lighting"]: v for v in r.json()["slices"]["values"]}
+        assert set(by_key) == {"day", "night"}
+        assert by_key["night"]["rows"] == sum(night)
+        assert (by_key["night"]["a"], by_key["night"]["b"]) == (0.0, 1.0)
+        assert by_key["night"]["interval"][0] > 0 and by_key["night"]["mcnemarP"] < 1e-6
+        assert by_key["day"]["difference"] == 0 and by_key["day"]["mcnemarP"] == 1.0
+        missing = c.get("/v1/comparisons", params={"a": "sa", "b": "sb", "by": "weather"})
+        assert_problem(missing, 422, "by")

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from dyff.lifecycle import LIFECYCLES, Lifecycle
-from dyff.schema import GROUP, NAME_PATTERN, entity_type
+from dyff.schema import GATES_CONDITION, GROUP, NAME_PATTERN, entity_type
 
 # What a status without a phase is called (as `dyff` commands show it).
 NO_PHASE = "Pending"
@@ -49,12 +49,12 @@ local function nonempty(s)
   return s ~= nil and s ~= ""
 end
 
-local function find_ready(status)
+local function find_condition(status, wanted)
   if status.conditions == nil then
     return nil
   end
   for _, c in ipairs(status.conditions) do
-    if c.type == "Ready" then
+    if c.type == wanted then
       return c
     end
   end
@@ -112,7 +112,7 @@ if obj.metadata ~= nil and obj.metadata.generation ~= nil then
   generation = obj.metadata.generation
 end
 local observed = status.observedGeneration or 0
-local ready = find_ready(status)
+local ready = find_condition(status, "Ready")
 -- A status written for an older spec says nothing about the current one.
 if observed < generation
   or (ready ~= nil and ready.observedGeneration ~= nil and ready.observedGeneration < generation)
@@ -131,6 +131,18 @@ if failed_phases[phase] then
     hs.message = status.message
   else
     hs.message = phase
+  end
+  return hs
+end
+
+-- A quality gate that failed holds back what waits for this object (a sync wave).
+local gates = find_condition(status, "$gates")
+if gates ~= nil and gates.status == "False" then
+  hs.status = "Degraded"
+  if nonempty(gates.message) then
+    hs.message = gates.message
+  else
+    hs.message = "quality gates failed"
   end
   return hs
 end
@@ -167,7 +179,7 @@ def health_script(kind: str) -> str:
     )
     shards = "progress" in entity_type(kind).status_type.model_fields
     progress = _PROGRESS_SHARDS.substitute(working=life.working.value) if shards else _PROGRESS
-    return header + progress + _BODY.substitute(no_phase=NO_PHASE)
+    return header + progress + _BODY.substitute(no_phase=NO_PHASE, gates=GATES_CONDITION)
 
 
 def script_path(kind: str) -> Path:

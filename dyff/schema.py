@@ -935,6 +935,8 @@ class PrinterColumn:
     priority: int = 0
 
 
+# The condition an evaluation with quality gates gets (True: every gate passed).
+GATES_CONDITION = "GatesPassed"
 READY_COLUMN = PrinterColumn(
     "Ready", '.status.conditions[?(@.type=="Ready")].status', description="Ready condition"
 )
@@ -1050,6 +1052,11 @@ class Evaluation(Entity):
         PHASE_COLUMN,
         PrinterColumn(
             "Accuracy", ".status.metrics.accuracy", type="number", description="Top-1 accuracy"
+        ),
+        PrinterColumn(
+            "Gates",
+            f'.status.conditions[?(@.type=="{GATES_CONDITION}")].status',
+            description="Whether the criteria's quality gates passed",
         ),
         READY_COLUMN,
         AGE_COLUMN,

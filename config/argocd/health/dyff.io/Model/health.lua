@@ -12,12 +12,12 @@ local function nonempty(s)
   return s ~= nil and s ~= ""
 end
 
-local function find_ready(status)
+local function find_condition(status, wanted)
   if status.conditions == nil then
     return nil
   end
   for _, c in ipairs(status.conditions) do
-    if c.type == "Ready" then
+    if c.type == wanted then
       return c
     end
   end
@@ -47,7 +47,7 @@ if obj.metadata ~= nil and obj.metadata.generation ~= nil then
   generation = obj.metadata.generation
 end
 local observed = status.observedGeneration or 0
-local ready = find_ready(status)
+local ready = find_condition(status, "Ready")
 -- A status written for an older spec says nothing about the current one.
 if observed < generation
   or (ready ~= nil and ready.observedGeneration ~= nil and ready.observedGeneration < generation)
@@ -66,6 +66,18 @@ if failed_phases[phase] then
     hs.message = status.message
   else
     hs.message = phase
+  end
+  return hs
+end
+
+-- A quality gate that failed holds back what waits for this object (a sync wave).
+local gates = find_condition(status, "GatesPassed")
+if gates ~= nil and gates.status == "False" then
+  hs.status = "Degraded"
+  if nonempty(gates.message) then
+    hs.message = gates.message
+  else
+    hs.message = "quality gates failed"
   end
   return hs
 end

@@ -20,6 +20,16 @@ Workloads never outlive the process that started them:
 - `recover()`, on start, kills whatever an earlier instance left (by identity: a recycled
   pid is never hit) before any work starts again, so one work key never has two workers.
 
+Two things are kept ready between workloads (both marked with folders under the work
+folder, so the guard and `recover()` end them like workloads, and `close()` stops them):
+- warm model servers (controller.executors.warm): the evaluate workload leases its model's
+  server from the pool through `DYFF_WARM_POOL`; the server outlives the evaluation for
+  DYFF_WARM_IDLE_S (300 s; 0: off), at most DYFF_WARM_MAX (2) idle, least recently used
+  stopped first; `stop` of a Model stops its servers;
+- a spare evaluate process, its imports done (controller.executors.spare), handed the next
+  evaluation's config: the process started for the work, started from the spawner thread
+  as every workload is (DYFF_SPARE_WORKLOADS=0 turns it off).
+
 Work folders, `WORK/<kind>/<account>/<name>/`: `config.json`, `log.txt`, `scratch/`
 (downloads, the Bento, the server's files) and `worker.json` while it runs. When the
 work ends its scratch folder and `worker.json` go; the config and the log stay while
@@ -52,6 +62,7 @@ import psutil
 
 from controller.executors import WorkKey
 from controller.executors.guard import WORK_DIR_ENV, WORKER_FILE, kill_leftovers
+from controller.executors.warm import WarmPool
 from controller.reconcilers.common import Workload, WorkState
 
 log = logging.getLogger("dyff.controller.local")
@@ -61,6 +72,10 @@ REPORTED = (0, 2)
 STOP_GRACE_S = 10.0
 EXIT_POLL_S = 0.05
 PR_SET_PDEATHSIG = 1
+# Workloads (of dyff.workloads) kept ready as a spare process, imports done
+# (controller.executors.spare): an evaluation then starts in milliseconds, not 0.6-0.9 s.
+SPARE_WORKLOADS: tuple[Workload, ...] = ("evaluate",)
+SPARE_ENV = "DYFF_SPARE_WORKLOADS"  # "0": start every workload as a fresh process
 
 
 @dataclass
@@ -135,6 +150,10 @@ class LocalExecutor:
         # One long-lived thread starts every workload (see the module's docstring).
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="dyff-spawn")
         self._guard: subprocess.Popen[bytes] | None = None
+        self._spares: dict[Workload, subprocess.Popen[bytes]] = {}  # spawner thread only
+        # Model servers kept warm between evaluations (controller.executors.warm); their
+        # folders are under the work folder, so the guard and `recover` find them too.
+        self.warm = WarmPool(work_dir / "warm")
 
     def _start_guard(self) -> None:
         """The guard (controller.executors.guard): it outlives this process to kill what
@@ -159,28 +178,79 @@ class LocalExecutor:
         kind, account, name = key
         return self.work_dir / kind.lower() / account / name
 
-    def _spawn(self, work: _Work) -> subprocess.Popen[bytes]:
+    def _env(self, folder: Path) -> dict[str, str]:
         env = {
             **os.environ,
             "HF_HUB_OFFLINE": "1",
             "BENTOML_DO_NOT_TRACK": "true",
-            WORK_DIR_ENV: str(work.folder.resolve()),
+            WORK_DIR_ENV: str(folder.resolve()),
         }
-        with open(work.log, "ab") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    f"{self.package}.{work.workload}",
-                    "--config",
-                    str(work.config),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=self._preexec,  # started from one thread only (see above)
-            )
+        if self.warm.socket_path is not None:
+            from dyff.runtime.serve import WARM_POOL_ENV
+
+            env[WARM_POOL_ENV] = str(self.warm.socket_path)
+        return env
+
+    def _spare_kept(self, workload: Workload) -> bool:
+        return (
+            self.package == "dyff.workloads"
+            and workload in SPARE_WORKLOADS
+            and os.environ.get(SPARE_ENV, "1") != "0"
+        )
+
+    def _ensure_spares(self) -> None:
+        """Start the spare processes that are missing (spawner thread only)."""
+        for workload in SPARE_WORKLOADS:
+            spare = self._spares.get(workload)
+            if self._closing.is_set() or not self._spare_kept(workload):
+                continue
+            if spare is None or spare.poll() is not None:
+                self._spares[workload] = subprocess.Popen(
+                    [sys.executable, "-m", "controller.executors.spare",
+                     f"{self.package}.{workload}"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=self._env(self.work_dir / "spare"),
+                    start_new_session=True,
+                    preexec_fn=self._preexec,
+                )  # fmt: skip
+
+    def _assign_spare(self, work: _Work) -> subprocess.Popen[bytes] | None:
+        """Hand `work` to the spare process of its workload, if one is ready."""
+        spare = self._spares.pop(work.workload, None)
+        if spare is None or spare.stdin is None:
+            return None
+        task = {"config": str(work.config), "log": str(work.log),
+                "workDir": str(work.folder.resolve())}  # fmt: skip
+        try:
+            if spare.poll() is not None:
+                raise OSError("the spare exited")
+            spare.stdin.write(json.dumps(task).encode() + b"\n")
+            spare.stdin.close()
+        except OSError:
+            self._signal([spare])
+            return None
+        return spare
+
+    def _spawn(self, work: _Work) -> subprocess.Popen[bytes]:
+        proc = self._assign_spare(work)
+        if proc is None:
+            with open(work.log, "ab") as log:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        f"{self.package}.{work.workload}",
+                        "--config",
+                        str(work.config),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self._env(work.folder),
+                    start_new_session=True,
+                    preexec_fn=self._preexec,  # started from one thread only (see above)
+                )
         with contextlib.suppress(psutil.Error, OSError):
             started = psutil.Process(proc.pid).create_time()
             (work.folder / WORKER_FILE).write_text(
@@ -198,12 +268,17 @@ class LocalExecutor:
             elif not work.cleaned:
                 _end(work.folder)  # the work ended: its scratch goes, its log stays
                 work.cleaned = True
+                # The next spare imports now, not while this work ran: on a small
+                # machine its imports would slow that work's model server start.
+                self._spawner.submit(self._ensure_spares)
         while self._queue and running < self.max_parallel:
             key = self._queue.popleft()
             waiting = self._work.get(key)
             if waiting is None or waiting.proc is not None:
                 continue
             self._start_guard()
+            self.warm.start()  # after the guard: it must be there to end warm servers
+            self._spawner.submit(self._ensure_spares)
             waiting.proc = self._spawner.submit(self._spawn, waiting).result()
             running += 1
             self._watch()
@@ -312,6 +387,9 @@ class LocalExecutor:
             folder = self._folder(key)
             kill_leftovers(folder)  # its children in sessions of their own
             shutil.rmtree(folder, ignore_errors=True)
+        kind, account, name = key
+        if kind == "Model":  # a deleted model's warm servers go with it
+            self.warm.stop_model(account, name)
 
     def work_keys(self) -> list[WorkKey]:
         with self._lock:
@@ -327,6 +405,7 @@ class LocalExecutor:
         entities that exist) and the scratch of interrupted work. Returns the folders
         removed."""
         kept = {self._folder(k) for k in (*keep, *self._work)}
+        kept |= {self.warm.root / "servers" / k for k in self.warm.servers()}
         removed = []
         with self._lock:
             for folder in sorted(self.work_dir.glob("*/*/*")):
@@ -350,7 +429,10 @@ class LocalExecutor:
         with self._lock:
             self._kill(list(self._work))
             self._queue.clear()
+        self.warm.close()
         self._spawner.shutdown(wait=True)
+        self._signal(list(self._spares.values()))
+        self._spares.clear()
         if self._guard is not None:  # it sweeps what is left, then exits
             os.close(self._guard_pipe)
             with contextlib.suppress(subprocess.TimeoutExpired):

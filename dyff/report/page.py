@@ -156,8 +156,27 @@ def _summary(doc: dict[str, Any]) -> Summary:
         details.append(Fact("model digest", str(status["modelDigest"])[:19], "code"))
     if meta.get("uid"):
         details.append(Fact("uid", str(meta["uid"]), "code"))
+    if timings := _timings(status.get("timings")):
+        details.append(Fact("time", timings, "text"))
     name, account = meta.get("name") or "?", meta.get("namespace") or ""
     return Summary(str(name), str(account), ref("model"), ref("dataset"), details)
+
+
+def _timings(timings: Any) -> str:
+    """`status.timings` in one line: "queued 0.4 s · model start 5.1 s · …"; "" without."""
+    if not isinstance(timings, dict):
+        return ""
+    parts = []
+    for key, label in (
+        ("queuedS", "queued"),
+        ("modelStartS", "model start"),
+        ("inferenceS", "inference"),
+        ("metricsS", "metrics"),
+    ):
+        value = timings.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            parts.append(f"{label} {value:.1f} s")
+    return " · ".join(parts)
 
 
 def _bins(metrics: dict[str, Any]) -> Any:

@@ -28,6 +28,9 @@ import psutil
 from dyff.models import bento_env, unpack_bento
 
 STOP_GRACE_S = 15.0
+# How often a starting server is asked `/readyz` (a cheap local GET; each poll saved is
+# time an evaluation waits).
+READY_POLL_S = 0.05
 # BentoML's arbiter restarts a worker whose service raised at start-up, forever; this
 # line in its log says so at once.
 STARTUP_FAILED_MARKER = b"Application startup failed"
@@ -232,7 +235,10 @@ def _serve(
     server = Server(f"http://127.0.0.1:{port}", proc, log_path, target)
     try:
         try:
-            wait_ready(server.url, startup_timeout, proc=proc, log_path=log_path, tail=False)
+            wait_ready(
+                server.url, startup_timeout, proc=proc, log_path=log_path, tail=False,
+                interval=READY_POLL_S,
+            )  # fmt: skip
         except (RuntimeError, TimeoutError) as exc:
             raise ServerFailed(f"{exc}:\n{server.tail()}") from None
         yield server
@@ -368,3 +374,88 @@ def probe_service(bento: Path, workdir: Path, *, timeout: float | None = None) -
     except ServiceError as exc:
         raise WorkloadFailed(exc.reason, exc.message) from None
     return labels
+
+
+# ---------------------------------------------------------------- warm servers
+
+# Set by `dyff up` (controller/executors/warm.py) in its workloads' environment: the Unix
+# socket of its pool of warm model servers.
+WARM_POOL_ENV = "DYFF_WARM_POOL"
+
+
+# Two processes may compute a process's start time a little apart (psutil derives it from
+# the boot time); a pid is never reused within this.
+CREATE_TIME_SLACK_S = 0.5
+
+
+class WarmUnavailable(RuntimeError):
+    """The pool could not be reached (or answered nonsense): start a server as usual."""
+
+
+@dataclass
+class LeasedServer:
+    """A warm server of the pool, leased for one run: its URL, pid (and start time, so a
+    recycled pid is never taken for it) and log."""
+
+    url: str
+    pid: int
+    create_time: float
+    log_path: Path
+    bento: str
+    started: bool  # the pool started it for this lease (a cold start)
+
+    def tail(self, n: int = TAIL_CHARS) -> str:
+        return scrub(_tail(self.log_path, 4 * n), self.bento, self.log_path.parent)[-n:]
+
+    def exit_message(self) -> str | None:
+        """None while the server runs; else how it ended, with the tail of its log."""
+        try:
+            proc = psutil.Process(self.pid)
+            if (
+                abs(proc.create_time() - self.create_time) < CREATE_TIME_SLACK_S
+                and proc.status() != psutil.STATUS_ZOMBIE
+            ):
+                return None
+        except psutil.Error:
+            pass
+        return f"the model server exited:\n{self.tail()}"
+
+
+@contextlib.contextmanager
+def lease_warm(path: str, request: dict[str, object], timeout: float) -> Iterator[LeasedServer]:
+    """Lease a server from the warm pool listening at `path` for `request` (see
+    controller/executors/warm.py), held until the block ends (or this process does).
+    WarmUnavailable when the pool cannot be reached; ServerFailed when the server it
+    started failed, as a server started here would."""
+    import json
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.settimeout(5.0)
+            sock.connect(path)
+            sock.settimeout(timeout + 30.0)
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise WarmUnavailable("the warm pool closed the connection")
+                data += chunk
+            reply = json.loads(data)
+        except (OSError, ValueError) as exc:
+            raise WarmUnavailable(str(exc)) from None
+        if "error" in reply:
+            if reply.get("serverFailed"):
+                raise ServerFailed(str(reply["error"]))
+            raise WarmUnavailable(str(reply["error"]))
+        yield LeasedServer(
+            str(reply["url"]),
+            int(reply["pid"]),
+            float(reply["createTime"]),
+            Path(reply["log"]),
+            str(reply["bento"]),
+            bool(reply.get("started")),
+        )
+    finally:
+        sock.close()  # ends the lease: the pool's idle clock starts

@@ -4,8 +4,12 @@
    name another account's public entity) and plan (`dyff.evaluation.plan`):
    shards whose prediction file exists in this account's cache are reused.
 2. If shards are missing, serve the model — its Bento under `bentoml serve`
-   on loopback (one server per run), or, when `DYFF_MODEL_URL` is set, the
-   server already running there (an image-form model's container) — and
+   on loopback (one server per run); under `dyff up` (DYFF_WARM_POOL set), the
+   warm server its pool keeps for this model and these exact serving settings,
+   started by the pool with the same code when there is none (a server that
+   dies mid-run is seen as quickly: its pid is watched); or, when
+   `DYFF_MODEL_URL` is set, the server already running there (an image-form
+   model's container; image-form models are never kept warm) — and
    stream the missing shards through it: each image decoded once, batches of
    `spec.run.batchSize` images per request, `spec.run.concurrency` requests in
    flight, across shard boundaries so the server never idles between shards.
@@ -43,6 +47,10 @@ to the pods still working. The last pod to store a shard always sees them all
 (each pod lists after its own last write), so some pod completes the
 evaluation; two that both see them all write the same files. A run without
 an index infers whatever is missing and always writes the metrics.
+
+`status.timings` (on Complete): seconds queued (the order's creationTimestamp, which has
+one-second resolution, to the workload's start), starting the model server (0 when warm
+or when nothing was inferred), streaming the shards through it, and the metrics.
 
 Status fields are written by `set_status` only, which settles phases with the
 controller's own `dyff.lifecycle.settle`.
@@ -100,7 +108,7 @@ from dyff.runtime.client import (
     encoded_batches,
     image_batches,
 )
-from dyff.schema import ConditionStatus, Evaluation, MetricsSummary, Progress, Shard
+from dyff.schema import ConditionStatus, Evaluation, MetricsSummary, Progress, Shard, Timings
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
 from dyff.workloads.common import WorkloadConfig, run_main
@@ -144,6 +152,7 @@ def set_status(
     results_uri: str | None = None,
     model_digest: str | None = None,
     ready: tuple[ConditionStatus, str, str] | None = None,
+    timings: Timings | None = None,
 ) -> None:
     """Write the evaluation's status fields (and only those): progress, results, and the
     phase with the Ready condition `(status, reason, message)` and observedGeneration
@@ -166,6 +175,8 @@ def set_status(
             st.results_uri = results_uri
         if model_digest is not None:
             st.model_digest = model_digest
+        if timings is not None:
+            st.timings = timings
         if ready is not None:
             status, reason, message = ready
             settle(st, phase, status, reason, message, generation)
@@ -283,6 +294,7 @@ class Served:
     url: str
     exited: Callable[[], str | None] = lambda: None
     scrub: Callable[[str], str] = lambda text: text
+    warm: bool = False  # an already running server of `dyff up`'s warm pool
 
 
 @contextlib.contextmanager
@@ -310,7 +322,16 @@ def serve_model(
     options: ServerOptions | None = None,
 ) -> Iterator[Served]:
     """`model_server`, yielding the Served (URL, liveness, scrubbing)."""
-    from dyff.runtime.serve import ServerFailed, scrub, serving, start_timeout, wait_ready
+    from dyff.runtime.serve import (
+        WARM_POOL_ENV,
+        ServerFailed,
+        WarmUnavailable,
+        lease_warm,
+        scrub,
+        serving,
+        start_timeout,
+        wait_ready,
+    )
 
     model = inputs.model
     user = serves_user_code(model)
@@ -343,6 +364,36 @@ def serve_model(
             "DYFF_TORCH_THREADS": threads,
             "DYFF_CHUNK_SIZE": options.chunk_size or inputs.evaluation.spec.run.batch_size,
         }
+    timeout = start_timeout() if user else options.startup_timeout
+    pool = os.environ.get(WARM_POOL_ENV)
+    if pool:
+        # `dyff up` keeps servers warm: lease one with exactly these settings (the pool
+        # starts it with the same code when it has none).
+        request = {
+            "account": model.account, "model": model.name, "digest": inputs.model_digest,
+            "bento": str(archive), "knobs": knobs, "userCode": user,
+            "env": {k: v for k, v in env.items() if k != SERVER_TOKEN_ENV},
+            "startupTimeout": timeout,
+        }  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            leased = None
+            try:
+                leased = stack.enter_context(lease_warm(pool, request, timeout))
+            except WarmUnavailable as exc:
+                log.warning("warm pool unavailable (%s); starting a server here", exc)
+            except ServerFailed as exc:
+                if not user:
+                    raise
+                raise WorkloadFailed(MODEL_SERVER_FAILED, str(exc)) from None
+            if leased is not None:
+                bento = leased.bento
+                yield Served(
+                    leased.url,
+                    exited=leased.exit_message,
+                    scrub=lambda text: scrub(text, bento, scratch),
+                    warm=not leased.started,
+                )
+                return
     with contextlib.ExitStack() as stack:
         stack.enter_context(reaper(token))
         try:
@@ -352,7 +403,7 @@ def serve_model(
                     bentoml_home=scratch / "bentoml-home",
                     workdir=scratch / "serve",
                     knobs=knobs,
-                    startup_timeout=start_timeout() if user else options.startup_timeout,
+                    startup_timeout=timeout,
                     extra_env=env,
                     user_code=user,
                 )
@@ -598,9 +649,12 @@ def run_evaluation(
     shard_count: int | None = None,
     model_url: str | None = None,
     server: ServerOptions | None = None,
+    started_at: float | None = None,
 ) -> RunReport | None:
     """Run (or finish) one evaluation; None if it is being deleted. WorkloadFailed marks
-    it Failed and propagates."""
+    it Failed and propagates. `started_at` (epoch seconds): when the workload started,
+    for `status.timings.queuedS` (default: now)."""
+    started_at = time.time() if started_at is None else started_at
     ev = records.get(Evaluation, account, name)
     if ev.metadata.deletion_timestamp is not None:
         log.info("%s/%s is being deleted; nothing to do", account, name)
@@ -646,6 +700,7 @@ def run_evaluation(
                 )  # fmt: skip
             stack.close()  # the server is no longer needed
             outcome.timings["inference_s"] = time.perf_counter() - started
+            t_metrics = time.perf_counter()
             missing = [s for s in plan.shards if s.sha256 not in _present(inputs, blobs)]
             if missing and indexed:
                 log.info("%s/%s: %d shards left to other pods", account, name, len(missing))
@@ -653,13 +708,21 @@ def run_evaluation(
             if missing:
                 raise RuntimeError(f"{len(missing)} shards have no predictions after inference")
             doc, uri = _write_results(inputs, blobs, plan, scratch)
+            outcome.timings["metrics_s"] = time.perf_counter() - t_metrics
         outcome.metrics = doc
+        ordered = ev.metadata.creation_timestamp
+        timings = Timings(
+            queued_s=max(0.0, started_at - ordered.timestamp()) if ordered else 0.0,
+            model_start_s=0.0 if served.warm else outcome.timings.get("serve_start_s", 0.0),
+            inference_s=outcome.timings.get("stream_s", 0.0),
+            metrics_s=outcome.timings["metrics_s"],
+        )
         set_status(
             records, account, name,
             phase=Phase.COMPLETE, generation=generation,
             progress=_progress(plan, {s.sha256 for s in plan.shards}),
             metrics=MetricsSummary.model_validate(summary(doc)),
-            results_uri=uri, model_digest=inputs.model_digest,
+            results_uri=uri, model_digest=inputs.model_digest, timings=timings,
             ready=("True", "Complete", f"{plan.rows_total} rows, {plan.shards_total} shards "
                    f"({plan.reused} reused)"),
         )  # fmt: skip
@@ -697,6 +760,7 @@ class _Server:
         self._served: Served | None = None
         self._service: ServiceClient | None = None
         self.start_s = 0.0
+        self.warm = False  # leased from `dyff up`'s warm pool, already running
 
     def get(self) -> Served:
         if self._served is None:
@@ -711,6 +775,7 @@ class _Server:
                 )
             )
             self.start_s = time.perf_counter() - t0
+            self.warm = self._served.warm
         return self._served
 
     def service(self) -> ServiceClient:
@@ -811,7 +876,22 @@ def run(config: WorkloadConfig) -> None:
         shard_count=config.shard_count,
         model_url=os.environ.get(MODEL_URL_ENV) or None,
         server=ServerOptions(torch_threads=int(os.environ.get(MODEL_THREADS_ENV) or 0) or None),
+        started_at=_process_started(),
     )
+
+
+def _process_started() -> float:
+    """When this workload started (epoch seconds): when `dyff up`'s spare process was handed
+    it (DYFF_WORKLOAD_STARTED), else when this process started (its imports count as time
+    queued)."""
+    with contextlib.suppress(KeyError, ValueError):
+        return float(os.environ["DYFF_WORKLOAD_STARTED"])
+    import psutil
+
+    try:
+        return float(psutil.Process().create_time())
+    except psutil.Error:
+        return time.time()
 
 
 def main(argv: list[str] | None = None) -> int:

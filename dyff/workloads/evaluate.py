@@ -79,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from dyff import layout, results
+from dyff import criteria, layout, results
 from dyff.datasets import read_shard
 from dyff.errors import NotFound, WorkloadFailed
 from dyff.evaluation import (
@@ -108,7 +108,15 @@ from dyff.runtime.client import (
     encoded_batches,
     image_batches,
 )
-from dyff.schema import ConditionStatus, Evaluation, MetricsSummary, Progress, Shard, Timings
+from dyff.schema import (
+    GATES_CONDITION,
+    ConditionStatus,
+    Evaluation,
+    MetricsSummary,
+    Progress,
+    Shard,
+    Timings,
+)
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
 from dyff.workloads.common import WorkloadConfig, run_main
@@ -153,6 +161,7 @@ def set_status(
     model_digest: str | None = None,
     ready: tuple[ConditionStatus, str, str] | None = None,
     timings: Timings | None = None,
+    gates: tuple[ConditionStatus, str, str] | None = None,
 ) -> None:
     """Write the evaluation's status fields (and only those): progress, results, and the
     phase with the Ready condition `(status, reason, message)` and observedGeneration
@@ -177,6 +186,8 @@ def set_status(
             st.model_digest = model_digest
         if timings is not None:
             st.timings = timings
+        if gates is not None:
+            st.set_condition(GATES_CONDITION, *gates, generation)
         if ready is not None:
             status, reason, message = ready
             settle(st, phase, status, reason, message, generation)
@@ -610,6 +621,16 @@ def _present(inputs: Inputs, blobs: BlobStore) -> set[str]:
     return {s.sha256 for s in inputs.shards if inputs.prediction_key(s) in keys}
 
 
+def _gates(ev: Evaluation, doc: dict[str, Any]) -> tuple[ConditionStatus, str, str] | None:
+    """The GatesPassed condition of an evaluation with quality gates."""
+    if ev.spec.criteria is None or not ev.spec.criteria.gates:
+        return None
+    gates = doc["criteria"]["gates"]
+    if gates["passed"]:
+        return ("True", "GatesPassed", gates["message"])
+    return ("False", "GatesFailed", gates["message"])
+
+
 def _write_results(
     inputs: Inputs, blobs: BlobStore, plan: Plan, scratch: Path
 ) -> tuple[dict[str, Any], str]:
@@ -632,6 +653,17 @@ def _write_results(
         topK=inputs.top_k_kept,  # what the files hold: topK clamped to the model's classes
         shards=plan.shards_total,
         **inputs.label_report(),
+    )
+    # Intervals, slices and gates (`spec.criteria`; intervals for every evaluation): from
+    # the prediction files just used, no inference.
+    doc["criteria"] = criteria.criteria_results(
+        blobs,
+        plan.keys,
+        inputs.dataset,
+        inputs.dataset_labels,
+        ev.spec.criteria,
+        metrics_doc=doc,
+        cache_dir=scratch / "predictions",
     )
     blobs.put(layout.manifest_key(ev.account, ev.name, uid), encode_json({"files": plan.keys}))
     blobs.put(layout.metrics_key(ev.account, ev.name, uid), encode_json(doc))
@@ -725,6 +757,7 @@ def run_evaluation(
             results_uri=uri, model_digest=inputs.model_digest, timings=timings,
             ready=("True", "Complete", f"{plan.rows_total} rows, {plan.shards_total} shards "
                    f"({plan.reused} reused)"),
+            gates=_gates(ev, doc),
         )  # fmt: skip
         outcome.timings["total_s"] = time.perf_counter() - started
         return outcome

@@ -175,6 +175,7 @@ class Platform:
         concurrency: int = 4,
         model_owner: str = OWNER,
         dataset_owner: str = OWNER,
+        criteria: dict[str, Any] | None = None,
     ) -> Evaluation:
         """Create an Evaluation record; refs name the owner only when it is another account."""
         spec: dict[str, Any] = {
@@ -187,6 +188,8 @@ class Platform:
         }
         if metrics is not None:
             spec["metrics"] = metrics
+        if criteria is not None:
+            spec["criteria"] = criteria
         ev = Evaluation(
             metadata=ObjectMeta(name=name, namespace=account), spec=EvaluationSpec(**spec)
         )

@@ -334,3 +334,36 @@ def test_plan_without_running(platform: Platform, served_tiny: str) -> None:
     run_evaluation(platform.records, platform.blobs, account, "planned", model_url=served_tiny)
     after = plan(platform.records, platform.blobs, ev)
     assert (after.reused, after.to_infer, after.rows_done) == (10, [], HELDOUT_ROWS)
+
+
+@pytest.mark.slow
+def test_criteria_reach_metrics_and_status_and_infer_nothing_more(platform: Platform) -> None:
+    """Intervals, a slice by a derived attribute and two gates (one failing on its lower
+    bound): metrics.json gets the versioned criteria section, status the GatesPassed
+    condition naming the failing gate; a second order with other criteria reuses every
+    prediction (criteria are not part of the reuse key)."""
+    account = fresh_account()
+    gates = [
+        {"metric": "accuracy", "op": ">=", "value": 0.5},
+        {"name": "perfect", "metric": "accuracy", "op": ">=", "value": 1.0, "using": "lower_bound"},
+    ]
+    criteria = {"intervals": {"resamples": 200}, "slices": [{"by": ["colour"]}], "gates": gates}
+    platform.order(account, "gated", criteria=criteria)
+    first = run_evaluation(platform.records, platform.blobs, account, "gated")
+    assert first is not None
+    doc = platform.metrics_doc(account, "gated")["criteria"]
+    assert doc["version"] == 1 and doc["rows"] == HELDOUT_ROWS
+    acc = doc["intervals"]["metrics"]["accuracy"]
+    assert acc["low"] <= acc["value"] <= acc["high"] < 1.0
+    (colour,) = doc["slices"]
+    assert sum(v["support"] for v in colour["values"]) == HELDOUT_ROWS
+    assert doc["gates"]["passed"] is False and doc["gates"]["failed"] == ["perfect"]
+    ready = platform.evaluation(account, "gated").status.condition("GatesPassed")
+    assert ready is not None and (ready.status, ready.reason) == ("False", "GatesFailed")
+    assert "perfect" in ready.message
+
+    platform.order(account, "gated-again", criteria={"gates": gates[:1]})
+    again = run_evaluation(platform.records, platform.blobs, account, "gated-again")
+    assert again is not None and again.inference_calls == 0
+    passed = platform.evaluation(account, "gated-again").status.condition("GatesPassed")
+    assert passed is not None and passed.status == "True"

@@ -22,6 +22,7 @@ from dyff.errors import DyffError
 CHUNK = 1024 * 1024
 DEFAULT_CONFIG = Path.home() / ".config" / "dyff" / "config.json"
 KINDS = ("models", "datasets", "evaluations")
+LONG_POLL_S = 20.0  # one look at a waited-for entity (the server bounds it at 30 s)
 
 
 class ApiError(DyffError):
@@ -295,16 +296,24 @@ class Client:
         interval: float = 1.0,
         on_change: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the phase is one of `until` (default: the kind's success phase), or
-        its failure phase, which raises."""
+        """Follow the entity until its phase is one of `until` (default: the kind's success
+        phase), or its failure phase, which raises. Each look is a long poll (`changedFrom`,
+        `wait`): the server answers as soon as the entity changes, so no time is lost
+        between a change and seeing it; `interval` only paces a server that answers at once."""
         from dyff.lifecycle import lifecycle
         from dyff.schema import RESOURCE_TYPES
 
         life = lifecycle(next(t.kind_name for t in RESOURCE_TYPES if t.plural == plural))
         until = until or (life.succeeded,)
         deadline = time.monotonic() + timeout
+        path = f"/v1/{plural}/{_seg(name)}"
+        version: str | None = None
         while True:
-            entity = self.get(plural, name)
+            asked = time.monotonic()
+            left = max(0.0, deadline - asked)
+            params = {"changedFrom": version, "wait": min(LONG_POLL_S, left)} if version else None
+            entity: dict[str, Any] = self._call("GET", path, params=params).json()
+            seen = (entity.get("metadata") or {}).get("resourceVersion")
             if on_change:
                 on_change(entity)
             phase = (entity.get("status") or {}).get("phase")
@@ -314,7 +323,9 @@ class Client:
                 raise DyffError(f"{plural[:-1]} {name} failed: {failure(entity)}")
             if time.monotonic() > deadline:
                 raise DyffError(f"{plural[:-1]} {name} still {phase} after {timeout:.0f}s")
-            time.sleep(interval)
+            if version is not None and seen == version and time.monotonic() - asked < interval:
+                time.sleep(interval)  # a server without long polls answered at once
+            version = seen
 
     def metrics(self, name: str) -> dict[str, Any]:
         path = f"/v1/evaluations/{_seg(name)}/metrics"

@@ -673,3 +673,29 @@ def test_criteria_naming_a_column_the_dataset_lacks_are_refused_at_order(shim: S
         assert "lighting" in doc["detail"] and "colour" in doc["detail"]
         good = order(criteria={"slices": [{"by": ["colour"]}]})
         assert c.post("/v1/evaluations", json=good).status_code == 201
+
+
+def test_the_clients_wait_sees_a_change_at_once(shim: Shim) -> None:
+    """`dyff … --wait` follows a status by long polls: a change made half a second in is
+    seen then, even though its pacing interval (for servers without long polls) is 5 s."""
+    import threading
+    import time
+
+    from dyff.client import Client, ClientConfig
+
+    account, token = shim.new_account()
+    with shim.client(token) as c:
+        assert c.post("/v1/models", json=model_body("m1")).status_code == 201
+
+    def ready_later() -> None:
+        time.sleep(0.5)
+        make_ready(shim, account, Model, "m1", DIGITS)
+
+    writer = threading.Thread(target=ready_later)
+    writer.start()
+    started = time.monotonic()
+    with Client(ClientConfig(shim.url, token)) as client:
+        entity = client.wait("models", "m1", interval=5.0, timeout=30)
+    writer.join(10)
+    assert entity["status"]["phase"] == "Ready"
+    assert time.monotonic() - started < 3.0

@@ -234,18 +234,6 @@ def _groups(codes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return present, counts, inverse
 
 
-def _macro(tp: np.ndarray, predicted: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """(R, 3) macro precision, recall, F1 per resample, as `dyff.metrics.class_scores`."""
-    precision = np.nan_to_num(stats.ratio(tp, predicted))
-    recall = np.nan_to_num(stats.ratio(tp, support))
-    f1 = np.nan_to_num(stats.ratio(2 * precision * recall, precision + recall))
-    seen = (support > 0) | (predicted > 0)
-    n_seen = seen.sum(axis=1)
-    return np.stack(
-        [stats.ratio((x * seen).sum(axis=1), n_seen) for x in (precision, recall, f1)], axis=1
-    )
-
-
 def _interval(iv: stats.Interval) -> list[float | None]:
     return [iv.low, iv.high]
 
@@ -340,7 +328,7 @@ def compute(
         for tp_of, predicted_of in sums:
             tp = tp_of(c)
             predicted = predicted_of(c)
-            out.append(_macro(tp, predicted, support))
+            out.append(stats.macro_scores(tp, predicted, support))
             recalls.append(stats.ratio(tp, support))
         ma, mb = out
         cols = []

@@ -298,18 +298,6 @@ def _groups(codes: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndar
     return present, sizes
 
 
-def _macro(tp: np.ndarray, predicted: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """(R, 3) macro precision, recall, F1 per resample, as `dyff.metrics.class_scores`."""
-    precision = np.nan_to_num(stats.ratio(tp, predicted))
-    recall = np.nan_to_num(stats.ratio(tp, support))
-    f1 = np.nan_to_num(stats.ratio(2 * precision * recall, precision + recall))
-    seen = (support > 0) | (predicted > 0)
-    n_seen = seen.sum(axis=1)
-    return np.stack(
-        [stats.ratio((x * seen).sum(axis=1), n_seen) for x in (precision, recall, f1)], axis=1
-    )
-
-
 def interval_metrics(
     cells: Cells, k: int, top5: bool, spec: IntervalSpec, seed: Sequence[int] = ()
 ) -> dict[str, list[float | None]]:
@@ -347,7 +335,7 @@ def interval_metrics(
 
     def macro(counts: np.ndarray, _: np.random.Generator) -> np.ndarray:
         c = counts.astype(np.float64)
-        return _macro(tp_of(c), predicted_of(c), support_of(c))
+        return stats.macro_scores(tp_of(c), predicted_of(c), support_of(c))
 
     p, r, f = stats.bootstrap(macro, sizes, seed=(*base, 2), **kw)
     out["macroPrecision"], out["macroRecall"], out["macroF1"] = (

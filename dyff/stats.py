@@ -255,3 +255,17 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     out = np.empty(m)
     out[order] = np.minimum(adjusted, 1.0)
     return out
+
+
+def macro_scores(tp: np.ndarray, predicted: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """(R, 3) macro precision, recall and F1 per resample from per-class counts (R, K) of
+    true positives, predictions and support, as `dyff.metrics.class_scores` computes them
+    (classes neither present nor predicted are left out)."""
+    precision = np.nan_to_num(ratio(tp, predicted))
+    recall = np.nan_to_num(ratio(tp, support))
+    f1 = np.nan_to_num(ratio(2 * precision * recall, precision + recall))
+    seen = (support > 0) | (predicted > 0)
+    n_seen = seen.sum(axis=1)
+    return np.stack(
+        [ratio((x * seen).sum(axis=1), n_seen) for x in (precision, recall, f1)], axis=1
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import time
 import typing as t
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +161,22 @@ def _train(out_dir: Path, seconds_budget: float, seed: int) -> Path:
         if acc >= TARGET_ACCURACY or (late and acc >= FLOOR_ACCURACY):
             break
     return _save(model, _image_processor(8), out_dir)
+
+
+def untrained_tiny_vit(out_dir: Path, labels: Sequence[str] = DIGIT_LABELS) -> Path:
+    """The demo's tiny ViT architecture (`train_tiny_vit`), seeded but untrained, with
+    `labels`: for benchmarks, where only the cost of a forward pass matters."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=8, patch_size=2, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=64, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, id2label=dict(enumerate(labels)),
+        label2id={v: i for i, v in enumerate(labels)},
+    )  # fmt: skip
+    return _save(ViTForImageClassification(config), _image_processor(8), out_dir)
 
 
 def random_vit_small(out_dir: Path, seed: int = SEED) -> Path:

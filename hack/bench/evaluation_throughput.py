@@ -122,19 +122,9 @@ def convnext_crop(out: Path) -> Path:
 
 def tiny_vit_untrained(out: Path) -> Path:
     """The demo model's architecture (dyff.tinymodels.train_tiny_vit), untrained."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
+    from dyff.tinymodels import untrained_tiny_vit
 
-    from dyff.tinymodels import DIGIT_LABELS, _image_processor, _save
-
-    torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=8, patch_size=2, num_channels=3, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=64, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, id2label=dict(enumerate(DIGIT_LABELS)),
-        label2id={v: i for i, v in enumerate(DIGIT_LABELS)},
-    )  # fmt: skip
-    return _save(ViTForImageClassification(config), _image_processor(8), out)
+    return untrained_tiny_vit(out)
 
 
 def examples(case: Case) -> list[tuple[bytes, int]]:

@@ -72,19 +72,9 @@ def loadavg() -> str:
 
 def tiny_model(out: Path) -> Path:
     """The demo's tiny ViT architecture with 4 labels, untrained."""
-    import torch
-    from transformers import ViTConfig, ViTForImageClassification
+    from dyff.tinymodels import untrained_tiny_vit
 
-    from dyff.tinymodels import _image_processor, _save
-
-    torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=8, patch_size=2, num_channels=3, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=64, hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0, id2label=dict(enumerate(LABELS)),
-        label2id={v: i for i, v in enumerate(LABELS)},
-    )  # fmt: skip
-    return _save(ViTForImageClassification(config), _image_processor(8), out)
+    return untrained_tiny_vit(out, LABELS)
 
 
 def examples() -> list[tuple[bytes, int]]:

@@ -27,11 +27,15 @@ class LocalDriver:
         blobs: BlobStore,
         executor: Executor,
         interval: float = 1.0,
+        min_gap: float = 0.1,
     ) -> None:
         self.records = records
         self.blobs = blobs
         self.executor = executor
         self.interval = interval
+        # However busy the shim is, at most one pass (a scan of every record) per min_gap:
+        # writes arriving meanwhile are taken by the next pass together.
+        self.min_gap = min_gap
         self._woken = threading.Event()
         self.passes = 0
 
@@ -67,4 +71,6 @@ class LocalDriver:
             self._woken.clear()  # what happens from here on wakes the next pass
             self.reconcile_all()
             self.passes += 1
-            self._woken.wait(self.interval)
+            if stop.wait(self.min_gap):
+                return
+            self._woken.wait(max(0.0, self.interval - self.min_gap))

@@ -9,13 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 
 from dyff.accounts import Authenticator
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
+
+T = TypeVar("T")
 
 
 class Changes:
@@ -31,8 +33,7 @@ class Changes:
         with self._changed:
             self._changed.notify_all()
 
-    def wait_for(self, read: Callable[[], object], unchanged: Callable[[object], bool],
-                 seconds: float) -> object:  # fmt: skip
+    def wait_for(self, read: Callable[[], T], unchanged: Callable[[T], bool], seconds: float) -> T:
         """`read()` again until `unchanged(result)` is false or `seconds` pass."""
         deadline = time.monotonic() + seconds
         current = read()

@@ -44,6 +44,7 @@ import numpy as np
 import polars as pl
 
 from dyff import layout, metrics, stats
+from dyff.criteria import slice_ids
 from dyff.errors import Conflict, Invalid, NotFound
 from dyff.results import MAX_LIMIT, MAX_OFFSET, local_paths
 from dyff.schema import Evaluation
@@ -425,11 +426,9 @@ def slice_comparison(
     attribute columns, crossed), with B - A's paired-bootstrap interval and McNemar's test
     on the slice's rows. `attributes` has `shard` (index into p.shards), `row_id` and the
     `by` columns; a row without attributes is in the null slice."""
-    from dyff.criteria import slice_ids  # the same slices as an evaluation's criteria
-
     rows = pl.DataFrame({"shard": p.shard, "row_id": p.row_id})
     joined = rows.join(attributes, on=["shard", "row_id"], how="left", maintain_order="left")
-    ids, keys = slice_ids(joined, by)
+    ids, keys = slice_ids(joined, by)  # the same slices as an evaluation's criteria
     ca, cb = p.pred_a == p.label, p.pred_b == p.label
     values = []
     for number, key in zip(

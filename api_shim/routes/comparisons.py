@@ -43,9 +43,9 @@ class FlipRows(Schema):
     labels: list[str] = Field(description="Class names by id.")
 
 
-def side(state: AppState, scope: AccountScope, name: str) -> compare.Side:
-    evaluation = complete_evaluation(scope, name)
-    with results_gone_is_conflict(name):
+def side(state: AppState, evaluation: Evaluation) -> compare.Side:
+    """A complete evaluation's manifest and metrics (409 when they are gone)."""
+    with results_gone_is_conflict(evaluation.name):
         return compare.load_side(state.blobs, evaluation)
 
 
@@ -58,13 +58,14 @@ def comparison(
     seed: int,
     by: list[str] | None = None,
 ) -> compare.Comparison:
-    sa, sb = side(state, scope, a), side(state, scope, b)
+    evaluation_a = complete_evaluation(scope, a)
+    sa, sb = side(state, evaluation_a), side(state, complete_evaluation(scope, b))
     attributes = None
     if by:
         if len(set(by)) != len(by):
             raise Invalid("a column is named twice in by", field="by")
         # The attribute files of A's dataset (the common rows are its rows).
-        ref = complete_evaluation(scope, a).spec.dataset
+        ref = evaluation_a.spec.dataset
         dataset = state.records.find(Dataset, ref.account or scope.account, ref.name)
         attributes = {}
         if dataset is not None:
@@ -205,7 +206,7 @@ def get_leaderboard(
     for e in shown:
         entrants.append(
             compare.Entrant(
-                side=side(state, scope, e.name),
+                side=side(state, e),  # listed Complete above
                 value=value(e),
                 info={
                     "evaluation": e.name,

@@ -62,9 +62,7 @@ def add_entity_routes(router: APIRouter, kind: type[E]) -> None:
             return entity
         return state.changes.wait_for(
             lambda: scope.readable(kind, name, account),
-            lambda e: (
-                getattr(getattr(e, "metadata", None), "resource_version", None) == changed_from
-            ),
+            lambda e: e.metadata.resource_version == changed_from,
             wait,
         )
 

@@ -38,7 +38,9 @@ class ModelWorld:
 
 
 def observe(stores: Stores, executor: Executor, work: WorkState, model: Model) -> ModelWorld:
-    return ModelWorld(uploads.upload_present(stores.blobs, model), work, executor.runs_containers)
+    # Only an image model asks whether containers run here (locally, a `docker info`).
+    containers = executor.runs_containers if model.spec.source.image is not None else True
+    return ModelWorld(uploads.upload_present(stores.blobs, model), work, containers)
 
 
 def decide(model: Model, world: ModelWorld) -> Outcome:

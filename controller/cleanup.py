@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 
-from dyff import layout, uploads
+from dyff import layout, shard_lists, uploads
 from dyff.errors import DyffError, NotFound
 from dyff.lifecycle import EVALUATION
 from dyff.schema import Dataset, Entity, Evaluation, Model, UploadTicket
@@ -31,7 +31,7 @@ def _manifest_files(blobs: BlobStore, evaluation: Evaluation) -> set[str]:
         return set()
 
 
-def _planned_files(records: RecordStore, evaluation: Evaluation) -> set[str]:
+def _planned_files(records: RecordStore, blobs: BlobStore, evaluation: Evaluation) -> set[str]:
     """The prediction files an unfinished evaluation will list in its manifest (it writes
     the manifest only when it completes, and may already be reusing them)."""
     if evaluation.status.phase in EVALUATION.final or evaluation.metadata.deletion_timestamp:
@@ -39,7 +39,7 @@ def _planned_files(records: RecordStore, evaluation: Evaluation) -> set[str]:
     from dyff.evaluation import resolve  # polars/pyarrow: only when an evaluation is deleted
 
     try:
-        inputs = resolve(records, evaluation)
+        inputs = resolve(records, blobs, evaluation)
     except DyffError:  # its model or dataset is not there or not Ready: it reuses nothing
         return set()
     return {inputs.prediction_key(shard) for shard in inputs.shards}
@@ -68,16 +68,21 @@ def cleanup(records: RecordStore, blobs: BlobStore, entity: Entity) -> int:
             deleted += blobs.delete_prefix(f"{_predictions_prefix(account)}{digest}")
     elif isinstance(entity, Dataset):
         datasets = [d for d in records.list_all(Dataset, account) if d.name != entity.name]
-        mine = {s.sha256 for s in entity.status.shards or []}
-        used = {s.sha256 for d in datasets for s in d.status.shards or []}
+        own_shards = shard_lists.listed_shards(blobs, [entity])
+        theirs = shard_lists.listed_shards(blobs, datasets)
+        mine = {s.sha256 for s in own_shards}
+        used = {s.sha256 for s in theirs}
         for sha in mine - used:
             deleted += blobs.delete(layout.shard_key(account, sha))
         # Attribute files are per (shard, content): another dataset may share the shard
         # with other metadata, or the same file.
-        attributes = {(s.sha256, s.attributes) for s in entity.status.shards or [] if s.attributes}
-        kept = {(s.sha256, s.attributes) for d in datasets for s in d.status.shards or []}
+        attributes = {(s.sha256, s.attributes) for s in own_shards if s.attributes}
+        kept = {(s.sha256, s.attributes) for s in theirs}
         for sha, attrs in attributes - kept:
             deleted += blobs.delete(layout.attributes_key(account, sha, attrs))
+        listed = entity.status.shard_list
+        if listed and all(d.status.shard_list != listed for d in datasets):
+            deleted += blobs.delete(layout.shard_list_key(account, listed.sha256))
         orphans = {f"/{sha}.parquet" for sha in mine - used}
         for info in list(blobs.list(_predictions_prefix(account))):
             if any(info.key.endswith(suffix) for suffix in orphans):
@@ -86,7 +91,7 @@ def cleanup(records: RecordStore, blobs: BlobStore, entity: Entity) -> int:
         mine = _manifest_files(blobs, entity)
         for other in records.list_all(Evaluation, account):
             if other.name != entity.name:
-                mine -= _manifest_files(blobs, other) | _planned_files(records, other)
+                mine -= _manifest_files(blobs, other) | _planned_files(records, blobs, other)
         for key in mine:
             deleted += blobs.delete(key)
         deleted += blobs.delete_prefix(

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from dyff import layout, metrics, stats
+from dyff import layout, metrics, shard_lists, stats
 from dyff.errors import WorkloadFailed
 from dyff.results import local_paths
 from dyff.schema import Criteria, Dataset, Gate, IntervalSpec, SliceSpec
@@ -613,10 +613,10 @@ def compute(
     }
 
 
-def attribute_keys(dataset: Dataset) -> list[str] | None:
+def attribute_keys(blobs: BlobStore, dataset: Dataset) -> list[str] | None:
     """The attribute files of a dataset's shards, in shard order; None when a shard has
     none (a dataset ingested before attributes were kept)."""
-    shards = dataset.status.shards or []
+    shards = shard_lists.shards_of(blobs, dataset)
     if any(s.attributes is None for s in shards):
         return None
     return [layout.attributes_key(dataset.account, s.sha256, s.attributes or "") for s in shards]
@@ -643,7 +643,7 @@ def criteria_results(
         raise WorkloadFailed(BAD_CRITERIA, why)
     attr_keys: list[str] = []
     if columns:
-        found = attribute_keys(dataset)
+        found = attribute_keys(blobs, dataset)
         if found is None:
             raise WorkloadFailed(
                 BAD_CRITERIA,

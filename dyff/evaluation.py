@@ -43,9 +43,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dyff import layout, metrics
+from dyff import layout, metrics, shard_lists
 from dyff.access import usable
-from dyff.errors import WorkloadFailed
+from dyff.errors import NotFound, WorkloadFailed
 from dyff.labels import LABEL_MISMATCH, LabelMatch, match_labels
 from dyff.lifecycle import lifecycle
 from dyff.schema import Dataset, Entity, EntityRef, Evaluation, Model, Shard
@@ -98,6 +98,8 @@ class Inputs:
     # Model label id -> id in `label_names`.
     label_map: np.ndarray
     inference_digest: str
+    # The dataset's shards, in order (read from its shard list: `dyff.shard_lists`).
+    shards: tuple[Shard, ...]
     # How the model's labels met the dataset's (`dyff.labels.match_labels`).
     match: LabelMatch | None = None
 
@@ -139,10 +141,6 @@ class Inputs:
     def model_digest(self) -> str:
         assert self.model.status.digest is not None
         return self.model.status.digest
-
-    @property
-    def shards(self) -> list[Shard]:
-        return list(self.dataset.status.shards or [])
 
     @property
     def top_k(self) -> int:
@@ -229,8 +227,21 @@ def inference_digest(
     return layout.config_digest(key)
 
 
-def inputs_for(evaluation: Evaluation, model: Model, dataset: Dataset) -> Inputs:
-    """Inputs from records already read and checked (Ready, usable by the account)."""
+def dataset_shards(blobs: BlobStore, dataset: Dataset) -> list[Shard]:
+    """A Ready dataset's shards; DependencyNotReady if its shard list cannot be read."""
+    try:
+        return shard_lists.shards_of(blobs, dataset)
+    except (NotFound, ValueError) as exc:
+        raise WorkloadFailed(
+            DEPENDENCY_NOT_READY, f"Dataset {dataset.name}: its shard list is unreadable ({exc})"
+        ) from exc
+
+
+def inputs_for(
+    evaluation: Evaluation, model: Model, dataset: Dataset, shards: Sequence[Shard]
+) -> Inputs:
+    """Inputs from records already read and checked (Ready, usable by the account), and
+    the dataset's shards."""
     if not model.status.digest:
         raise WorkloadFailed(DEPENDENCY_NOT_READY, f"Model {model.name} has no digest yet")
     spec = evaluation.spec
@@ -252,17 +263,17 @@ def inputs_for(evaluation: Evaluation, model: Model, dataset: Dataset) -> Inputs
         inference = {**inference, "labelMapping": spec.label_mapping.wire()}
     protocol = USER_PROTOCOL if serves_user_code(model) else None
     digest = inference_digest(inference, label_map, protocol=protocol)
-    return Inputs(evaluation, model, dataset, names, label_map, digest, match)
+    return Inputs(evaluation, model, dataset, names, label_map, digest, tuple(shards), match)
 
 
-def resolve(records: RecordStore, evaluation: Evaluation) -> Inputs:
+def resolve(records: RecordStore, blobs: BlobStore, evaluation: Evaluation) -> Inputs:
     """The evaluation's Model and Dataset (refs may name a public entity of another
     account), both Ready; WorkloadFailed with DependencyNotFound / DependencyNotReady."""
     spec = evaluation.spec
     model = _dependency(records, Model, spec.model, evaluation.account)
     dataset = _dependency(records, Dataset, spec.dataset, evaluation.account)
     assert isinstance(model, Model) and isinstance(dataset, Dataset)
-    return inputs_for(evaluation, model, dataset)
+    return inputs_for(evaluation, model, dataset, dataset_shards(blobs, dataset))
 
 
 # --------------------------------------------------------------------- plan
@@ -289,7 +300,7 @@ class Plan:
 def plan_inputs(inputs: Inputs, blobs: BlobStore) -> Plan:
     """The plan for resolved inputs: one listing of the cache folder, not a stat per shard."""
     present = {info.key for info in blobs.list(inputs.prediction_prefix() + "/")}
-    shards = inputs.shards
+    shards = list(inputs.shards)
     keys = [inputs.prediction_key(s) for s in shards]
     # Shards hold their row ids, so no two shards of a dataset share a digest.
     to_infer = [s for s, key in zip(shards, keys, strict=True) if key not in present]
@@ -305,14 +316,15 @@ def plan_inputs(inputs: Inputs, blobs: BlobStore) -> Plan:
 
 def plan(records: RecordStore, blobs: BlobStore, evaluation: Evaluation) -> Plan:
     """What running `evaluation` now would reuse and infer (for the controller and shim)."""
-    return plan_inputs(resolve(records, evaluation), blobs)
+    return plan_inputs(resolve(records, blobs, evaluation), blobs)
 
 
 def plan_counts(
     blobs: BlobStore, evaluation: Evaluation, model: Model, dataset: Dataset
 ) -> tuple[int, int]:
     """(shards total, shards reused) for a Ready model and dataset the controller has read."""
-    p = plan_inputs(inputs_for(evaluation, model, dataset), blobs)
+    inputs = inputs_for(evaluation, model, dataset, dataset_shards(blobs, dataset))
+    p = plan_inputs(inputs, blobs)
     return p.shards_total, p.reused
 
 

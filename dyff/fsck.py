@@ -8,8 +8,8 @@ Run against the stores directly, like `dyff admin bootstrap`. What counts as an 
 - work: work folders (one machine) and Jobs (a cluster) of entities that are gone;
 - blobs: anything under an account that is gone; uploads of an entity that is gone or
   declared other bytes; an evaluation's results without its record (name and uid);
-  bentos, shards, shards' attribute files and cached predictions that no model
-  (digest), dataset (shard) or evaluation (manifest) of the account refers to.
+  bentos, shard lists, shards, shards' attribute files and cached predictions that no
+  model (digest), dataset (shard list) or evaluation (manifest) of the account refers to.
 
 An account with a model, dataset or evaluation at work (packaging, ingesting, running)
 is skipped for the content-addressed blobs (bentos, shards, predictions): its workload
@@ -23,10 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from dyff import layout, uploads
+from dyff import layout, shard_lists, uploads
 from dyff.errors import NotFound
 from dyff.lifecycle import DatasetPhase, EvaluationPhase, ModelPhase
 from dyff.schema import (
@@ -108,29 +108,41 @@ def find_orphans(
     models = [m for m in entities[Model] if isinstance(m, Model)]
     datasets = [d for d in entities[Dataset] if isinstance(d, Dataset)]
     evaluations = [e for e in entities[Evaluation] if isinstance(e, Evaluation)]
-    digests = {(m.account, m.status.digest) for m in models if m.status.digest}
-    shards = {(d.account, s.sha256) for d in datasets for s in d.status.shards or []}
-    # An attribute file is (shard, its own digest): listed as "shard/attributes".
-    shards |= {
-        (d.account, f"{s.sha256}/{s.attributes}")
-        for d in datasets
-        for s in d.status.shards or []
-        if s.attributes
-    }
+    named = Named(
+        bentos={(m.account, m.status.digest) for m in models if m.status.digest},
+        evaluations={(e.account, e.name, e.metadata.uid) for e in evaluations},
+    )
+    for d in datasets:
+        if d.status.shard_list is not None:
+            named.shard_lists.add((d.account, d.status.shard_list.sha256))
+        for s in shard_lists.listed_shards(blobs, [d]):
+            named.shards.add((d.account, s.sha256))
+            if s.attributes:
+                named.attributes.add((d.account, s.sha256, s.attributes))
     manifests: set[str] = set()
     for ev in evaluations:
         manifest = layout.manifest_key(ev.account, ev.name, ev.metadata.uid or "")
         with contextlib.suppress(NotFound, ValueError):
             manifests.update(json.loads(blobs.get(manifest)).get("files", []))
-    evaluation_uids = {(e.account, e.name, e.metadata.uid) for e in evaluations}
 
     for info in blobs.list("accounts/"):
         parts = info.key.split("/")
         account = parts[1] if len(parts) > 1 else ""
-        why = _blob_reason(parts, account, accounts, busy, by_key, digests, shards, evaluation_uids)
+        why = _blob_reason(parts, account, accounts, busy, by_key, named)
         if why and info.key not in manifests:
             out.append(Orphan("blobs", "blob", account, info.key, why))
     return out
+
+
+@dataclass
+class Named:
+    """What the records name, by account: the blobs to keep."""
+
+    bentos: set[tuple[str, str]] = field(default_factory=set)  # (account, digest)
+    evaluations: set[tuple[str, str, str | None]] = field(default_factory=set)  # +name, uid
+    shard_lists: set[tuple[str, str]] = field(default_factory=set)  # (account, sha256)
+    shards: set[tuple[str, str]] = field(default_factory=set)  # (account, sha256)
+    attributes: set[tuple[str, str, str]] = field(default_factory=set)  # +shard, own sha256
 
 
 def _blob_reason(
@@ -139,9 +151,7 @@ def _blob_reason(
     accounts: set[str],
     busy: set[str],
     by_key: dict[tuple[str, str, str], Entity],
-    digests: set[tuple[str, str]],
-    shards: set[tuple[str, str]],
-    evaluation_uids: set[tuple[str, str, str | None]],
+    named: Named,
 ) -> str | None:
     if account not in accounts:
         return "account gone"
@@ -154,24 +164,27 @@ def _blob_reason(
             return f"upload of {kind or parts[3]} {parts[4]!r}, gone"
         return None
     if area == "evaluations" and len(parts) >= 5:
-        if (account, parts[3], parts[4]) not in evaluation_uids:
+        if (account, parts[3], parts[4]) not in named.evaluations:
             return f"results of evaluation {parts[3]!r}, gone"
         return None
     if account in busy:
         return None  # a workload may be writing what its record does not name yet
     if area == "bentos" and len(parts) == 4:
         digest = parts[3].removesuffix(".bento")
-        return None if (account, digest) in digests else "bento of no model"
+        return None if (account, digest) in named.bentos else "bento of no model"
+    if area == "shard-lists" and len(parts) == 4:
+        sha = parts[3].removesuffix(".json")
+        return None if (account, sha) in named.shard_lists else "shard list of no dataset"
     if area == "shards" and len(parts) == 4:
         sha = parts[3].removesuffix(".parquet")
-        return None if (account, sha) in shards else "shard of no dataset"
+        return None if (account, sha) in named.shards else "shard of no dataset"
     if area == "attributes" and len(parts) == 5:
-        listed = (account, f"{parts[3]}/{parts[4].removesuffix('.parquet')}")
-        return None if listed in shards else "attributes of no dataset"
+        listed = (account, parts[3], parts[4].removesuffix(".parquet"))
+        return None if listed in named.attributes else "attributes of no dataset"
     if area == "predictions" and len(parts) == 6:
-        if (account, parts[3]) not in digests:
+        if (account, parts[3]) not in named.bentos:
             return "predictions of a model gone"
-        if (account, parts[5].removesuffix(".parquet")) not in shards:
+        if (account, parts[5].removesuffix(".parquet")) not in named.shards:
             return "predictions of a dataset gone"
     return None
 

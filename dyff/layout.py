@@ -27,6 +27,11 @@ def shard_key(account: str, sha256: str) -> str:
     return f"{account_prefix(account)}/shards/{sha256}.parquet"
 
 
+def shard_list_key(account: str, sha256: str) -> str:
+    """A dataset's shard list (JSON, `dyff.shard_lists`) named by the sha256 of its bytes."""
+    return f"{account_prefix(account)}/shard-lists/{sha256}.json"
+
+
 def attributes_prefix(account: str, shard_sha256: str) -> str:
     """Every attribute file of one shard (one per distinct set of attributes given it)."""
     return f"{account_prefix(account)}/attributes/{shard_sha256}"

@@ -597,6 +597,14 @@ class Shard(Schema):
     )
 
 
+class ShardList(Schema):
+    """Where a Dataset's shard list is: a JSON blob named by its sha256 (the list itself
+    can grow past what a status, or etcd's 1.5 MiB object, may hold)."""
+
+    sha256: str = Field(description="sha256 of the list's blob, hex.", pattern=SHA256_PATTERN)
+    count: int = Field(ge=0, description="Number of shards.")
+
+
 MAX_ATTRIBUTE_NAME_CHARS = 64
 MAX_DATASET_ATTRIBUTES = 64  # dyff.datasets keeps at most 5 derived + 32 extra columns
 
@@ -606,7 +614,11 @@ class DatasetStatus(Status):
 
     lifecycle = DATASET
     rows: int | None = Field(default=None, ge=0, description="Number of rows.")
-    shards: list[Shard] | None = Field(default=None, description="The Parquet shards, in order.")
+    shard_list: ShardList | None = Field(
+        default=None,
+        description="The Parquet shards, listed in a blob (`dyff.shard_lists`) so that a "
+        "dataset of any size keeps a small status.",
+    )
     labels: list[str] | None = Field(default=None, description="Class labels, in id order.")
     attributes: list[Annotated[str, Field(max_length=MAX_ATTRIBUTE_NAME_CHARS)]] | None = Field(
         default=None,

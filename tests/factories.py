@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from dyff import shard_lists
 from dyff.schema import (
     Dataset,
     DatasetSource,
@@ -15,8 +16,10 @@ from dyff.schema import (
     ModelSource,
     ModelSpec,
     ObjectMeta,
+    Shard,
     UploadSource,
 )
+from dyff.stores.blobs import BlobStore
 
 SHA = hashlib.sha256(b"model").hexdigest()
 
@@ -46,3 +49,9 @@ def evaluation(
         metadata=ObjectMeta(name=name, namespace=account),
         spec=EvaluationSpec(model=EntityRef(name=model), dataset=EntityRef(name=dataset)),
     )
+
+
+def list_shards(blobs: BlobStore, dataset: Dataset, shards: list[Shard]) -> None:
+    """Store `shards` as the dataset's shard list and name it in its status, as ingestion
+    does."""
+    dataset.status.shard_list, _ = shard_lists.store(blobs, dataset.account, shards)

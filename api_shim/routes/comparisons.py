@@ -15,7 +15,7 @@ from api_shim.params import AccountQuery, NameStr
 from api_shim.problems import responses
 from api_shim.routes.results import complete_evaluation, results_gone_is_conflict
 from api_shim.state import AppState, StateDep
-from dyff import compare, layout, stats
+from dyff import compare, layout, shard_lists, stats
 from dyff.errors import Invalid
 from dyff.lifecycle import EvaluationPhase
 from dyff.results import MAX_LIMIT, MAX_OFFSET
@@ -71,7 +71,7 @@ def comparison(
         if dataset is not None:
             attributes = {
                 s.sha256: layout.attributes_key(dataset.account, s.sha256, s.attributes)
-                for s in dataset.status.shards or []
+                for s in shard_lists.listed_shards(state.blobs, [dataset])
                 if s.attributes
             }
     with results_gone_is_conflict(f"{a}' or '{b}"):

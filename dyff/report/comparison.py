@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dyff import shard_lists
 from dyff.report import charts
 from dyff.report.page import _env, dec
 from dyff.report.sources import shard_images
@@ -185,7 +186,7 @@ def add_images(
     evaluation's dataset that holds it: only shards the dataset lists, only those rows."""
     ref = evaluation.spec.dataset
     dataset = records.find(Dataset, ref.account or evaluation.account, ref.name)
-    known = {s.sha256 for s in (dataset.status.shards or [])} if dataset else set()
+    known = {s.sha256 for s in shard_lists.listed_shards(blobs, [dataset] if dataset else [])}
     wanted: dict[str, list[int]] = {}
     for row in rows:
         row["image"] = None

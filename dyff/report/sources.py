@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dyff import layout, results
+from dyff import layout, results, shard_lists
 from dyff.errors import Conflict, DyffError
 from dyff.lifecycle import EvaluationPhase
 from dyff.report.page import render_report
@@ -28,7 +28,7 @@ def _row_images(
     blobs: BlobStore, dataset: Dataset, row_ids: Sequence[int], cache_dir: Path
 ) -> dict[int, bytes]:
     """The encoded images of `row_ids`, read from the shards that hold them (those rows only)."""
-    shards = sorted(dataset.status.shards or [], key=lambda s: s.first_row)
+    shards = sorted(shard_lists.listed_shards(blobs, [dataset]), key=lambda s: s.first_row)
     starts = [s.first_row for s in shards]
     wanted: dict[int, list[int]] = {}
     for rid in row_ids:

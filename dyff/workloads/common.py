@@ -29,6 +29,23 @@ from dyff.stores.blobs import CHUNK
 
 log = logging.getLogger("dyff.workloads")
 
+# A status is copied into its record and its CR, and etcd refuses objects over 1.5 MiB:
+# what grows with the data (shards) lives in blobs, and the one list that stays in status,
+# the labels, gets a budget (ImageNet-21k's 21,841 names take about 0.7 MiB).
+MAX_LABEL_BYTES = 1024 * 1024
+TOO_MANY_LABELS = "TooManyLabels"
+
+
+def check_labels_fit(labels: list[str] | None) -> None:
+    """WorkloadFailed(TooManyLabels) when the labels would not fit in a status."""
+    size = len(json.dumps(labels or [], ensure_ascii=False).encode())
+    if size > MAX_LABEL_BYTES:
+        raise WorkloadFailed(
+            TOO_MANY_LABELS,
+            f"the {len(labels or [])} labels take {size:,} bytes as JSON; a status holds at"
+            f" most {MAX_LABEL_BYTES:,} (shorter names or fewer classes)",
+        )
+
 
 class WorkloadConfig(Schema):
     """The config file a workload is started with."""
@@ -175,6 +192,7 @@ def run_ingestion(
     try:
         with tempfile.TemporaryDirectory(dir=config.scratch_dir, prefix=prefix) as tmp:
             done = ingest(entity, blobs, Path(tmp))
+        check_labels_fit(done.results.get("labels"))
     except WorkloadFailed as exc:
         discard(records, blobs)
         cleared = dict.fromkeys(result_fields)

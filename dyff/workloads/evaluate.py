@@ -482,7 +482,7 @@ def with_served_labels(inputs: Inputs, labels: list[str]) -> Inputs:
     they had been recorded (LabelMismatch when they cannot be)."""
     model = inputs.model.model_copy(deep=True)
     model.status.labels = list(labels)
-    return inputs_for(inputs.evaluation, model, inputs.dataset)
+    return inputs_for(inputs.evaluation, model, inputs.dataset, inputs.shards)
 
 
 # ------------------------------------------------------------------ inference
@@ -695,7 +695,7 @@ def run_evaluation(
     indexed = shard_index is not None and shard_count is not None
     started = time.perf_counter()
     try:
-        inputs = resolve(records, ev)
+        inputs = resolve(records, blobs, ev)
         if scratch_dir:
             Path(scratch_dir).mkdir(parents=True, exist_ok=True)
         with (

@@ -3,9 +3,9 @@
 Reads the Dataset record, fetches its source into scratch space (checking the
 declared sha256 and size), cuts it into content-addressed Parquet shards
 (`dyff.datasets`), stores the shards that are not stored yet and each shard's
-attribute file (`layout.attributes_key`), and reports on the record: phase Ready
-with rows, shards (each naming its attribute file), labels and the attribute
-columns (and a status message
+attribute file (`layout.attributes_key`) and the shard list (`dyff.shard_lists`),
+and reports on the record: phase Ready with rows, the shard list's digest and
+count, labels and the attribute columns (and a status message
 summing them up: "450 rows in 10 shards, 10 classes (split test)"), or phase Failed with
 Ready=False and the reason. A failed ingestion leaves no shard behind that it
 wrote itself (shards that were already stored, shared with other datasets,
@@ -27,9 +27,9 @@ import logging
 import sys
 from pathlib import Path
 
-from dyff import layout
+from dyff import layout, shard_lists
 from dyff.datasets import DatasetInput, iter_shards, open_dataset
-from dyff.schema import Dataset, Shard
+from dyff.schema import Dataset, Shard, ShardList
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
 from dyff.workloads.common import (
@@ -43,25 +43,28 @@ from dyff.workloads.common import (
 log = logging.getLogger("dyff.workloads.ingest_dataset")
 
 
-def referenced_shards(records: RecordStore, account: str, exclude: str) -> set[str]:
-    """sha256 of every shard, and of every attribute file, some other Dataset of the
-    account lists."""
-    out: set[str] = set()
-    for ds in records.list_all(Dataset, account):
-        if ds.name != exclude and ds.status.shards:
-            out.update(s.sha256 for s in ds.status.shards)
-            out.update(s.attributes for s in ds.status.shards if s.attributes)
+def referenced_shards(
+    records: RecordStore, blobs: BlobStore, account: str, exclude: str
+) -> set[str]:
+    """sha256 of every shard list, shard and attribute file some other Dataset of the
+    account names."""
+    others = [ds for ds in records.list_all(Dataset, account) if ds.name != exclude]
+    out = {ds.status.shard_list.sha256 for ds in others if ds.status.shard_list}
+    for s in shard_lists.listed_shards(blobs, others):
+        out.add(s.sha256)
+        if s.attributes:
+            out.add(s.attributes)
     return out
 
 
 def discard(
     records: RecordStore, blobs: BlobStore, account: str, name: str, keys: dict[str, str]
 ) -> None:
-    """Delete the shards and attribute files this run wrote (sha256 -> key) unless another
-    dataset lists them."""
+    """Delete the shards, attribute files and shard list this run wrote (sha256 -> key)
+    unless another dataset names them."""
     if not keys:
         return
-    keep = referenced_shards(records, account, exclude=name)
+    keep = referenced_shards(records, blobs, account, exclude=name)
     for sha, key in keys.items():
         if sha not in keep:
             blobs.delete(key)
@@ -69,8 +72,8 @@ def discard(
 
 def ingest(
     dataset: Dataset, blobs: BlobStore, scratch: Path, written: dict[str, str]
-) -> tuple[DatasetInput, list[Shard]]:
-    """Ingest into the blob store; record each newly stored shard in `written`."""
+) -> tuple[DatasetInput, list[Shard], ShardList]:
+    """Ingest into the blob store; record each newly stored blob in `written`."""
     source = fetch_source(dataset, blobs, scratch / "source")
     opened = open_dataset(dataset.spec.source.form, source, scratch, split=dataset.spec.split)
     shards = []
@@ -85,6 +88,9 @@ def ingest(
                 blobs.put(akey, shard.attributes, sha256=shard.attributes_sha256)
                 written[shard.attributes_sha256] = akey
         shards.append(shard.shard())
+    listed, wrote = shard_lists.store(blobs, dataset.account, shards)
+    if wrote:
+        written[listed.sha256] = layout.shard_list_key(dataset.account, listed.sha256)
     log.info(
         "%s/%s: %d rows, %d shards (%d new); attributes %s",
         dataset.account,
@@ -94,7 +100,7 @@ def ingest(
         new_shards(dataset.account, written),
         ", ".join(opened.attributes),
     )
-    return opened, shards
+    return opened, shards, listed
 
 
 def new_shards(account: str, written: dict[str, str]) -> int:
@@ -120,10 +126,10 @@ def run(config: WorkloadConfig) -> None:
     written: dict[str, str] = {}
 
     def ingested(dataset: Dataset, blobs: BlobStore, scratch: Path) -> IngestReport:
-        opened, shards = ingest(dataset, blobs, scratch, written)
+        opened, shards, listed = ingest(dataset, blobs, scratch, written)
         results = {
             "rows": opened.rows,
-            "shards": shards,
+            "shard_list": listed,
             "labels": opened.labels,
             "attributes": opened.attributes,
             "message": summary(opened, shards),
@@ -135,7 +141,7 @@ def run(config: WorkloadConfig) -> None:
         discard(records, blobs, config.account, config.name, written)
 
     run_ingestion(
-        config, Dataset, ingested, discard_written, ("rows", "shards", "labels", "attributes")
+        config, Dataset, ingested, discard_written, ("rows", "shard_list", "labels", "attributes")
     )
 
 

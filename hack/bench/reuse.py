@@ -33,7 +33,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dyff.schema import Dataset  # noqa: E402
+from dyff.schema import Dataset, Shard  # noqa: E402
+from dyff.shard_lists import shards_of  # noqa: E402
 from dyff.workloads.evaluate import RunReport, run_evaluation  # noqa: E402
 from hack.bench.evaluation_throughput import tiny_vit_untrained  # noqa: E402
 from tests.workloads.evaluation_fixtures import OWNER, Platform  # noqa: E402
@@ -79,16 +80,12 @@ def main() -> int:
         repeat, repeat_s = evaluate("repeat", "base")
         plus, plus_s = evaluate("plus", "plus")
 
-        def shards(name: str) -> list[str]:
-            ds = platform.records.get(Dataset, OWNER, name)
-            return [s.sha256 for s in ds.status.shards or []]
+        def shards(name: str) -> list[Shard]:
+            return shards_of(platform.blobs, platform.records.get(Dataset, OWNER, name))
 
-        new = sorted(set(shards("plus")) - set(shards("base")))
-        new_rows = sum(
-            s.rows
-            for s in platform.records.get(Dataset, OWNER, "plus").status.shards or []
-            if s.sha256 in new
-        )
+        base = {s.sha256 for s in shards("base")}
+        new = sorted(s.sha256 for s in shards("plus") if s.sha256 not in base)
+        new_rows = sum(s.rows for s in shards("plus") if s.sha256 not in base)
         expected = -(-new_rows // BATCH)
         lines: list[dict[str, Any]] = [
             {

@@ -38,6 +38,7 @@ from dyff.stores.blobs import BlobStore
 from dyff.stores.file import FileBlobStore
 from dyff.stores.records import RecordStore
 from dyff.stores.sqlite import SqliteRecordStore
+from tests import factories
 from tests.controller.kmock_cluster import Cluster, serve
 
 T = TypeVar("T")
@@ -98,7 +99,7 @@ def report(records: RecordStore, blobs: BlobStore, key: WorkKey, workload: str) 
         def change(m: Any) -> None:
             st = m.status
             st.phase, st.rows, st.labels = "Ready", 10, ["zero", "one"]
-            st.shards = [Shard(sha256=shard, rows=10, first_row=0)]
+            factories.list_shards(blobs, m, [Shard(sha256=shard, rows=10, first_row=0)])
             st.observed_generation = generation
             st.set_condition("Ready", "True", "Ingested", "10 rows", generation)
 

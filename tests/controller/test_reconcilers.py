@@ -463,13 +463,14 @@ def test_observe_reads_model_and_dataset_once_and_plans_once_per_generation(
     records.create(factories.model())
     model = records.mutate(Model, "acme", "m1", _settled("Ready", digest="ab" * 32, labels=["a"]))
     records.create(factories.dataset())
+    dataset = records.mutate(Dataset, "acme", "d1", _settled("Ready", labels=["a"], rows=15))
     dataset = records.mutate(
-        Dataset, "acme", "d1", _settled("Ready", shards=shards, labels=["a"], rows=15)
+        Dataset, "acme", "d1", lambda d: factories.list_shards(blobs, d, shards)
     )
     records.create(factories.evaluation())
     evaluation = records.get(Evaluation, "acme", "e1")
     # One shard's predictions are cached already.
-    cached = planning.inputs_for(evaluation, model, dataset).prediction_key(shards[1])
+    cached = planning.inputs_for(evaluation, model, dataset, shards).prediction_key(shards[1])
     blobs.put(cached, b"predictions")
 
     reads: list[str] = []

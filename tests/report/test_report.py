@@ -384,7 +384,7 @@ def test_build_report_reads_records_and_blobs(tmp_path: Path, blob_store: BlobSt
 
     def ingested(d: Dataset) -> None:
         d.status.phase = "Ready"
-        d.status.shards = [s.shard() for s in shards]
+        factories.list_shards(blob_store, d, [s.shard() for s in shards])
         d.status.labels = names
         d.status.rows = 60
 

@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import binomtest
 
 from dyff.schema import Dataset
+from tests import factories
 from tests.shim.conftest import Shim
 from tests.shim.evaluations_with_results import complete, shard_digest
 from tests.shim.test_api import assert_problem, dataset_body, model_body, order, setup_pair
@@ -229,8 +230,8 @@ def test_the_comparison_report_shows_thumbnails_of_flipped_rows(shim: Shim) -> N
 
     def ready(d: Dataset) -> None:
         d.status.phase = "Ready"
-        d.status.shards = [Shard(sha256=s, rows=100, first_row=100 * i) for i, s in
-                           enumerate(shards)]  # fmt: skip
+        listed = [Shard(sha256=s, rows=100, first_row=100 * i) for i, s in enumerate(shards)]
+        factories.list_shards(shim.blobs, d, listed)
 
     shim.records.mutate(Dataset, account, "d", ready)
     a_right, b_right = outcomes(150, 5, 10, 35)
@@ -290,7 +291,7 @@ def test_a_comparison_per_slice_of_a_dataset_attribute(shim: Shim) -> None:
             listed.append(Shard(sha256=shard, rows=SHARD_ROWS, first_row=ids[0], attributes=attrs))
 
         def with_shards(d: Dataset) -> None:
-            d.status.shards = listed
+            factories.list_shards(shim.blobs, d, listed)
             d.status.attributes = ["lighting"]
 
         shim.records.mutate(Dataset, account, "d", with_shards)

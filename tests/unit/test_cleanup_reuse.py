@@ -22,8 +22,8 @@ def world(tmp_path: Path) -> tuple[SqliteRecordStore, FileBlobStore, list[str]]:
     model, dataset = factories.model(), factories.dataset()
     model.status.digest, model.status.labels = "a" * 64, ["x", "y"]
     dataset.status.labels = ["x", "y"]
-    dataset.status.shards = [Shard(sha256=c * 64, rows=5, first_row=5 * i)
-                             for i, c in enumerate("bc")]  # fmt: skip
+    factories.list_shards(blobs, dataset, [Shard(sha256=c * 64, rows=5, first_row=5 * i)
+                                           for i, c in enumerate("bc")])  # fmt: skip
     for entity in (model, dataset):
         records.create(entity)
         settle(entity.status, "Ready", "True", "Done", "", 1)
@@ -34,7 +34,7 @@ def world(tmp_path: Path) -> tuple[SqliteRecordStore, FileBlobStore, list[str]]:
         records.mutate(type(entity), "acme", entity.name, ready)
     records.create(factories.evaluation("e1"))
     e1 = records.get(Evaluation, "acme", "e1")
-    inputs = resolve(records, e1)
+    inputs = resolve(records, blobs, e1)
     files = [inputs.prediction_key(s) for s in inputs.shards]
     for key in files:
         blobs.put(key, b"predictions")
@@ -88,7 +88,9 @@ def test_deleting_a_dataset_deletes_its_attribute_files_and_keeps_anothers(
     shard, mine, theirs = "12" * 32, "aa" * 32, "bb" * 32
     for name, attrs in (("d1", mine), ("d2", theirs)):
         dataset, _ = records.create(factories.dataset(name))
-        dataset.status.shards = [Shard(sha256=shard, rows=1, first_row=0, attributes=attrs)]
+        factories.list_shards(
+            blobs, dataset, [Shard(sha256=shard, rows=1, first_row=0, attributes=attrs)]
+        )
         records.update(dataset)
         blobs.put(layout.attributes_key("acme", shard, attrs), b"attributes")
     blobs.put(layout.shard_key("acme", shard), b"shard")
@@ -96,3 +98,32 @@ def test_deleting_a_dataset_deletes_its_attribute_files_and_keeps_anothers(
     assert not blobs.exists(layout.attributes_key("acme", shard, mine))
     assert blobs.exists(layout.attributes_key("acme", shard, theirs))
     assert blobs.exists(layout.shard_key("acme", shard))
+
+
+def test_deleting_a_dataset_deletes_its_shard_list_unless_another_names_it(
+    tmp_path: Path,
+) -> None:
+    from tests import factories
+
+    records = SqliteRecordStore(tmp_path / "records.db")
+    blobs = FileBlobStore(tmp_path / "blobs")
+    same = [Shard(sha256="12" * 32, rows=1, first_row=0)]
+    other = [Shard(sha256="34" * 32, rows=1, first_row=0)]
+    for name, shards in (("d1", same), ("d2", same), ("d3", other)):
+        dataset, _ = records.create(factories.dataset(name))
+        factories.list_shards(blobs, dataset, shards)
+        records.update(dataset)
+
+    def list_key(name: str) -> str:
+        listed = records.get(Dataset, "acme", name).status.shard_list
+        assert listed is not None
+        return layout.shard_list_key("acme", listed.sha256)
+
+    shared, own = list_key("d1"), list_key("d3")
+    cleanup(records, blobs, records.get(Dataset, "acme", "d3"))
+    assert not blobs.exists(own)
+    cleanup(records, blobs, records.get(Dataset, "acme", "d1"))
+    assert blobs.exists(shared)  # d2 names the same list
+    records.delete(Dataset, "acme", "d1")
+    cleanup(records, blobs, records.get(Dataset, "acme", "d2"))
+    assert not blobs.exists(shared)

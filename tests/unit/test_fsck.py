@@ -30,8 +30,12 @@ def seed(records: RecordStore, blobs: BlobStore) -> set[str]:
     model.status.digest = DIGEST
     records.update(model)
     dataset, _ = records.create(factories.dataset("d1"))
-    dataset.status.shards = [Shard(sha256=SHARD, rows=1, first_row=0, attributes=ATTRS)]
+    factories.list_shards(
+        blobs, dataset, [Shard(sha256=SHARD, rows=1, first_row=0, attributes=ATTRS)]
+    )
     records.update(dataset)
+    assert dataset.status.shard_list is not None
+    listed = layout.shard_list_key("acme", dataset.status.shard_list.sha256)
     keep = [
         layout.bento_key("acme", DIGEST),
         layout.shard_key("acme", SHARD),
@@ -63,6 +67,9 @@ def seed(records: RecordStore, blobs: BlobStore) -> set[str]:
     ]
     for blob in keep + orphan_blobs:
         blobs.put(blob, b"x")
+    orphan_blobs.append(layout.shard_list_key("acme", GONE_SHARD))  # a list of no dataset
+    blobs.put(orphan_blobs[-1], b"{}")
+    assert blobs.exists(listed)  # the dataset's own list, kept
     return {orphan_ticket, "ghost-model", key.name, *orphan_blobs}
 
 

@@ -166,8 +166,10 @@ def ready_pair(model_labels: list[str] | None, dataset_labels: list[str]) -> tup
     model.status.labels = model_labels
     dataset = factories.dataset("d1")
     dataset.status.phase, dataset.status.labels = "Ready", dataset_labels
-    dataset.status.shards = [Shard(sha256="b" * 64, rows=10, first_row=0)]
     return model, dataset
+
+
+SHARDS = [Shard(sha256="b" * 64, rows=10, first_row=0)]
 
 
 def evaluation_with(mapping: dict[str, Any] | None) -> Evaluation:
@@ -180,14 +182,16 @@ def evaluation_with(mapping: dict[str, Any] | None) -> Evaluation:
 
 def test_mapping_is_part_of_the_reuse_key() -> None:
     model, dataset = ready_pair(ANIMALS, ANIMALS)
-    plain = inputs_for(evaluation_with(None), model, dataset)
-    shard = dataset.status.shards[0]
+    plain = inputs_for(evaluation_with(None), model, dataset, SHARDS)
+    shard = SHARDS[0]
     # Without a mapping, an exact match is keyed by the inference settings alone.
-    expected = inputs_for(factories.evaluation(), model, dataset)
+    expected = inputs_for(factories.evaluation(), model, dataset, SHARDS)
     assert plain.prediction_key(shard) == expected.prediction_key(shard)
-    by_index_ = inputs_for(evaluation_with({"byIndex": True}), model, dataset)
-    by_map = inputs_for(evaluation_with({"map": {"cat": "cat"}}), model, dataset)
-    swapped = inputs_for(evaluation_with({"map": {"cat": "dog", "dog": "cat"}}), model, dataset)
+    by_index_ = inputs_for(evaluation_with({"byIndex": True}), model, dataset, SHARDS)
+    by_map = inputs_for(evaluation_with({"map": {"cat": "cat"}}), model, dataset, SHARDS)
+    swapped = inputs_for(
+        evaluation_with({"map": {"cat": "dog", "dog": "cat"}}), model, dataset, SHARDS
+    )
     keys = {i.prediction_key(shard) for i in (plain, by_index_, by_map, swapped)}
     assert len(keys) == 4
     assert swapped.label_map.tolist() == [1, 0, 2]
@@ -198,12 +202,14 @@ def test_top_k_beyond_the_models_classes_is_one_key() -> None:
     """The server keeps at most the model's classes, so topK 3, 5 and 100 of a 3-class
     model are one computation and share predictions; topK 2 is another."""
     model, dataset = ready_pair(ANIMALS, ANIMALS)
-    shard = dataset.status.shards[0]
+    shard = SHARDS[0]
 
     def key(top_k: int) -> str:
         doc = factories.evaluation().wire()
         doc["spec"]["inference"] = {"topK": top_k}
-        return inputs_for(Evaluation.model_validate(doc), model, dataset).prediction_key(shard)
+        return inputs_for(Evaluation.model_validate(doc), model, dataset, SHARDS).prediction_key(
+            shard
+        )
 
     assert key(3) == key(5) == key(100)
     assert key(2) != key(3)
@@ -211,17 +217,17 @@ def test_top_k_beyond_the_models_classes_is_one_key() -> None:
 
 def test_defaults_by_index_evaluate_and_defaults_alone_are_refused() -> None:
     model, dataset = ready_pair(DEFAULTS, DIGITS)
-    inputs = inputs_for(evaluation_with({"byIndex": True}), model, dataset)
+    inputs = inputs_for(evaluation_with({"byIndex": True}), model, dataset, SHARDS)
     assert inputs.label_names == DIGITS and inputs.label_map.tolist() == list(range(10))
     with pytest.raises(WorkloadFailed) as err:
-        inputs_for(evaluation_with(None), model, dataset)
+        inputs_for(evaluation_with(None), model, dataset, SHARDS)
     assert err.value.reason == LABEL_MISMATCH
     assert describe(DEFAULTS) in err.value.message and describe(DIGITS) in err.value.message
 
 
 def test_partial_overlap_reports_extra_labels() -> None:
     model, dataset = ready_pair(["dog", "cow"], ANIMALS)
-    inputs = inputs_for(evaluation_with(None), model, dataset)
+    inputs = inputs_for(evaluation_with(None), model, dataset, SHARDS)
     assert inputs.dataset_labels == ANIMALS and inputs.extra_labels == ["cow"]
     assert inputs.label_report() == {
         "extraLabels": ["cow"],
@@ -263,7 +269,7 @@ def test_metrics_from_prediction_files_cover_the_dataset_labels_only(tmp_path: P
     from dyff.evaluation import compute_metrics, encode_predictions, prediction_table
 
     model, dataset = ready_pair(["dog", "cow", "cat"], ANIMALS)
-    inputs = inputs_for(evaluation_with(None), model, dataset)
+    inputs = inputs_for(evaluation_with(None), model, dataset, SHARDS)
     assert inputs.label_map.tolist() == [1, 3, 0]
     truth = np.array([1, 1, 0, 2])  # dog, dog, cat, bird
     model_top = np.array([[0, 2], [1, 0], [2, 0], [1, 2]])  # dog, cow, cat, cow

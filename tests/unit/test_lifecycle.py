@@ -229,7 +229,7 @@ def test_a_reconciler_and_an_ingest_workload_settle_alike(records: SqliteRecordS
     assert report(
         records, Dataset, "acme", "d1", 1,
         ready=False, reason="WorkloadCrashed", message=message,
-        results={"rows": None, "shards": None, "labels": None},
+        results={"rows": None, "shard_list": None, "labels": None},
     )  # fmt: skip
     by_workload = records.get(Dataset, "acme", "d1").status
     assert _ready_parts(by_controller.status) == _ready_parts(by_workload)

@@ -27,6 +27,7 @@ from dyff.datasets import (
 )
 from dyff.errors import WorkloadFailed
 from dyff.schema import Dataset, DatasetSource, DatasetSpec, ObjectMeta, UploadSource
+from dyff.shard_lists import shards_of
 from dyff.stores.file import FileBlobStore
 from dyff.stores.sqlite import SqliteRecordStore
 from dyff.untrusted import NestedTooDeeply
@@ -370,7 +371,7 @@ def test_workload_stores_attribute_files_and_lists_the_columns(tmp_path: Path) -
         assert ds.status.attributes == [*DERIVED_ATTRIBUTES, "lighting"]
         ready = ds.status.condition("Ready")
         assert ready is not None and "(3 new)" in ready.message
-        shards = ds.status.shards or []
+        shards = shards_of(blobs, ds)
         assert len(shards) == 3
         for s in shards:
             assert s.attributes is not None

@@ -36,7 +36,9 @@ from dyff.schema import (
     SliceSpec,
     UploadSource,
 )
+from dyff.shard_lists import shards_of
 from dyff.stores.file import FileBlobStore
+from tests import factories
 from tests.workloads.dataset_fixtures import (
     DIGIT_NAMES,
     by_class,
@@ -77,11 +79,11 @@ def ingest(tmp: Path, blobs: FileBlobStore, rows: int = 800) -> tuple[Dataset, l
         status=DatasetStatus(
             phase="Ready",
             rows=opened.rows,
-            shards=shards,
             labels=opened.labels,
             attributes=opened.attributes,
         ),
     )
+    factories.list_shards(blobs, dataset, shards)
     return dataset, lighting
 
 
@@ -95,7 +97,7 @@ def predict(
     keys = []
     from dyff.datasets import read_shard
 
-    for shard in dataset.status.shards or []:
+    for shard in shards_of(blobs, dataset):
         table = read_shard(blobs.get(layout.shard_key(ACCOUNT, shard.sha256)))
         row_ids = np.asarray(table.column("row_id").to_pylist())
         labels = np.asarray(table.column("label").to_pylist())
@@ -160,7 +162,8 @@ def test_intervals_alone_need_no_attributes(
     blobs, dataset, _, keys = stored
     old = dataset.model_copy(deep=True)
     old.status.attributes = None
-    old.status.shards = [s.model_copy(update={"attributes": None}) for s in old.status.shards or []]
+    bare = [s.model_copy(update={"attributes": None}) for s in shards_of(blobs, old)]
+    factories.list_shards(blobs, old, bare)
     doc = criteria.criteria_results(
         blobs, keys, old, DIGIT_NAMES, None, cache_dir=tmp_path / "c", metrics_doc={}
     )
@@ -183,7 +186,8 @@ def test_intervals_alone_need_no_attributes(
 def test_criteria_leave_the_prediction_reuse_key_alone(
     stored: tuple[FileBlobStore, Dataset, list[str], list[str]],
 ) -> None:
-    _, dataset, _, _ = stored
+    blobs, dataset, _, _ = stored
+    shards = shards_of(blobs, dataset)
     model = Model(
         metadata=ObjectMeta(name="m", namespace=ACCOUNT),
         spec=ModelSpec(
@@ -200,7 +204,7 @@ def test_criteria_leave_the_prediction_reuse_key_alone(
             ),
         )
 
-    plain = inputs_for(evaluation(None), model, dataset)
+    plain = inputs_for(evaluation(None), model, dataset, shards)
     with_criteria = inputs_for(
         evaluation(
             Criteria(
@@ -211,6 +215,7 @@ def test_criteria_leave_the_prediction_reuse_key_alone(
         ),
         model,
         dataset,
+        shards,
     )
     assert plain.inference_digest == with_criteria.inference_digest
     assert [plain.prediction_key(s) for s in plain.shards] == [

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from dyff import crdgen, layout
+from dyff import crdgen, layout, shard_lists
 from dyff.datasets import (
     SHARD_SCHEMA,
     DatasetInput,
@@ -378,9 +378,11 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
     p.records.close()
 
 
-def shard_list(ds: Dataset) -> list[Shard]:
-    assert ds.status.shards is not None
-    return ds.status.shards
+def shard_list(platform: Platform, ds: Dataset) -> list[Shard]:
+    assert ds.status.shard_list is not None
+    shards = shard_lists.shards_of(platform.blobs, ds)
+    assert ds.status.shard_list.count == len(shards)
+    return shards
 
 
 def parquet_bytes(tmp: Path, examples: list[tuple[bytes, int]]) -> bytes:
@@ -397,11 +399,15 @@ def test_workload_ingests_upload(platform: Platform, tmp_path: Path) -> None:
     ready = st.condition("Ready")
     assert ready is not None and ready.status == "True" and "(3 new)" in ready.message
     assert st.message == "100 rows in 3 shards, 10 classes"  # a single file: no split
-    assert [(s.rows, s.first_row) for s in shard_list(ds)] == [(40, 0), (40, 40), (20, 80)]
+    assert [(s.rows, s.first_row) for s in shard_list(platform, ds)] == [
+        (40, 0),
+        (40, 40),
+        (20, 80),
+    ]
     assert st.observed_generation == ds.metadata.generation
     keys = platform.shard_keys()
-    assert keys == {layout.shard_key(ACCOUNT, s.sha256) for s in shard_list(ds)}
-    got = [r for s in shard_list(ds) for r in rows_of([_load(platform, s.sha256)])]
+    assert keys == {layout.shard_key(ACCOUNT, s.sha256) for s in shard_list(platform, ds)}
+    got = [r for s in shard_list(platform, ds) for r in rows_of([_load(platform, s.sha256)])]
     assert got == [(i, b, t) for i, (b, t) in enumerate(examples)]
 
 
@@ -422,7 +428,7 @@ def test_workload_imagefolder_and_reuse(platform: Platform, tmp_path: Path) -> N
     rc, f = platform.ingest("f")
     assert rc == 0 and f.status.phase == "Ready"
     p = platform.records.get(Dataset, ACCOUNT, "p")
-    assert f.status.shards == p.status.shards and f.status.labels == p.status.labels
+    assert f.status.shard_list == p.status.shard_list and f.status.labels == p.status.labels
     ready = f.status.condition("Ready")
     assert ready is not None and "(0 new)" in ready.message  # every shard reused
 
@@ -433,7 +439,7 @@ def test_workload_appended_rows_add_only_trailing_shards(
     platform.upload("v1", "parquet", parquet_bytes(tmp_path, digits(200)), shard_rows=50)
     platform.upload("v2", "parquet", parquet_bytes(tmp_path, digits(220)), shard_rows=50)
     v1, v2 = platform.ingest("v1")[1], platform.ingest("v2")[1]
-    assert shard_list(v2)[:4] == shard_list(v1)
+    assert shard_list(platform, v2)[:4] == shard_list(platform, v1)
     assert len(platform.shard_keys()) == 5
 
 
@@ -444,7 +450,7 @@ def test_workload_failure_leaves_no_shard(platform: Platform, tmp_path: Path) ->
     rc, ds = platform.ingest("bad")
     assert rc == 2
     st = ds.status
-    assert st.phase == "Failed" and st.shards is None and st.rows is None
+    assert st.phase == "Failed" and st.shard_list is None and st.rows is None
     ready = st.condition("Ready")
     assert ready is not None and ready.status == "False" and ready.reason == "CorruptImage"
     assert ready.message.startswith("row 90:")
@@ -538,7 +544,7 @@ def test_workload_as_a_process(platform: Platform, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     ds = platform.records.get(Dataset, ACCOUNT, "proc")
     _, local = shards_of("parquet", tmp_path / "upload.parquet", tmp_path / "s", 40)
-    assert [s.sha256 for s in shard_list(ds)] == [s.sha256 for s in local]
+    assert [s.sha256 for s in shard_list(platform, ds)] == [s.sha256 for s in local]
 
 
 # ------------------------------------------------- the Hugging Face hub layout
@@ -849,7 +855,7 @@ def test_workload_hub_layout_status_message(platform: Platform, tmp_path: Path) 
     platform.upload("hub-dev", "parquet", data, split="dev")
     rc, ds = platform.ingest("hub-dev")
     ready = ds.status.condition("Ready")
-    assert rc == 2 and ds.status.phase == "Failed" and ds.status.shards is None
+    assert rc == 2 and ds.status.phase == "Failed" and ds.status.shard_list is None
     assert ready is not None and ready.reason == "BadLayout"
     assert ds.status.message is not None and "found splits: test, train" in ds.status.message
     assert len(platform.shard_keys()) == 3  # the two test shards and the train one

@@ -36,6 +36,7 @@ from dyff.schema import (
     Shard,
     UploadSource,
 )
+from dyff.shard_lists import shards_of
 from dyff.workloads import evaluate
 from dyff.workloads.evaluate import MODEL_URL_ENV, run, run_evaluation
 from tests.workloads.evaluation_fixtures import (
@@ -116,11 +117,10 @@ def test_end_to_end_through_bentoml(platform: Platform, tiny_model_dir: Path) ->
 
     # The manifest lists the cache keys in shard order; the rows are the dataset's, once.
     ds = platform.records.get(Dataset, OWNER, HELDOUT)
-    assert ds.status.shards is not None
     digest = inference_digest({"topK": 5}, np.arange(10))
     assert platform.manifest(account, "e2e") == [
         layout.prediction_key(account, model.status.digest or "", digest, s.sha256)
-        for s in ds.status.shards
+        for s in shards_of(platform.blobs, ds)
     ]
     frame = predictions(platform, account, "e2e")
     assert frame["row_id"].to_list() == list(range(HELDOUT_ROWS))
@@ -212,7 +212,7 @@ def test_indexed_job_pods_last_one_completes(platform: Platform, served_tiny: st
     ev = platform.evaluation(account, "indexed")
     metrics_key = layout.metrics_key(account, "indexed", ev.metadata.uid or "")
     ds = platform.records.get(Dataset, OWNER, HELDOUT)
-    shards = ds.status.shards or []
+    shards = shards_of(platform.blobs, ds)
     inferred: list[str] = []
     for index in (2, 0, 1):
         out = run_evaluation(platform.records, platform.blobs, account, "indexed",

@@ -10,6 +10,7 @@ import pytest
 
 from dyff.evaluation import inference_digest
 from dyff.schema import Dataset, Model
+from dyff.shard_lists import shards_of
 from dyff.workloads.evaluate import RunReport, run_evaluation
 from tests.workloads.evaluation_fixtures import (
     HELDOUT,
@@ -42,7 +43,7 @@ def evaluate(platform: Platform, url: str, account: str, name: str, **order: obj
 
 
 def shards(platform: Platform, name: str) -> list[str]:
-    return [s.sha256 for s in platform.records.get(Dataset, OWNER, name).status.shards or []]
+    return [s.sha256 for s in shards_of(platform.blobs, platform.records.get(Dataset, OWNER, name))]
 
 
 def test_repeated_evaluation_makes_no_inference_calls(platform: Platform, served_tiny: str) -> None:

@@ -304,7 +304,10 @@ def test_user_service_never_reuses_dyffs_predictions(platform: Platform, mine: M
     account = mine.account
     ours = platform.order(account, "ours", model="digits-vit", model_owner=OWNER)
     theirs = platform.order(account, "theirs", model="mine", model_owner=account)
-    a, b = resolve(platform.records, ours), resolve(platform.records, theirs)
+    a, b = (
+        resolve(platform.records, platform.blobs, ours),
+        resolve(platform.records, platform.blobs, theirs),
+    )
     assert a.model_digest != b.model_digest
     assert a.inference_digest != b.inference_digest
 

@@ -36,6 +36,8 @@ class Tracer:
     def __init__(self) -> None:
         self.files: set[str] = set()
         self.hops: set[tuple[str, str]] = set()
+        # Calls written in one project file into a function of another: (caller, callee).
+        self.calls: set[tuple[Any, Any]] = set()
 
     def __call__(self, frame: Any, event: str, arg: Any) -> None:
         if event != "call":
@@ -45,11 +47,35 @@ class Tracer:
             return
         self.files.add(callee)
         caller = frame.f_back
+        direct = caller is not None and caller.f_code.co_filename.startswith(PROJECT)
+        if direct and caller.f_code.co_filename != callee:
+            self.calls.add((caller.f_code, frame.f_code))
         # The nearest project frame below: a hop may pass through library code.
         while caller is not None and not caller.f_code.co_filename.startswith(PROJECT):
             caller = caller.f_back
         if caller is not None and caller.f_code.co_filename != callee:
             self.hops.add((_name(caller), _name(frame)))
+
+
+def _accessor_codes() -> set[Any]:
+    """Code of every property getter (and cached property) in the project's modules:
+    reading `entity.name` is an attribute read, not a hop to follow."""
+    codes: set[Any] = set()
+    for module in list(sys.modules.values()):
+        if not str(getattr(module, "__file__", "") or "").startswith(PROJECT):
+            continue
+        for cls in vars(module).values():
+            if not isinstance(cls, type):
+                continue
+            for attr in vars(cls).values():
+                getter = getattr(attr, "fget", None) or getattr(attr, "func", None)
+                if getter is not None and hasattr(getter, "__code__"):
+                    codes.add(getter.__code__)
+    return codes
+
+
+def _code_name(code: Any) -> str:
+    return f"{os.path.relpath(code.co_filename, ROOT)}:{code.co_name}"
 
 
 def _name(frame: Any) -> str:
@@ -135,10 +161,16 @@ def main() -> int:
                 threading.setprofile(None)  # type: ignore[arg-type]
             assert metrics.status_code == 200, metrics.text
     files = sorted(os.path.relpath(f, ROOT) for f in tracer.files)
-    print(json.dumps({"files": len(files), "hops": len(tracer.hops)}))
+    accessors = _accessor_codes()
+    calls = {(_code_name(a), _code_name(b)) for a, b in tracer.calls if b not in accessors}
+    call_files = {name.split(":")[0] for call in calls for name in call}
+    print(json.dumps({"files": len(files), "hops": len(tracer.hops),
+                      "calls_files": len(call_files), "calls": len(calls)}))  # fmt: skip
     if "--list" in sys.argv:
         print("\n".join(files))
         print("\n".join(f"{a} -> {b}" for a, b in sorted(tracer.hops)))
+        print("# calls")
+        print("\n".join(f"{a} -> {b}" for a, b in sorted(calls)))
     return 0
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+from typing import Any
 
 LIVENESS = "http://0.0.0.0:8080/healthz"
 
@@ -66,15 +68,34 @@ def main(argv: list[str] | None = None) -> int:
             if not await leadership.acquire(stop):
                 return
         keeper = asyncio.create_task(leadership.keep(stop))
+        sweeper = None
+        executor = controller.executor
+        if isinstance(executor, KubernetesExecutor) and executor.settings.warm_idle_s > 0:
+            sweeper = asyncio.create_task(sweep_warm_servers(executor, stop))
         try:
             await run_operator(controller, stop_flag=stop, liveness_endpoint=liveness)
         finally:
             stop.set()
             await keeper
+            if sweeper is not None:
+                await sweeper
             await asyncio.to_thread(leadership.release)
 
     asyncio.run(serve())
     return 0
+
+
+async def sweep_warm_servers(executor: Any, stop: asyncio.Event) -> None:
+    """Scale idle warm model servers to zero (KubernetesExecutor.sweep_warm), a few times
+    per idle period, while this replica leads."""
+    period = min(60.0, max(5.0, executor.settings.warm_idle_s / 4))
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(executor.sweep_warm)
+        except Exception:
+            logging.getLogger("dyff.controller").exception("warm server sweep failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=period)
 
 
 if __name__ == "__main__":

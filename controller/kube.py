@@ -238,6 +238,7 @@ CORE_RESOURCES = {
     "serviceaccounts": "/api/v1",
     "networkpolicies": "/apis/networking.k8s.io/v1",
     "jobs": "/apis/batch/v1",
+    "deployments": "/apis/apps/v1",
 }
 KIND_PLURALS = {
     "Pod": "pods",
@@ -245,6 +246,7 @@ KIND_PLURALS = {
     "ServiceAccount": "serviceaccounts",
     "NetworkPolicy": "networkpolicies",
     "Job": "jobs",
+    "Deployment": "deployments",
 }
 
 

@@ -30,14 +30,19 @@ from controller.executors.manifests import (
     ANNOTATION_IMAGE_BUILD,
     ANNOTATION_IMAGE_DIGEST,
     ANNOTATION_IMAGE_NAME,
+    ANNOTATION_LAST_USED,
     ANNOTATION_MODEL_IMAGE,
     BUILDER,
     FETCHER,
     JOB_NAME_LABEL,
     LABEL_GENERATION,
     LABEL_KIND,
+    LABEL_MODEL_ACCOUNT,
+    LABEL_MODEL_NAME,
     LABEL_NAME,
     LABEL_ROLE,
+    LABEL_USES_WARM,
+    LABEL_WARM,
     MANAGED_BY,
     MANAGER,
     MODEL_SERVER,
@@ -54,13 +59,19 @@ from controller.executors.manifests import (
     get_model_server_service_account,
     get_model_service,
     get_service_account,
+    get_warm_deployment,
+    get_warm_network_policy,
+    get_warm_server_container,
+    get_warm_service,
     is_isolated,
     model_port,
     role_labels,
     server_name,
+    warm_server_name,
     work_labels,
 )
 from controller.kube import (
+    CORE_RESOURCES,
     ApiError,
     KubeApi,
     custom_object_path,
@@ -173,14 +184,21 @@ class KubernetesExecutor:
                 self._remove_server(job)  # nothing left to serve
             return work
         pods = self.api.select(resource_path("pods", key[1]), work_labels(key, work.generation))
+        warm = _warm_of(job)
+        if warm is not None:
+            pods += self.api.select(resource_path("pods", key[1]), {LABEL_WARM: warm})
         try:
             failure = pod_failure(pods, self.clock(), self.settings.model_start_timeout_s)
             if failure is not None:
                 raise _Failed(failure)
-            if _isolated(job) and not any(_is_server(p) for p in pods):
+            if warm is not None and job["spec"].get("suspend"):
+                self._serve(key, job)  # its image may be built now
+            elif _isolated(job) and not any(_is_server(p) for p in pods):
                 self._serve(key, job)
         except _Failed as exc:
             self._abandon(job)
+            if warm is not None:
+                self._remove_warm(key[1], warm)  # a broken server is not kept for others
             meta = job["metadata"]
             log.warning("%s/%s failed: %s", meta["namespace"], meta["name"], exc)
             reason, _, detail = str(exc).partition(": ")  # every _Failed is "Reason: detail"
@@ -193,9 +211,11 @@ class KubernetesExecutor:
         if entity is None:
             return  # its record is gone; the next pass stops everything for it
         model = None
-        built_image = image_build = None
+        built_image = image_build = warm = None
         if isinstance(entity, Evaluation):
             model = self._model_of(entity)
+            if workload == "evaluate" and self.settings.warm_idle_s > 0:
+                warm = warm_server_name(self.settings, model, entity)
             if workload == "evaluate" and is_isolated(model):
                 self._ensure_account(
                     get_model_server_service_account(
@@ -221,7 +241,14 @@ class KubernetesExecutor:
             model=model,
             built_image=built_image,
             image_build=image_build,
+            warm=warm,
         )
+        if warm is not None and not job["spec"].get("suspend"):
+            # Before the Job: its clients find the server up (or starting), and the
+            # sweep sees it used now.
+            assert isinstance(entity, Evaluation) and model is not None
+            image = (job["metadata"].get("annotations") or {}).get(ANNOTATION_MODEL_IMAGE)
+            self._ensure_warm(entity, model, warm, image)
         created = self._create(job)
         if created is not None and _isolated(created) and not created["spec"].get("suspend"):
             self._serve(key, created)  # the image is known: serve it now
@@ -232,6 +259,12 @@ class KubernetesExecutor:
             if job["metadata"].get("deletionTimestamp"):
                 continue
             self._abandon(job)
+        if key[0] == "Model" and self.settings.warm_idle_s > 0:
+            # A model's warm servers go with it, in every account that used it.
+            labels = {MANAGED_BY: MANAGER, LABEL_MODEL_ACCOUNT: key[1], LABEL_MODEL_NAME: key[2]}
+            for deployment in self.api.select(_all_deployments(), labels):
+                meta = deployment["metadata"]
+                self._remove_warm(meta["namespace"], meta["name"])
 
     def work_keys(self) -> list[WorkKey]:
         """From the Jobs: a model server, its Service and NetworkPolicy are owned by
@@ -327,6 +360,11 @@ class KubernetesExecutor:
         except RuntimeError as exc:
             raise _Failed(f"ModelServerFailed: {exc}") from None
         generation = _generation(job)
+        warm = _warm_of(job)
+        if warm is not None:
+            self._ensure_warm(evaluation, model, warm, image)
+            self._resume(job, image)
+            return
         # A user's server gets the serving knobs only: no workload env, no store URLs.
         container = get_model_server(self.settings, model, evaluation, {}, image=image)
         port = model_port(self.settings, model)
@@ -338,15 +376,79 @@ class KubernetesExecutor:
             get_model_server_pod(self.settings, key, generation, job_name, uid, container),
         ):
             self._create(manifest)
+        self._resume(job, image)
+        log.info("serving %s for %s %s/%s", image, *key)
+
+    def _resume(self, job: dict[str, Any], image: str) -> None:
+        """Let a Job waiting for its server's image start, noting the image."""
         if job["spec"].get("suspend"):
+            meta = job["metadata"]
             self.api.merge_patch(
-                job_path(account, job_name),
+                job_path(meta["namespace"], meta["name"]),
                 {
                     "metadata": {"annotations": {ANNOTATION_MODEL_IMAGE: image}},
                     "spec": {"suspend": False},
                 },
             )
-        log.info("serving %s for %s %s/%s", image, *key)
+
+    # ---- warm model servers (manifests.get_warm_deployment)
+
+    def _ensure_warm(
+        self, evaluation: Evaluation, model: Model, name: str, image: str | None
+    ) -> None:
+        """The warm server `name` up (made, or scaled back to one) and marked used now."""
+        namespace = evaluation.account
+        now = self.clock().isoformat()
+        port = model_port(self.settings, model)
+        container = get_warm_server_container(self.settings, model, evaluation, image)
+        # The policy first: the server is never reachable, nor reaches out, without it.
+        self._create(get_warm_network_policy(name, namespace, model, port))
+        self._create(get_warm_service(name, namespace, model, port))
+        deployment = get_warm_deployment(self.settings, name, namespace, model, container, now)
+        if self._create(deployment) is None:
+            self.api.merge_patch(
+                resource_path("deployments", namespace, name),
+                {"metadata": {"annotations": {ANNOTATION_LAST_USED: now}}, "spec": {"replicas": 1}},
+            )
+        log.info("warm server %s/%s for model %s/%s", namespace, name, model.account, model.name)
+
+    def _remove_warm(self, namespace: str, name: str) -> None:
+        for plural in ("deployments", "services", "networkpolicies"):
+            self.api.delete(resource_path(plural, namespace, name))
+
+    def sweep_warm(self) -> list[str]:
+        """Scale to zero each warm server no Job has used for `warm_idle_s`: none running
+        that uses it, and the last start (its annotation) or the last finish of one that
+        did (the Jobs' completion) that long ago. Returns `namespace/name` of each."""
+        idle = datetime.timedelta(seconds=self.settings.warm_idle_s)
+        now = self.clock()
+        scaled = []
+        for deployment in self.api.select(_all_deployments(), {MANAGED_BY: MANAGER}):
+            meta, spec = deployment["metadata"], deployment.get("spec") or {}
+            name = (meta.get("labels") or {}).get(LABEL_WARM)
+            if name is None or not spec.get("replicas"):
+                continue
+            last = _parse_time((meta.get("annotations") or {}).get(ANNOTATION_LAST_USED))
+            users = self.api.select(job_path(meta["namespace"]), {MANAGED_BY: MANAGER})
+            busy = False
+            for job in users:
+                if _warm_of(job) != name:
+                    continue
+                if self._job_state(job).phase == "running":
+                    busy = True
+                    break
+                finished = _finished_at(job)
+                if finished is not None and (last is None or finished > last):
+                    last = finished
+            if busy or (last is not None and now - last < idle):
+                continue
+            self.api.merge_patch(
+                resource_path("deployments", meta["namespace"], meta["name"]),
+                {"spec": {"replicas": 0}},
+            )
+            scaled.append(f"{meta['namespace']}/{meta['name']}")
+            log.info("warm server %s/%s idle: scaled to zero", meta["namespace"], meta["name"])
+        return scaled
 
     def _remove_server(self, job: dict[str, Any]) -> None:
         meta = job["metadata"]
@@ -511,9 +613,28 @@ def _generation(job: dict[str, Any]) -> int:
 
 
 def _isolated(job: Mapping[str, Any]) -> bool:
-    """An evaluation Job whose model server runs in a Pod of its own."""
+    """An evaluation Job whose model server runs in a Pod of its own, for it alone."""
     annotations = job["metadata"].get("annotations") or {}
-    return ANNOTATION_MODEL_IMAGE in annotations or ANNOTATION_IMAGE_BUILD in annotations
+    isolated = ANNOTATION_MODEL_IMAGE in annotations or ANNOTATION_IMAGE_BUILD in annotations
+    return isolated and _warm_of(job) is None
+
+
+def _warm_of(job: Mapping[str, Any]) -> str | None:
+    """The warm server an evaluation Job's clients use, if any."""
+    template = ((job.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return (template.get("labels") or {}).get(LABEL_USES_WARM)
+
+
+def _all_deployments() -> str:
+    return f"{CORE_RESOURCES['deployments']}/deployments"
+
+
+def _finished_at(job: Mapping[str, Any]) -> datetime.datetime | None:
+    """When a Job finished (its Complete or Failed condition), if it has."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return _parse_time(condition.get("lastTransitionTime"))
+    return None
 
 
 def _is_server(pod: Mapping[str, Any]) -> bool:

@@ -142,6 +142,9 @@ class JobSettings:
     builder_service_account: str = "dyff-image-builder"
     builder_service_account_template: Path | None = None
     build_deadline_s: int = 3600
+    # Warm model servers (`get_warm_deployment`): scaled to zero once unused this long;
+    # 0 (the default) serves each evaluation with a server of its own.
+    warm_idle_s: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> JobSettings:
@@ -168,6 +171,7 @@ class JobSettings:
             image_repository=environ.get("DYFF_IMAGE_REPOSITORY", "").rstrip("/") or None,
             builder_image=environ.get("DYFF_BUILDER_IMAGE") or cls.builder_image,
             builder_service_account_template=path("DYFF_BUILDER_SERVICE_ACCOUNT_TEMPLATE"),
+            warm_idle_s=float(environ.get("DYFF_WARM_IDLE_S") or 0),
         )
 
 
@@ -615,10 +619,13 @@ def get_job(
     model: Model | None = None,
     built_image: str | None = None,
     image_build: str | None = None,
+    warm: str | None = None,
 ) -> dict[str, Any]:
     """The Job for one workload of one object; an evaluation's needs its model. An
     isolated model's evaluation Job holds the client only, and waits suspended while
-    its server's image is still being built (`image_build`, `namespace/name`)."""
+    its server's image is still being built (`image_build`, `namespace/name`). `warm`:
+    the warm server (`warm_server_name`) its clients use instead of a server of their
+    own."""
     key = (entity.kind, entity.account, entity.name)
     config = get_workload_config(settings, entity)
     env = get_workload_env(settings, config)
@@ -630,7 +637,13 @@ def get_job(
         assert isinstance(entity, Evaluation) and model is not None, "evaluate needs its model"
         parallelism = entity.spec.run.parallelism
         port = model_port(settings, model)
-        if is_isolated(model):
+        if warm is not None:
+            # A warm server of its own Deployment (`get_warm_deployment`), found by name.
+            url = model_url(warm, entity.account, port)
+            labels = {**labels, LABEL_USES_WARM: warm}
+            if is_isolated(model):
+                annotations = get_isolation_annotations(model, built_image, image_build)
+        elif is_isolated(model):
             service = server_name(job_name(key, generation))
             url = model_url(service, entity.account, port)
             labels = role_labels(key, generation, ROLE_CLIENT)
@@ -896,4 +909,133 @@ def get_build_network_policy(model: Model, owner_uid: str | None) -> dict[str, A
             "ingress": [],
             "egress": [dns, internet, *metadata_server],
         },
+    }
+
+
+# ---------------------------------------------------------------- warm model servers
+#
+# With DYFF_WARM_IDLE_S > 0 an evaluation's model server is a Deployment (one replica),
+# a Service and a NetworkPolicy in the evaluation's namespace, named by what it serves
+# (`warm_server_name`): the next evaluation of the same model with the same serving
+# settings in that account connects to it instead of waiting for a server to start. The
+# executor scales it to zero once no Job has used it for the idle period, back to one
+# when an evaluation needs it, and deletes it with its model. The isolation rules are
+# those of a server per evaluation: a user's code runs under the ServiceAccount with no
+# identity, admits only client Pods that use it, and reaches nothing; dyff's own server
+# keeps the workload account and its egress (it reads the Bento from the blob store),
+# as its sidecar does. A server never serves two accounts: it lives in one namespace.
+
+LABEL_WARM = "dyff.io/warm-server"
+LABEL_USES_WARM = "dyff.io/uses-warm-server"
+LABEL_MODEL_ACCOUNT = "dyff.io/model-account"
+LABEL_MODEL_NAME = "dyff.io/model-name"
+ANNOTATION_LAST_USED = "dyff.io/last-used"
+
+
+def warm_server_name(settings: JobSettings, model: Model, evaluation: Evaluation) -> str:
+    """`dyff-warm-<hash>` of everything that makes the server what it is: the account it
+    serves, the model (account, digest, its own image), the runtime image serving dyff's
+    Bentos, the knobs, resources and port. Any difference is another server."""
+    source = model.spec.source.image
+    identity = {
+        "account": evaluation.account,
+        "model": [model.account, model.status.digest],
+        "isolated": is_isolated(model),
+        "image": source.reference if source is not None else None,
+        "runtime": None if is_isolated(model) else settings.image,
+        "knobs": get_model_server_knobs(evaluation, model.spec.resources),
+        "resources": model.spec.resources.wire() if model.spec.resources else None,
+        "port": model_port(settings, model),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"dyff-warm-{digest[:20]}"
+
+
+def warm_labels(name: str, model: Model) -> dict[str, str]:
+    return {
+        MANAGED_BY: MANAGER,
+        LABEL_ROLE: ROLE_SERVER,
+        LABEL_WARM: name,
+        LABEL_MODEL_ACCOUNT: model.account,
+        LABEL_MODEL_NAME: model.name,
+    }
+
+
+def get_warm_server_container(
+    settings: JobSettings, model: Model, evaluation: Evaluation, image: str | None
+) -> dict[str, Any]:
+    """The server of `get_model_server`, in a Pod of its own. dyff's own service gets a
+    workload config naming the model, not the evaluation: any evaluation may use it."""
+    env = get_workload_env(settings, get_workload_config(settings, model))
+    container = get_model_server(settings, model, evaluation, env, image=image)
+    container.pop("restartPolicy", None)  # a Pod's container, not a sidecar
+    return container
+
+
+def get_warm_deployment(
+    settings: JobSettings,
+    name: str,
+    namespace: str,
+    model: Model,
+    container: dict[str, Any],
+    last_used: str,
+) -> dict[str, Any]:
+    """One replica of the server; `Recreate`: never two at once for one model."""
+    labels = warm_labels(name, model)
+    account = (
+        settings.model_server_service_account if is_isolated(model) else settings.service_account
+    )
+    pod_spec = get_pod_spec(settings, [container], service_account=account, restart_policy="Always")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {ANNOTATION_LAST_USED: last_used},
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {LABEL_WARM: name}},
+            "strategy": {"type": "Recreate"},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def get_warm_service(name: str, namespace: str, model: Model, port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace, "labels": warm_labels(name, model)},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {LABEL_WARM: name},
+            "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def get_warm_network_policy(name: str, namespace: str, model: Model, port: int) -> dict[str, Any]:
+    """In: only client Pods that use this server, on its port. Out: nothing for a user's
+    code; dyff's own server keeps the egress its sidecar had (the blob store)."""
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": {LABEL_WARM: name}},
+        "policyTypes": ["Ingress"],
+        "ingress": [
+            {
+                "from": [{"podSelector": {"matchLabels": {LABEL_USES_WARM: name}}}],
+                "ports": [{"protocol": "TCP", "port": port}],
+            }
+        ],
+    }
+    if is_isolated(model):
+        spec["policyTypes"].append("Egress")
+        spec["egress"] = []
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace, "labels": warm_labels(name, model)},
+        "spec": spec,
     }

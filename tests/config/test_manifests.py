@@ -63,6 +63,7 @@ EXPECTED_PERMISSIONS = (
     | {("", "pods/log", "get")}
     | {("", "services", v) for v in ("get", "create", "delete")}
     | {("networking.k8s.io", "networkpolicies", v) for v in ("get", "create", "delete")}
+    | {("apps", "deployments", v) for v in ("get", "list", "create", "patch", "delete")}
     | {("", "namespaces", v) for v in ("get", "list", "watch", "create")}
     | {("", "serviceaccounts", v) for v in ("get", "create", "patch")}
     | {(g, "events", v) for g in ("", "events.k8s.io") for v in ("create", "patch")}

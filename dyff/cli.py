@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
@@ -27,10 +27,14 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from dyff.client import ApiError, Client, ClientConfig
 from dyff.config import load_settings
 from dyff.errors import DyffError
+
+if TYPE_CHECKING:
+    from dyff.report.criteria_view import CriteriaView
 
 app = typer.Typer(no_args_is_help=True, help="dyff: evaluate AI models.", add_completion=False)
 models = typer.Typer(no_args_is_help=True, help="Models: register, list, get, delete.")
@@ -133,10 +137,12 @@ def print_table(table: Table) -> None:
     Console(width=max(width, console.width)).print(table)
 
 
-def new_table(titles: list[str], **options: Any) -> Table:
+def new_table(titles: list[str], *, whole: Sequence[str] = (), **options: Any) -> Table:
+    """A table of these columns; those in WHOLE or `whole` are never cut to "…"."""
     table = Table(box=None, header_style="bold", **options)
     for title in titles:
-        table.add_column(title, overflow="fold" if title in WHOLE else "ellipsis")
+        keep = title in WHOLE or title in whole
+        table.add_column(title, overflow="fold" if keep else "ellipsis")
     return table
 
 
@@ -427,26 +433,106 @@ def evaluations_wait(
 
 @app.command("metrics")
 def metrics(name: str) -> None:
-    """The metrics of a complete evaluation."""
+    """The metrics of a complete evaluation: each headline metric with its interval, and,
+    when the evaluation has criteria, its slices (flagged ones first) and gates."""
+    from dyff.report.criteria_view import criteria_view
+
     with client() as c:
         doc = c.metrics(name)
     if state.json:
         console.print_json(json.dumps(doc))
         return
+    view = criteria_view(doc)
+    level = view.level_text.replace(" ", "") if view else ""
     table = Table(box=None, header_style="bold")
     table.add_column("METRIC")
     table.add_column("VALUE", justify="right")
+    if view is not None:
+        table.add_column(f"{level or '?'} INTERVAL")
+
+    def row(label: str, value: str, criteria_key: str | None = None) -> None:
+        if view is None:
+            table.add_row(label, value)
+            return
+        estimate = view.estimate(criteria_key) if criteria_key else None
+        table.add_row(label, value, estimate.interval if estimate else "")
+
     for key in ("accuracy", "top5Accuracy", "ece"):
         if doc.get(key) is not None:
-            table.add_row(key, f"{doc[key]:.4f}")
+            row(key, f"{doc[key]:.4f}", key)
+    macro_keys = {"precision": "macroPrecision", "recall": "macroRecall", "f1": "macroF1"}
     for key, value in (doc.get("macro") or {}).items():
-        table.add_row(f"macro {key}", f"{value:.4f}")
-    table.add_row("rows", str(doc.get("rows", "")))
+        row(f"macro {key}", f"{value:.4f}", macro_keys.get(key))
+    row("rows", str(doc.get("rows", "")))
     if doc.get("predictedOutsideLabels"):
-        table.add_row("predicted outside labels", str(doc["predictedOutsideLabels"]))
+        row("predicted outside labels", str(doc["predictedOutsideLabels"]))
     print_table(table)
     if doc.get("top5Omitted"):
         err.print(f"[dim]top5Accuracy left out: {doc['top5Omitted']}[/dim]")
+    if view is not None:
+        _print_slices(view)
+        _print_gates(view)
+
+
+def _print_slices(view: CriteriaView) -> None:
+    """Per slice spec: a line saying what is flagged, then every slice value, flagged first
+    (most severe first). Slice values are user data: printed as text, never as markup."""
+    level = view.level_text.replace(" ", "") or "?"
+    for s in view.slices:
+        flagged = len(s.flagged)
+        note = [f"{flagged} of {len(s.rows)} flagged"]
+        if s.q is not None:
+            note.append(f"q={s.q:g}")
+        if s.min_support is not None:
+            note.append(f"min support {s.min_support}")
+        console.print()
+        console.print(
+            Text(f"slices by {', '.join(s.by)}: " + ", ".join(note), style="bold"), soft_wrap=True
+        )
+        columns = [c.upper() for c in s.by]
+        titles = [*columns, "SUPPORT", "ACCURACY", f"{level} INTERVAL", "OTHER ROWS", "FLAG"]
+        table = new_table(titles, whole=columns)
+        for r in s.rows:
+            flag = ""
+            if r.flagged:
+                flag = "FLAGGED" + (f" q={r.q_value:.3g}" if r.q_value is not None else "")
+            elif not r.tested:
+                flag = "untested"
+            table.add_row(
+                *(Text(v) for v in r.values),
+                "" if r.support is None else str(r.support),
+                _dec4(r.accuracy),
+                r.interval,
+                _dec4(r.rest_accuracy),
+                Text(flag, style="bold red" if r.flagged else ""),
+            )
+        print_table(table)
+
+
+def _print_gates(view: CriteriaView) -> None:
+    """Each gate: PASS/FAIL, the value observed (or its bound) and what was required."""
+    gates = view.gates
+    if gates is None or not gates.rows:
+        return
+    verdict = {True: "PASSED", False: "FAILED", None: "?"}[gates.passed]
+    console.print()
+    console.print(Text(f"gates: {verdict}: {gates.message}", style="bold"), soft_wrap=True)
+    table = new_table(["GATE", "RESULT", "OBSERVED", "REQUIRED", "ROWS"], whole=["GATE"])
+    for g in gates.rows:
+        observed = _dec4(g.observed) + ("" if g.using == "value" else f" ({g.using})")
+        required = f"{g.metric} {g.threshold}" + (f" on {g.slice}" if g.slice else "")
+        table.add_row(
+            Text(g.name),
+            Text(g.outcome, style="bold green" if g.passed else "bold red"),
+            observed,
+            Text(required),
+            "" if g.rows is None else str(g.rows),
+        )
+    print_table(table)
+
+
+def _dec4(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 @app.command("predictions")

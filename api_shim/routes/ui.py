@@ -11,7 +11,8 @@
   make the browser send it.
 - **Pages**: models, datasets and evaluations with phase and progress (the page refreshes
   itself with `<meta http-equiv="refresh">` while something is pending or running), an
-  evaluation's page and its report, the comparison of any two complete evaluations (and its
+  evaluation's page (headline metrics with their intervals, gates and slices, from its
+  metrics.json) and its report, the comparison of any two complete evaluations (and its
   full report), each dataset's leaderboard, and delete with a confirmation page.
 - **Policy**: `UI_CSP` allows no script, inline styles, `data:` images, forms posting to the
   shim itself only, and no framing.
@@ -20,6 +21,8 @@
 from __future__ import annotations
 
 import hmac
+import json
+import logging
 import secrets
 import urllib.parse
 from typing import Annotated, Any
@@ -34,15 +37,17 @@ from api_shim.routes import comparisons
 from api_shim.routes.entities import _dependents
 from api_shim.routes.results import complete_evaluation, results_gone_is_conflict
 from api_shim.state import AppState, StateDep
-from dyff import compare
+from dyff import compare, layout
 from dyff.access import check_api_may_change
 from dyff.accounts import Unauthorized
 from dyff.errors import Conflict, DyffError, Invalid, NotFound
 from dyff.lifecycle import EvaluationPhase
+from dyff.report.criteria_view import CriteriaView, criteria_view
 from dyff.report.page import _env
 from dyff.schema import Dataset, Entity, Evaluation, Model
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger("dyff.ui")
 
 KEY_COOKIE = "dyff_key"
 CSRF_COOKIE = "dyff_csrf"
@@ -226,6 +231,21 @@ async def home(request: Request, state: StateDep) -> Response:
     return await _run(request, state, render)
 
 
+def _criteria(state: AppState, evaluation: Evaluation) -> CriteriaView | None:
+    """The criteria of a complete evaluation (intervals, slices, gates) from its
+    metrics.json; None for one without them, or whose results cannot be read now (the page
+    shows the rest)."""
+    if evaluation.status.phase != EvaluationPhase.COMPLETE:
+        return None
+    key = layout.metrics_key(evaluation.account, evaluation.name, evaluation.metadata.uid or "")
+    try:
+        doc = json.loads(state.blobs.get(key))
+    except (FileNotFoundError, NotFound, ValueError) as exc:
+        log.warning("metrics of evaluation %s unreadable: %s", evaluation.name, exc)
+        return None
+    return criteria_view(doc) if isinstance(doc, dict) else None
+
+
 @router.get("/ui/evaluations/{name}")
 async def evaluation_page(name: NameStr, request: Request, state: StateDep) -> Response:
     def render(scope: AccountScope) -> Response:
@@ -237,7 +257,8 @@ async def evaluation_page(name: NameStr, request: Request, state: StateDep) -> R
         ]
         active = (evaluation.phase or "Pending") in ACTIVE_PHASES
         return _page(request, "ui_evaluation.html.j2", refresh=active, account=scope.account,
-                     e=evaluation, progress=_progress(evaluation), others=others)  # fmt: skip
+                     e=evaluation, progress=_progress(evaluation), others=others,
+                     criteria=_criteria(state, evaluation))  # fmt: skip
 
     return await _run(request, state, render)
 

@@ -10,8 +10,10 @@ Every piece of text that comes from users (names, class labels) is escaped:
 the Jinja2 templates autoescape; labels come straight from uploaded data.
 
 Sections carry stable ids for tests and links: `#summary`, `#metrics-table`,
-`#reliability`, `#confusion-matrix`, `#per-class`, `#confident-errors`. A
-metric that was not requested keeps its section with a "not computed" note.
+`#reliability`, `#confusion-matrix`, `#per-class`, `#gates` (with
+`#gates-verdict` in the header), `#slices` (`#slices-N` per slice spec),
+`#intervals-note`, `#confident-errors`. A metric that was not requested keeps
+its section with a "not computed" note.
 
 `build_report` gathers the inputs from the stores: the Evaluation record,
 metrics.json, the prediction files of its manifest and the dataset rows of

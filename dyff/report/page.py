@@ -17,6 +17,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from dyff.report import charts
+from dyff.report.criteria_view import CriteriaView, criteria_view
 from dyff.report.thumbnails import THUMB_PX, thumbnail_data_uri
 from dyff.schema import Evaluation
 
@@ -113,6 +114,7 @@ class Card:
     label: str
     value: str
     hint: str
+    interval: str = ""  # "95 % CI [89.9%, 92.5%]", "" without one
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class Row:
     name: str
     value: str
     note: str
+    interval: str = ""  # "[89.90%, 92.51%]", "" without one
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,27 @@ def _bins(metrics: dict[str, Any]) -> Any:
     return _dig(metrics, "calibration", "bins") or 15
 
 
+def _bounds(criteria: CriteriaView | None, key: str, fmt: Any, sep: str = ", ") -> str | None:
+    """The interval of a headline metric (criteria key) written with `fmt`; None without."""
+    e = None if criteria is None else criteria.estimate(key)
+    if e is None or e.low is None or e.high is None:
+        return None
+    return f"{fmt(e.low)}{sep}{fmt(e.high)}"
+
+
+def _with_intervals(cards: list[Card], criteria: CriteriaView | None) -> list[Card]:
+    formats = {"accuracy": pct, "top5Accuracy": pct, "macroF1": dec, "ece": dec}
+    out = []
+    for c in cards:
+        fmt = formats.get(c.key)
+        bounds = None if fmt is None else _bounds(criteria, c.key, fmt)
+        if bounds is not None and c.value != MISSING:
+            assert criteria is not None
+            c = Card(c.key, c.label, c.value, c.hint, f"{criteria.level_text} CI [{bounds}]")
+        out.append(c)
+    return out
+
+
 def _cards(metrics: dict[str, Any]) -> list[Card]:
     top5_hint = "true label among the top 5"
     if metrics.get("top5Omitted"):
@@ -207,7 +231,11 @@ def _cards(metrics: dict[str, Any]) -> list[Card]:
     ]
 
 
-def _metric_rows(m: dict[str, Any]) -> list[Row]:
+def _metric_rows(m: dict[str, Any], criteria: CriteriaView | None = None) -> list[Row]:
+    def interval(key: str, fmt: Any) -> str:
+        bounds = _bounds(criteria, key, fmt)
+        return "" if bounds is None else f"[{bounds}]"
+
     rows = []
     if "rows" in m:
         rows.append(Row("Rows evaluated", thousands(m["rows"]), "Predictions scored."))
@@ -215,29 +243,33 @@ def _metric_rows(m: dict[str, Any]) -> list[Row]:
         rows.append(Row("Classes", str(len(m["labels"])), "Labels the dataset defines."))
     if "accuracy" in m:
         note = "Share of rows whose top prediction is the true label."
-        rows.append(Row("Accuracy (top-1)", pct(m["accuracy"], 2), note))
-    rows += _top5_rows(m)
+        iv = interval("accuracy", lambda v: pct(v, 2))
+        rows.append(Row("Accuracy (top-1)", pct(m["accuracy"], 2), note, iv))
+    rows += _top5_rows(m, interval("top5Accuracy", lambda v: pct(v, 2)))
     for key, label in (("precision", "Precision"), ("recall", "Recall"), ("f1", "F1")):
         if key in (m.get("macro") or {}):
             name = f"Macro {label if key == 'f1' else key}"
-            rows.append(Row(name, dec(m["macro"][key]), f"{label}, averaged over classes."))
+            iv = interval(f"macro{label}", dec)
+            rows.append(Row(name, dec(m["macro"][key]), f"{label}, averaged over classes.", iv))
     if "ece" in m:
         note = (
             f"Mean gap between confidence and accuracy over {_bins(m)} bins, "
             "weighted by rows; 0 is perfectly calibrated."
         )
-        rows.append(Row("Expected calibration error", dec(m["ece"], 4), note))
+        iv = interval("ece", lambda v: dec(v, 4))
+        rows.append(Row("Expected calibration error", dec(m["ece"], 4), note, iv))
     return rows
 
 
-def _top5_rows(m: dict[str, Any]) -> list[Row]:
+def _top5_rows(m: dict[str, Any], interval: str = "") -> list[Row]:
     rows = []
     if "top5Accuracy" in m:
         top5 = m["top5Accuracy"]
         note = "Share of rows whose true label is among the five best predictions."
         if top5 is None:
             note += " Too few labels were kept per prediction."
-        rows.append(Row("Top-5 accuracy", "n/a" if top5 is None else pct(top5, 2), note))
+        value = "n/a" if top5 is None else pct(top5, 2)
+        rows.append(Row("Top-5 accuracy", value, note, "" if top5 is None else interval))
     if m.get("top5Omitted"):
         rows.append(Row("Top-5 accuracy", "n/a", str(m["top5Omitted"]).capitalize()))
     if m.get("predictedOutsideLabels"):
@@ -327,14 +359,16 @@ def render_report(
     name = _dig(doc, "metadata", "name") or "evaluation"
     # Prediction ids past the dataset's labels name model labels the dataset lacks.
     labels = [str(x) for x in (metrics.get("labels") or []) + (metrics.get("extraLabels") or [])]
+    criteria = criteria_view(metrics)
     return (
         _env()
         .get_template("report.html.j2")
         .render(
             title=title or f"Evaluation report: {name}",
             summary=_summary(doc),
-            cards=_cards(metrics),
-            metric_rows=_metric_rows(metrics),
+            cards=_with_intervals(_cards(metrics), criteria),
+            metric_rows=_metric_rows(metrics, criteria),
+            criteria=criteria,
             reliability=_reliability(metrics),
             ece=_num(metrics.get("ece")),
             confusion=_confusion(metrics),

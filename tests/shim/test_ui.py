@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from api_shim.routes.ui import UI_CSP
+from dyff import layout
 from dyff.schema import Evaluation
 from tests.shim.conftest import Shim
 from tests.shim.evaluations_with_results import complete
@@ -172,6 +173,58 @@ def test_another_accounts_session_cannot_open_its_pages(shim: Shim) -> None:
         assert shim.records.get(Evaluation, owner, "ea").metadata.deletion_timestamp is None
         home = c.get("/ui")
         assert 'data-name="ea"' not in home.text
+
+
+def test_an_evaluations_page_shows_its_intervals_gates_and_flagged_slices(shim: Shim) -> None:
+    """The criteria section of metrics.json (`dyff.criteria.compute` of synthetic
+    predictions) on the evaluation's page, through the report's macros; evaluations
+    without one, or whose metrics.json is gone, show the page as before."""
+    from tests.report.test_criteria_report import HOSTILE, metrics_doc, rows_of
+
+    account, token = world(shim)
+    uid = shim.records.get(Evaluation, account, "ea").metadata.uid or ""
+    key = layout.metrics_key(account, "ea", uid)
+    section = metrics_doc()["criteria"]
+    shim.blobs.put(
+        key, json.dumps({**json.loads(shim.blobs.get(key)), "criteria": section}).encode()
+    )
+    with browser(shim) as c:
+        log_in(c, token)
+        page = c.get("/ui/evaluations/ea")
+        assert page.status_code == 200 and page.headers["content-security-policy"] == UI_CSP
+        text = page.text
+        assert "<script" not in text.lower() and "&lt;script&gt;" in text
+        # intervals beside the headline metrics, in their units
+        acc = section["intervals"]["metrics"]["accuracy"]
+        row = re.search(r'<tr data-metric="accuracy">.*?</tr>', text, re.S)
+        assert row is not None and "95 % interval" in text
+        assert f"[{acc['low'] * 100:.2f}%, {acc['high'] * 100:.2f}%]" in row.group(0)
+        ece = section["intervals"]["metrics"]["ece"]
+        assert f"[{ece['low']:.4f}, {ece['high']:.4f}]" in text
+        # gates: each outcome
+        gates = rows_of(text[text.index('<section id="gates">') :], "data-gate")
+        results = section["gates"]["results"]
+        assert list(gates) == [g["name"] for g in results]
+        for g in results:
+            assert ("PASS" if g["passed"] else "FAIL") in gates[g["name"]][1].split()
+        # slices: the flagged ones first, marked, with their adjusted p-values
+        slices = rows_of(text[text.index('<section id="slices">') :], "data-slice")
+        flagged = section["slices"][0]["flagged"]
+        assert list(slices)[:2] == ["lighting=night", "lighting=dusk"]
+        for f in flagged:
+            cls, row_text = slices[f"lighting={f['key']['lighting']}"]
+            assert cls == "flagged" and f"q = {f['qValue']:.3g}" in row_text
+        assert f"lighting={HOSTILE}" in slices and slices[f"lighting={HOSTILE}"][0] == ""
+        # no criteria in metrics.json (an older evaluation), or none readable: as before
+        plain = c.get("/ui/evaluations/eb")
+        assert plain.status_code == 200 and 'data-metric="accuracy"' in plain.text
+        for marker in ('id="gates"', 'id="slices"', "% interval"):
+            assert marker not in plain.text
+        uid_b = shim.records.get(Evaluation, account, "eb").metadata.uid or ""
+        shim.blobs.delete(layout.metrics_key(account, "eb", uid_b))
+        gone = c.get("/ui/evaluations/eb")
+        assert gone.status_code == 200 and 'id="gates"' not in gone.text
+        assert c.get("/ui/evaluations/waiting").status_code == 200
 
 
 # ------------------------------------------------------------- in a browser

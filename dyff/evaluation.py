@@ -48,7 +48,16 @@ from dyff.access import usable
 from dyff.errors import NotFound, WorkloadFailed
 from dyff.labels import LABEL_MISMATCH, LabelMatch, match_labels
 from dyff.lifecycle import lifecycle
-from dyff.schema import Dataset, Entity, EntityRef, Evaluation, Model, Shard
+from dyff.schema import (
+    CriterionProgress,
+    Dataset,
+    Entity,
+    EntityRef,
+    Evaluation,
+    Model,
+    Progress,
+    Shard,
+)
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
 
@@ -146,15 +155,60 @@ class Inputs:
     def top_k(self) -> int:
         return self.evaluation.spec.inference.top_k
 
-    def prediction_key(self, shard: Shard) -> str:
-        return layout.prediction_key(
-            self.evaluation.account, self.model_digest, self.inference_digest, shard.sha256
+    def variant_digest(self, variant: Variant) -> str:
+        """The reuse key of a variant's predictions: the inference's, and for perturbed
+        images the perturbation's (`perturbations.perturbation_key`: kind, severity, seed
+        where it matters, the formulas' version)."""
+        if variant.kind is None:
+            return self.inference_digest
+        from dyff.perturbations import perturbation_key
+
+        corruption = perturbation_key(variant.kind, variant.severity, variant.seed)
+        return layout.config_digest(
+            {"inference": self.inference_digest, "perturbation": corruption}
         )
 
-    def prediction_prefix(self) -> str:
+    def prediction_key(self, shard: Shard, variant: Variant | None = None) -> str:
+        digest = self.variant_digest(variant or CLEAN)
         return layout.prediction_key(
-            self.evaluation.account, self.model_digest, self.inference_digest, "x"
+            self.evaluation.account, self.model_digest, digest, shard.sha256
+        )
+
+    def prediction_prefix(self, variant: Variant | None = None) -> str:
+        digest = self.variant_digest(variant or CLEAN)
+        return layout.prediction_key(
+            self.evaluation.account, self.model_digest, digest, "x"
         ).rsplit("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Which images predictions are of: the dataset's own (`kind` None), or its images
+    under one perturbation (`dyff.perturbations`) at one severity."""
+
+    kind: str | None = None
+    severity: int = 0
+    seed: int = 0
+
+    @property
+    def criterion(self) -> str:
+        """Its name in `status.progress.byCriterion` and metrics.json."""
+        return "predictions" if self.kind is None else f"perturbation {self.kind}/{self.severity}"
+
+
+CLEAN = Variant()
+
+
+def perturbed_variants(evaluation: Evaluation) -> list[Variant]:
+    """The evaluation's perturbations, each severity a variant, in the order asked."""
+    criteria = evaluation.spec.criteria
+    if criteria is None:
+        return []
+    return [
+        Variant(p.kind, severity, p.seed)
+        for p in criteria.perturbations
+        for severity in sorted(p.severities)
+    ]
 
 
 def _is_ready(entity: Model | Dataset) -> bool:
@@ -280,8 +334,19 @@ def resolve(records: RecordStore, blobs: BlobStore, evaluation: Evaluation) -> I
 
 
 @dataclass(frozen=True)
+class VariantPlan:
+    """A perturbed variant's predictions: its key per shard (dataset order), and the
+    shards whose predictions it still lacks."""
+
+    variant: Variant
+    keys: list[str]
+    to_infer: list[Shard]
+
+
+@dataclass(frozen=True)
 class Plan:
-    """Which shards' predictions exist (reused) and which are still to infer."""
+    """Which shards' predictions exist (reused) and which are still to infer: of the
+    dataset's own images, and of each perturbed variant (`perturbed`)."""
 
     shards_total: int
     reused: int
@@ -290,27 +355,64 @@ class Plan:
     shards: list[Shard] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     rows_total: int = 0
+    perturbed: list[VariantPlan] = field(default_factory=list)
 
     @property
     def rows_done(self) -> int:
         missing = {s.sha256 for s in self.to_infer}
         return sum(s.rows for s in self.shards if s.sha256 not in missing)
 
+    def parts(self) -> list[VariantPlan]:
+        """Every variant's plan, the dataset's own images first."""
+        return [VariantPlan(CLEAN, self.keys, self.to_infer), *self.perturbed]
+
+    def progress(self, done: set[str] | None = None) -> Progress:
+        """Progress when the prediction files `done` exist (default: the reused ones)."""
+        counts = []
+        for part in self.parts():
+            missing = {s.sha256 for s in part.to_infer}
+            reused = [s.sha256 not in missing for s in self.shards]
+            there = reused if done is None else [k in done for k in part.keys]
+            counts.append((part.variant, len(part.keys), sum(reused), there))
+        clean_there = counts[0][3]
+        by = [
+            CriterionProgress(
+                criterion=variant.criterion,
+                shards_total=total,
+                shards_done=sum(there),
+                shards_reused=reused,
+            )
+            for variant, total, reused, there in counts
+        ]
+        return Progress(
+            shards_total=sum(c.shards_total for c in by),
+            shards_done=sum(c.shards_done for c in by),
+            shards_reused=sum(c.shards_reused for c in by),
+            rows=sum(s.rows for s, ok in zip(self.shards, clean_there, strict=True) if ok),
+            by_criterion=by if self.perturbed else None,
+        )
+
 
 def plan_inputs(inputs: Inputs, blobs: BlobStore) -> Plan:
-    """The plan for resolved inputs: one listing of the cache folder, not a stat per shard."""
-    present = {info.key for info in blobs.list(inputs.prediction_prefix() + "/")}
+    """The plan for resolved inputs: one listing of each cache folder, not a stat per
+    shard."""
     shards = list(inputs.shards)
-    keys = [inputs.prediction_key(s) for s in shards]
-    # Shards hold their row ids, so no two shards of a dataset share a digest.
-    to_infer = [s for s, key in zip(shards, keys, strict=True) if key not in present]
+    parts = []
+    for variant in [CLEAN, *perturbed_variants(inputs.evaluation)]:
+        present = {info.key for info in blobs.list(inputs.prediction_prefix(variant) + "/")}
+        keys = [inputs.prediction_key(s, variant) for s in shards]
+        # Shards hold their row ids, so no two shards of a dataset share a digest.
+        to_infer = [s for s, key in zip(shards, keys, strict=True) if key not in present]
+        parts.append(VariantPlan(variant, keys, to_infer))
+    clean = parts[0]
     return Plan(
         shards_total=len(shards),
-        reused=len(shards) - len(to_infer),
-        to_infer=to_infer,
+        reused=len(shards) - len(clean.to_infer),
+        to_infer=clean.to_infer,
         shards=shards,
-        keys=keys,
+        keys=clean.keys,
         rows_total=sum(s.rows for s in shards),
+        perturbed=parts[1:],
     )
 
 
@@ -319,13 +421,13 @@ def plan(records: RecordStore, blobs: BlobStore, evaluation: Evaluation) -> Plan
     return plan_inputs(resolve(records, blobs, evaluation), blobs)
 
 
-def plan_counts(
+def plan_progress(
     blobs: BlobStore, evaluation: Evaluation, model: Model, dataset: Dataset
-) -> tuple[int, int]:
-    """(shards total, shards reused) for a Ready model and dataset the controller has read."""
+) -> Progress:
+    """The plan's progress (what is reused, by criterion) for a Ready model and dataset
+    the controller has read."""
     inputs = inputs_for(evaluation, model, dataset, dataset_shards(blobs, dataset))
-    p = plan_inputs(inputs, blobs)
-    return p.shards_total, p.reused
+    return plan_inputs(inputs, blobs).progress()
 
 
 def assigned(

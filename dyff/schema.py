@@ -825,9 +825,44 @@ class Gate(SpecSchema):
     )
 
 
+PerturbationKind = Literal[
+    "gaussian_noise", "gaussian_blur", "jpeg", "brightness", "contrast", "rotate"
+]
+MAX_PERTURBATIONS = 6  # each kind at most once
+PERTURBATION_SEVERITIES = 5
+
+
+class PerturbationSpec(SpecSchema):
+    """A corruption applied to every image, decoded, before the model's processor
+    (`dyff.perturbations`: ImageNet-C's severity tables where they apply), seeded per row,
+    at each severity: the model's metrics per severity and its corruption error relative to
+    the clean images. Each perturbed shard's predictions are cached under their own key
+    (shard, kind, severity, seed), so adding a perturbation infers only it."""
+
+    kind: PerturbationKind = Field(description="The corruption.")
+    severities: list[Annotated[int, Field(ge=1, le=PERTURBATION_SEVERITIES)]] = Field(
+        default_factory=lambda: list(range(1, PERTURBATION_SEVERITIES + 1)),
+        min_length=1,
+        max_length=PERTURBATION_SEVERITIES,
+        description="Severities, 1 (mild) to 5 (severe), each at most once.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    seed: int = Field(
+        default=0, ge=0, le=2**31 - 1, description="Seed of the random corruptions (per row)."
+    )
+
+    @field_validator("severities")
+    @classmethod
+    def _severities_once(cls, severities: list[int]) -> list[int]:
+        if len(set(severities)) != len(severities):
+            raise ValueError("severities: each at most once")
+        return severities
+
+
 class Criteria(SpecSchema):
-    """Evaluation criteria beyond the standard metrics that need no inference: computed
-    from the predictions (reused whatever the criteria) and the dataset's attributes."""
+    """Evaluation criteria beyond the standard metrics. Intervals, slices and gates need
+    no inference: they are computed from the predictions (reused whatever the criteria)
+    and the dataset's attributes. Perturbations infer only their perturbed shards."""
 
     intervals: IntervalSpec = Field(
         default_factory=IntervalSpec, description="Bootstrap intervals of every metric."
@@ -838,6 +873,23 @@ class Criteria(SpecSchema):
     gates: list[Gate] = Field(
         default_factory=list, max_length=MAX_GATES, description="Quality gates."
     )
+    perturbations: list[PerturbationSpec] = Field(
+        default_factory=list,
+        max_length=MAX_PERTURBATIONS,
+        description="Robustness: metrics on corrupted images, each kind at most once.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["kind"],
+        },
+    )
+
+    @field_validator("perturbations")
+    @classmethod
+    def _kinds_once(cls, perturbations: list[PerturbationSpec]) -> list[PerturbationSpec]:
+        kinds = [p.kind for p in perturbations]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("perturbations: each kind at most once")
+        return perturbations
 
 
 class EvaluationSpec(SpecSchema):
@@ -885,13 +937,34 @@ class EvaluationSpec(SpecSchema):
         return metrics
 
 
-class Progress(Schema):
-    """How far an evaluation has come."""
+class CriterionProgress(Schema):
+    """One part of an evaluation's predictions: the dataset's own images (the metrics,
+    intervals, slices and gates are computed from them, with no inference of their own),
+    or one perturbation at one severity."""
 
-    shards_total: int = Field(default=0, ge=0, description="Shards in the dataset.")
+    criterion: str = Field(
+        max_length=64, description="`predictions`, or `perturbation KIND/SEVERITY`."
+    )
+    shards_total: int = Field(default=0, ge=0, description="Shards it needs predictions of.")
     shards_done: int = Field(default=0, ge=0, description="Shards with predictions.")
     shards_reused: int = Field(default=0, ge=0, description="Shards whose predictions were reused.")
-    rows: int = Field(default=0, ge=0, description="Rows predicted so far.")
+
+
+class Progress(Schema):
+    """How far an evaluation has come: over every part of its predictions (each shard, and
+    each shard under each perturbation and severity), and by criterion."""
+
+    shards_total: int = Field(default=0, ge=0, description="Shard predictions needed.")
+    shards_done: int = Field(default=0, ge=0, description="Shard predictions there.")
+    shards_reused: int = Field(
+        default=0, ge=0, description="Shard predictions reused from earlier runs."
+    )
+    rows: int = Field(default=0, ge=0, description="Rows of the dataset predicted so far.")
+    by_criterion: list[CriterionProgress] | None = Field(
+        default=None,
+        max_length=1 + MAX_PERTURBATIONS * PERTURBATION_SEVERITIES,
+        description="The same counts by criterion (only where there are perturbations).",
+    )
 
 
 class Timings(Schema):

@@ -76,13 +76,12 @@ def _plan(
         or finished_for_generation(evaluation, EVALUATION)
     ):
         return None
-    from dyff.evaluation import plan_counts  # polars/pyarrow (~65 MB): only once needed
+    from dyff.evaluation import plan_progress  # polars/pyarrow (~65 MB): only once needed
 
     try:
-        total, reused = plan_counts(blobs, evaluation, model, dataset)
+        return plan_progress(blobs, evaluation, model, dataset)
     except DyffError:  # refused labels, no digest yet: decide (or the workload) says so
         return None
-    return Progress(shards_total=total, shards_reused=reused)
 
 
 def observe(

@@ -485,18 +485,19 @@ def test_observe_reads_model_and_dataset_once_and_plans_once_per_generation(
     stores = Stores(records, blobs)
     world = reconciler.observe(stores, None, NO_WORK, evaluation)  # type: ignore[arg-type]
     assert reads == ["find_many"]  # the model and the dataset, in one read
-    assert world.planned == Progress(shards_total=3, shards_reused=1)
+    # The reused shard's predictions are there already: done from the start.
+    assert world.planned == Progress(shards_total=3, shards_reused=1, shards_done=1, rows=5)
     first = reconciler.decide(evaluation, world)
     assert first.status.phase == "Running" and first.status.progress == world.planned  # type: ignore[attr-defined]
     apply(evaluation, first)
 
     plans: list[Any] = []
 
-    def plan_counts(*args: Any) -> tuple[int, int]:
+    def plan_progress(*args: Any) -> Progress:
         plans.append(args)
-        return 3, 3
+        return Progress(shards_total=3, shards_reused=3)
 
-    monkeypatch.setattr(planning, "plan_counts", plan_counts)
+    monkeypatch.setattr(planning, "plan_progress", plan_progress)
     # Shown for this generation: not planned again, whatever the pass.
     assert reconciler.observe(stores, None, RUNNING, evaluation).planned is None  # type: ignore[arg-type]
     assert plans == []

@@ -26,7 +26,7 @@ def _predictions_prefix(account: str) -> str:
 def _manifest_files(blobs: BlobStore, evaluation: Evaluation) -> set[str]:
     key = layout.manifest_key(evaluation.account, evaluation.name, evaluation.metadata.uid or "")
     try:
-        return set(json.loads(blobs.get(key)).get("files", []))
+        return layout.manifest_files(json.loads(blobs.get(key)))
     except NotFound:
         return set()
 
@@ -42,7 +42,10 @@ def _planned_files(records: RecordStore, blobs: BlobStore, evaluation: Evaluatio
         inputs = resolve(records, blobs, evaluation)
     except DyffError:  # its model or dataset is not there or not Ready: it reuses nothing
         return set()
-    return {inputs.prediction_key(shard) for shard in inputs.shards}
+    from dyff.evaluation import CLEAN, perturbed_variants
+
+    variants = [CLEAN, *perturbed_variants(evaluation)]
+    return {inputs.prediction_key(shard, v) for v in variants for shard in inputs.shards}
 
 
 def cleanup(records: RecordStore, blobs: BlobStore, entity: Entity) -> int:

@@ -416,6 +416,19 @@ def plan_inputs(inputs: Inputs, blobs: BlobStore) -> Plan:
     )
 
 
+def manifest_doc(plan: Plan) -> dict[str, Any]:
+    """An evaluation's manifest (`layout.manifest_key`): the clean prediction files in
+    shard order (what queries read), and each perturbed variant's."""
+    doc: dict[str, Any] = {"files": plan.keys}
+    if plan.perturbed:
+        doc["perturbed"] = [
+            {"kind": p.variant.kind, "severity": p.variant.severity, "seed": p.variant.seed,
+             "files": p.keys}
+            for p in plan.perturbed
+        ]  # fmt: skip
+    return doc
+
+
 def plan(records: RecordStore, blobs: BlobStore, evaluation: Evaluation) -> Plan:
     """What running `evaluation` now would reuse and infer (for the controller and shim)."""
     return plan_inputs(resolve(records, blobs, evaluation), blobs)

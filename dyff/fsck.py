@@ -123,7 +123,7 @@ def find_orphans(
     for ev in evaluations:
         manifest = layout.manifest_key(ev.account, ev.name, ev.metadata.uid or "")
         with contextlib.suppress(NotFound, ValueError):
-            manifests.update(json.loads(blobs.get(manifest)).get("files", []))
+            manifests.update(layout.manifest_files(json.loads(blobs.get(manifest))))
 
     for info in blobs.list("accounts/"):
         parts = info.key.split("/")

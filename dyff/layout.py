@@ -67,5 +67,15 @@ def metrics_key(account: str, name: str, uid: str) -> str:
 
 
 def manifest_key(account: str, name: str, uid: str) -> str:
-    """The prediction files of an evaluation, in shard order: `{"files": [key, ...]}`."""
+    """The prediction files of an evaluation, in shard order: `{"files": [key, ...]}`,
+    and with perturbations `"perturbed": [{"kind", "severity", "seed", "files"}, ...]`
+    (`manifest_files` reads them all)."""
     return f"{evaluation_prefix(account, name, uid)}/predictions.json"
+
+
+def manifest_files(doc: dict[str, Any]) -> set[str]:
+    """Every prediction file a manifest lists (for cleanup and fsck: all are in use)."""
+    files = {str(k) for k in doc.get("files") or []}
+    for part in doc.get("perturbed") or []:
+        files.update(str(k) for k in part.get("files") or [])
+    return files

@@ -127,3 +127,45 @@ def test_deleting_a_dataset_deletes_its_shard_list_unless_another_names_it(
     records.delete(Dataset, "acme", "d1")
     cleanup(records, blobs, records.get(Dataset, "acme", "d2"))
     assert not blobs.exists(shared)
+
+
+def test_perturbed_predictions_are_kept_while_an_evaluation_lists_or_plans_them(
+    tmp_path: Path,
+) -> None:
+    from dyff.evaluation import Variant, resolve
+
+    records, blobs, files = world(tmp_path)
+    doc = factories.evaluation("e2").wire()
+    doc["spec"]["criteria"] = {"perturbations": [{"kind": "contrast", "severities": [2]}]}
+    records.create(Evaluation.model_validate(doc))
+    e2 = records.get(Evaluation, "acme", "e2")
+    inputs = resolve(records, blobs, e2)
+    perturbed = [inputs.prediction_key(s, Variant("contrast", 2)) for s in inputs.shards]
+    assert not set(perturbed) & set(files)
+    for key in perturbed:
+        blobs.put(key, b"predictions")
+
+    def running(e: Evaluation) -> None:
+        e.status.phase = "Running"
+
+    records.mutate(Evaluation, "acme", "e2", running)
+    # e1's manifest lists them too (as a finished evaluation with that criterion would).
+    manifest = {"files": files, "perturbed": [{"kind": "contrast", "severity": 2, "seed": 0,
+                                               "files": perturbed}]}  # fmt: skip
+    e1 = records.get(Evaluation, "acme", "e1")
+    blobs.put(
+        layout.manifest_key("acme", "e1", e1.metadata.uid or ""), json.dumps(manifest).encode()
+    )
+    assert layout.manifest_files(manifest) == set(files) | set(perturbed)
+    cleanup(records, blobs, e1)
+    assert all(blobs.exists(key) for key in files + perturbed)  # e2 will reuse them all
+
+    def failed(e: Evaluation) -> None:
+        e.status.phase = "Failed"
+
+    records.mutate(Evaluation, "acme", "e2", failed)
+    blobs.put(
+        layout.manifest_key("acme", "e1", e1.metadata.uid or ""), json.dumps(manifest).encode()
+    )
+    cleanup(records, blobs, e1)  # nothing plans them now
+    assert not any(blobs.exists(key) for key in files + perturbed)

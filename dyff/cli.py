@@ -35,6 +35,7 @@ from dyff.errors import DyffError
 
 if TYPE_CHECKING:
     from dyff.report.criteria_view import CriteriaView
+    from dyff.report.robustness_view import RobustnessView
 
 app = typer.Typer(no_args_is_help=True, help="dyff: evaluate AI models.", add_completion=False)
 models = typer.Typer(no_args_is_help=True, help="Models: register, list, get, delete.")
@@ -159,6 +160,26 @@ def show(plural: str, items: list[dict[str, Any]] | dict[str, Any]) -> None:
         message = (items.get("status") or {}).get("message")
         if message:
             console.print(f"[dim]{message}[/dim]")
+        show_by_criterion(items)
+
+
+def show_by_criterion(entity: dict[str, Any]) -> None:
+    """An evaluation's progress by criterion (only with perturbations): what each part
+    reused from earlier runs and what it computed."""
+    parts = ((entity.get("status") or {}).get("progress") or {}).get("byCriterion") or []
+    if not parts:
+        return
+    table = new_table(["CRITERION", "SHARDS", "REUSED", "COMPUTED", "DONE"], whole=["CRITERION"])
+    for part in parts:
+        done, reused = part.get("shardsDone", 0), part.get("shardsReused", 0)
+        table.add_row(
+            Text(str(part.get("criterion", ""))),
+            str(part.get("shardsTotal", 0)),
+            str(reused),
+            str(max(0, done - reused)),
+            str(done),
+        )
+    print_table(table)
 
 
 def _labels(values: list[str] | None) -> dict[str, str]:
@@ -434,8 +455,10 @@ def evaluations_wait(
 @app.command("metrics")
 def metrics(name: str) -> None:
     """The metrics of a complete evaluation: each headline metric with its interval, and,
-    when the evaluation has criteria, its slices (flagged ones first) and gates."""
+    when the evaluation has criteria, its slices (flagged ones first) and gates, and with
+    perturbations, its accuracy and error per kind and severity."""
     from dyff.report.criteria_view import criteria_view
+    from dyff.report.robustness_view import robustness_view
 
     with client() as c:
         doc = c.metrics(name)
@@ -472,6 +495,9 @@ def metrics(name: str) -> None:
     if view is not None:
         _print_slices(view)
         _print_gates(view)
+    robust = robustness_view(doc)
+    if robust is not None and robust.kinds:
+        _print_robustness(robust)
 
 
 def _print_slices(view: CriteriaView) -> None:
@@ -529,6 +555,39 @@ def _print_gates(view: CriteriaView) -> None:
             "" if g.rows is None else str(g.rows),
         )
     print_table(table)
+
+
+def _print_robustness(view: RobustnessView) -> None:
+    """A row per kind and severity (accuracy, error, and the error's change from the clean
+    images'), then per kind its mean and relative error, then the means over the kinds."""
+    console.print()
+    clean = f"clean accuracy {_dec4(view.clean_accuracy) or '?'}"
+    clean += f", error {_dec4(view.clean_error) or '?'}"
+    console.print(Text(f"robustness: {clean}", style="bold"), soft_wrap=True)
+    titles = ["KIND", "SEVERITY", "PARAMETER", "ACCURACY", "ERROR", "Δ vs CLEAN"]
+    table = new_table(titles, whole=["KIND"])
+    for k in view.kinds:
+        for r in k.rows:
+            table.add_row(
+                Text(k.kind),
+                "" if r.severity is None else str(r.severity),
+                r.parameter_text,
+                _dec4(r.accuracy),
+                _dec4(r.error),
+                r.delta_text,
+            )
+    print_table(table)
+    for k in view.kinds:
+        over = f" over {k.over_text}" if k.over_text else ""
+        seed = f", seed {k.seed}" if k.seed is not None else ""
+        line = f"{k.kind}: mean error {_dec4(k.mean_error) or '?'}"
+        line += f", relative error {k.relative_text or '?'}{over}{seed}"
+        console.print(Text(line), soft_wrap=True)
+    if view.mean_error is not None or view.relative_error is not None:
+        n = len(view.kinds)
+        line = f"mean over {n} kind{'' if n == 1 else 's'}: mean error "
+        line += f"{_dec4(view.mean_error) or '?'}, relative error {view.relative_text or '?'}"
+        console.print(Text(line, style="bold"), soft_wrap=True)
 
 
 def _dec4(value: float | None) -> str:

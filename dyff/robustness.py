@@ -19,7 +19,7 @@ the same code as the clean ones (`results.stream_metrics`), a batch at a time.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +90,25 @@ def robustness_results(
         if top5:
             row["top5Accuracy"] = doc.get("top5Accuracy")
         by_kind.setdefault((variant.kind, variant.seed), []).append(row)
+    return robustness_doc(clean_accuracy, by_kind)
+
+
+def robustness_doc(
+    clean_accuracy: float, rows_by_kind: Mapping[tuple[str, int], list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """The `robustness` section from the clean accuracy and, per (kind, seed) in order, its
+    rows by severity (each with `severity`, `parameter`, `accuracy`, `error` and, where
+    top-5 means anything, `top5Accuracy`): per kind its corruption error
+    (`perturbations.corruption_error`), over the kinds their means. Pure: the tests build
+    documents with it."""
     kinds = []
     summaries = {}
-    for (kind, seed), rows in by_kind.items():
+    for (kind, seed), rows in rows_by_kind.items():
         summary = perturbations.corruption_error(
             1.0 - clean_accuracy, {r["severity"]: r["error"] for r in rows}
         )
         summaries[kind] = summary
-        kinds.append({"kind": kind, "seed": seed, "severities": rows, **summary.to_dict()})
+        kinds.append({"kind": kind, "seed": seed, **summary.to_dict(), "bySeverity": rows})
     return {
         "version": ROBUSTNESS_VERSION,
         "perturbationsVersion": perturbations.PERTURBATIONS_VERSION,

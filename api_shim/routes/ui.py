@@ -11,9 +11,9 @@
   make the browser send it.
 - **Pages**: models, datasets and evaluations with phase and progress (the page refreshes
   itself with `<meta http-equiv="refresh">` while something is pending or running), an
-  evaluation's page (headline metrics with their intervals, gates and slices, from its
-  metrics.json) and its report, the comparison of any two complete evaluations (and its
-  full report), each dataset's leaderboard, and delete with a confirmation page.
+  evaluation's page (headline metrics with their intervals, gates, slices and robustness,
+  from its metrics.json) and its report, the comparison of any two complete evaluations
+  (and its full report), each dataset's leaderboard, and delete with a confirmation page.
 - **Policy**: `UI_CSP` allows no script, inline styles, `data:` images, forms posting to the
   shim itself only, and no framing.
 """
@@ -44,6 +44,7 @@ from dyff.errors import Conflict, DyffError, Invalid, NotFound
 from dyff.lifecycle import EvaluationPhase
 from dyff.report.criteria_view import CriteriaView, criteria_view
 from dyff.report.page import _env
+from dyff.report.robustness_view import RobustnessView, robustness_view
 from dyff.schema import Dataset, Entity, Evaluation, Model
 
 router = APIRouter(include_in_schema=False)
@@ -231,19 +232,23 @@ async def home(request: Request, state: StateDep) -> Response:
     return await _run(request, state, render)
 
 
-def _criteria(state: AppState, evaluation: Evaluation) -> CriteriaView | None:
-    """The criteria of a complete evaluation (intervals, slices, gates) from its
-    metrics.json; None for one without them, or whose results cannot be read now (the page
-    shows the rest)."""
+def _results(
+    state: AppState, evaluation: Evaluation
+) -> tuple[CriteriaView | None, RobustnessView | None]:
+    """The criteria (intervals, slices, gates) and robustness results of a complete
+    evaluation from its metrics.json; None for what it lacks, both None when its results
+    cannot be read now (the page shows the rest)."""
     if evaluation.status.phase != EvaluationPhase.COMPLETE:
-        return None
+        return None, None
     key = layout.metrics_key(evaluation.account, evaluation.name, evaluation.metadata.uid or "")
     try:
         doc = json.loads(state.blobs.get(key))
     except (FileNotFoundError, NotFound, ValueError) as exc:
         log.warning("metrics of evaluation %s unreadable: %s", evaluation.name, exc)
-        return None
-    return criteria_view(doc) if isinstance(doc, dict) else None
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    return criteria_view(doc), robustness_view(doc)
 
 
 @router.get("/ui/evaluations/{name}")
@@ -256,9 +261,10 @@ async def evaluation_page(name: NameStr, request: Request, state: StateDep) -> R
             if e.status.phase == EvaluationPhase.COMPLETE and e.name != name
         ]
         active = (evaluation.phase or "Pending") in ACTIVE_PHASES
+        criteria, robustness = _results(state, evaluation)
         return _page(request, "ui_evaluation.html.j2", refresh=active, account=scope.account,
                      e=evaluation, progress=_progress(evaluation), others=others,
-                     criteria=_criteria(state, evaluation))  # fmt: skip
+                     criteria=criteria, robustness=robustness)  # fmt: skip
 
     return await _run(request, state, render)
 

@@ -12,15 +12,18 @@ the Jinja2 templates autoescape; labels come straight from uploaded data.
 Sections carry stable ids for tests and links: `#summary`, `#metrics-table`,
 `#reliability`, `#confusion-matrix`, `#per-class`, `#gates` (with
 `#gates-verdict` in the header), `#slices` (`#slices-N` per slice spec),
-`#intervals-note`, `#confident-errors`. A metric that was not requested keeps
-its section with a "not computed" note.
+`#intervals-note`, `#robustness` (`#robustness-summary`, and `#robustness-N`
+per perturbation kind: its chart), `#confident-errors`. A metric that was not
+requested keeps its section with a "not computed" note.
 
 `build_report` gathers the inputs from the stores: the Evaluation record,
 metrics.json, the prediction files of its manifest and the dataset rows of
 the errors (only the shards holding those rows, only those rows).
 
-Modules: `page` (what each section shows, and the rendering), `charts` (chart
-layout from the data: scales, ticks, bands, label placement), `thumbnails`,
+Modules: `page` (what each section shows, and the rendering), `criteria_view`
+and `robustness_view` (the display rows of metrics.json's `criteria` and
+`robustness` sections, shared with `dyff metrics` and the web view), `charts`
+(chart layout from the data: scales, ticks, bands, label placement), `thumbnails`,
 `sources` (reading the stores); `templates/` holds the markup and the CSS.
 """
 

@@ -18,6 +18,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from dyff.report import charts
 from dyff.report.criteria_view import CriteriaView, criteria_view
+from dyff.report.robustness_view import robustness_view, signed
 from dyff.report.thumbnails import THUMB_PX, thumbnail_data_uri
 from dyff.schema import Evaluation
 
@@ -70,7 +71,9 @@ def _env() -> Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(pct=pct, dec=dec, thousands=thousands, px=px, compact=charts.compact)
+    env.filters.update(
+        pct=pct, dec=dec, thousands=thousands, px=px, compact=charts.compact, signed=signed
+    )
     env.globals.update(
         thumb_px=THUMB_PX,
         tick_gap=charts.TICK_GAP,
@@ -323,6 +326,19 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _robustness_note(doc: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """What the Robustness section says without results: "No perturbations were requested"
+    when the evaluation asked for none (its spec, or a criteria section written without a
+    robustness one), otherwise "Not computed" (results from before perturbations existed,
+    or missing)."""
+    asked = _dig(doc, "spec", "criteria", "perturbations")
+    if asked:
+        return "Not computed for this evaluation."
+    if isinstance(metrics.get("criteria"), dict) or isinstance(asked, list):
+        return "No perturbations were requested (spec.criteria.perturbations)."
+    return "Not computed for this evaluation."
+
+
 def _errors(errors: Sequence[dict[str, Any]], labels: Sequence[str]) -> list[Error]:
     def name(i: Any) -> str:
         return str(labels[i]) if isinstance(i, int) and 0 <= i < len(labels) else str(i)
@@ -369,6 +385,8 @@ def render_report(
             cards=_with_intervals(_cards(metrics), criteria),
             metric_rows=_metric_rows(metrics, criteria),
             criteria=criteria,
+            robustness=robustness_view(metrics),
+            robustness_note=_robustness_note(doc, metrics),
             reliability=_reliability(metrics),
             ece=_num(metrics.get("ece")),
             confusion=_confusion(metrics),

@@ -227,6 +227,46 @@ def test_an_evaluations_page_shows_its_intervals_gates_and_flagged_slices(shim: 
         assert c.get("/ui/evaluations/waiting").status_code == 200
 
 
+def test_an_evaluations_page_shows_its_robustness(shim: Shim) -> None:
+    """The robustness section of metrics.json (`dyff.robustness.robustness_doc`) on the
+    evaluation's page, through the report's macros: a row per kind and severity, each
+    kind's mean and relative error, a chart per kind; none without the section."""
+    from tests.report.test_robustness_report import robustness_section, table_rows
+
+    account, token = world(shim)
+    uid = shim.records.get(Evaluation, account, "ea").metadata.uid or ""
+    key = layout.metrics_key(account, "ea", uid)
+    robust = robustness_section()
+    shim.blobs.put(
+        key, json.dumps({**json.loads(shim.blobs.get(key)), "robustness": robust}).encode()
+    )
+    with browser(shim) as c:
+        log_in(c, token)
+        page = c.get("/ui/evaluations/ea")
+        assert page.status_code == 200 and "<script" not in page.text.lower()
+        text = page.text
+        start = text.index('<section id="robustness">')
+        rows = table_rows(text[start : text.index("</section>", start)])
+        noise = robust["perturbations"][0]
+        shown = [r for r in rows if r[1] == "gaussian_noise"]
+        assert [r[2] for r in shown] == ["1", "2", "3", "4", "5", "mean"]
+        for (_, _, severity, row_text), r in zip(shown, noise["bySeverity"], strict=False):
+            delta = noise["degradation"][severity]
+            assert row_text == (
+                f"gaussian_noise {severity} {r['parameter']:g} {r['accuracy']:.4f} "
+                f"{r['error']:.4f} {delta:+.4f}"
+            )
+        assert shown[-1][3].endswith(f"{noise['meanError']:.4f} {noise['relativeError']:+.4f}")
+        assert rows[-1][0] == "all-kinds" and f"{robust['meanError']:.4f}" in rows[-1][3]
+        assert text.count('class="severity-point"') == sum(
+            len(e["severities"]) for e in robust["perturbations"]
+        )
+        assert 'id="robustness-2"' in text and "clean 0.900" in text
+        # an evaluation without the section: no Robustness at all
+        plain = c.get("/ui/evaluations/eb")
+        assert plain.status_code == 200 and 'id="robustness"' not in plain.text
+
+
 # ------------------------------------------------------------- in a browser
 
 

@@ -167,3 +167,88 @@ def test_a_partial_criteria_section_prints_what_is_there(
     assert line_starting(lines, "accuracy") == ["accuracy", f"{doc['accuracy']:.4f}"]
     assert line_starting(lines, "slices", "by", "site:")[3:] == ["0", "of", "0", "flagged"]
     assert not any(line[:1] == ["gates:"] for line in lines)  # no gates were set
+
+
+# ------------------------------------------------------------------ robustness
+
+
+def test_metrics_show_robustness_after_the_gates(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.report.test_robustness_report import with_robustness
+
+    doc = with_robustness()
+    robust = doc["robustness"]
+    out = run_metrics(doc, monkeypatch, capsys)
+    lines = words(out)
+    head = line_starting(lines, "robustness:")
+    assert head == ["robustness:", "clean", "accuracy", "0.9000,", "error", "0.1000"]
+    assert lines.index(head) > lines.index(line_starting(lines, "gates:"))
+    titles = line_starting(lines, "KIND")
+    assert titles == ["KIND", "SEVERITY", "PARAMETER", "ACCURACY", "ERROR", "Δ", "vs", "CLEAN"]
+    start = lines.index(titles)
+    rows = [r for e in robust["perturbations"] for r in e["bySeverity"]]
+    table = lines[start + 1 : start + 1 + len(rows)]
+    expected = [
+        [
+            e["kind"],
+            str(r["severity"]),
+            f"{r['parameter']:g}",
+            f"{r['accuracy']:.4f}",
+            f"{r['error']:.4f}",
+            f"{e['degradation'][str(r['severity'])]:+.4f}",
+        ]
+        for e in robust["perturbations"]
+        for r in e["bySeverity"]
+    ]
+    assert table == expected
+    assert table[2] == ["gaussian_noise", "3", "0.18", "0.6600", "0.3400", "+0.2400"]
+    assert table[-1][-1] == "-0.0125"  # brightness helped
+    # a line per kind, then the means over the kinds
+    after = lines[start + 1 + len(rows) :]
+    kinds = robust["perturbations"]
+    assert after[: len(kinds)] == [
+        [f"{e['kind']}:", "mean", "error", f"{e['meanError']:.4f},", "relative", "error",
+         f"{e['relativeError']:+.4f}", "over", *over, "seed", str(e["seed"])]
+        for e, over in zip(
+            kinds, (["severities", "1-5,"], ["severities", "1,", "3,", "5,"], ["severity", "2,"]),
+            strict=True,
+        )
+    ]  # fmt: skip
+    assert after[len(kinds)] == [
+        "mean", "over", "3", "kinds:", "mean", "error", f"{robust['meanError']:.4f},",
+        "relative", "error", f"{robust['relativeError']:+.4f}",
+    ]  # fmt: skip
+
+
+def test_robustness_json_and_absent_and_partial(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.report.test_robustness_report import with_robustness
+
+    doc = with_robustness()
+    assert json.loads(run_metrics(doc, monkeypatch, capsys, "--json")) == doc
+    # no section (no perturbations, or an older document): nothing printed
+    plain = metrics_doc()
+    out = run_metrics(plain, monkeypatch, capsys)
+    assert "robustness" not in out and "KIND" not in out
+    # a section without kinds: nothing either
+    plain["robustness"] = {"perturbations": []}
+    assert "robustness" not in run_metrics(plain, monkeypatch, capsys)
+    # partial: what is there, unknown numbers blank or "?"
+    doc = metrics_doc()
+    doc["robustness"] = {
+        "perturbations": [
+            {"kind": "jpeg", "bySeverity": [{"severity": 3, "accuracy": 0.7}, "x", {}]},
+            "odd",
+        ]
+    }
+    lines = words(run_metrics(doc, monkeypatch, capsys))
+    assert line_starting(lines, "robustness:") == [
+        "robustness:", "clean", "accuracy", "?,", "error", "?",
+    ]  # fmt: skip
+    assert line_starting(lines, "jpeg", "3") == ["jpeg", "3", "15", "0.7000", "0.3000"]
+    assert line_starting(lines, "jpeg:") == [
+        "jpeg:", "mean", "error", "?,", "relative", "error", "?", "over", "severity", "3",
+    ]  # fmt: skip
+    assert not any(line[:2] == ["mean", "over"] for line in lines)

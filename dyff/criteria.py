@@ -613,6 +613,15 @@ def compute(
     }
 
 
+def accuracy_interval(doc: dict[str, Any]) -> list[float] | None:
+    """[low, high] of accuracy's interval in a metrics document (for the status and
+    kubectl), if it has one."""
+    found = ((doc.get("criteria") or {}).get("intervals") or {}).get("metrics") or {}
+    accuracy = found.get("accuracy") or {}
+    low, high = accuracy.get("low"), accuracy.get("high")
+    return None if low is None or high is None else [round(low, 4), round(high, 4)]
+
+
 def attribute_keys(blobs: BlobStore, dataset: Dataset) -> list[str] | None:
     """The attribute files of a dataset's shards, in shard order; None when a shard has
     none (a dataset ingested before attributes were kept)."""

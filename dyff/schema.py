@@ -991,6 +991,13 @@ class MetricsSummary(Schema):
     )
     macro_f1: float | None = Field(default=None, description="Macro-averaged F1.")
     ece: float | None = Field(default=None, description="Expected calibration error.")
+    accuracy_interval: list[float] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="[low, high]: top-1 accuracy's bootstrap interval (at "
+        "spec.criteria.intervals.level, 95 % by default).",
+    )
 
 
 class EvaluationStatus(Status):
@@ -1137,6 +1144,11 @@ class Evaluation(Entity):
         PHASE_COLUMN,
         PrinterColumn(
             "Accuracy", ".status.metrics.accuracy", type="number", description="Top-1 accuracy"
+        ),
+        PrinterColumn(
+            "Interval",
+            ".status.metrics.accuracyInterval",
+            description="Top-1 accuracy's bootstrap interval [low, high]",
         ),
         PrinterColumn(
             "Gates",

@@ -56,6 +56,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	@for b in hack/bench/*.py; do [ -e "$$b" ] && $(BIN)/python "$$b"; done
+	@# The sync on Datastore, and with 30 ms per call (a stand-in for real Datastore's network).
+	BENCH_RECORDS=datastore $(BIN)/python hack/bench/sync_lag.py
+	BENCH_RECORDS=datastore BENCH_RECORD_DELAY_MS=30 $(BIN)/python hack/bench/sync_lag.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

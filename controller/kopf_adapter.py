@@ -78,7 +78,9 @@ class Controller:
         reconcile_interval: float = 10.0,
         sync_interval: float = 0.25,
         resync_interval: float = 300.0,
-        workers: int = 8,
+        # Passes mostly wait for the record store (on Datastore, several round trips of
+        # tens of ms each), so more of them than cores run side by side.
+        workers: int = 16,
     ) -> None:
         self.records = records
         self.blobs = blobs
@@ -169,20 +171,25 @@ class Controller:
         )
         if result.finalized:
             key = (kind.kind_name, account, name)
-            self.sync.pushed.pop(key, None)
+            self.sync.forget(key)
             await self._call(self.api.delete, custom_object_path(*key))
         return result
 
     async def reconcile(
         self, kind: type[Entity], account: str, name: str, *, cr_lags: bool = False
     ) -> Result:
-        """One reconcile pass, then the record's status into the CR (`cr_lags`: even if
-        the record did not change, as its CR's status is behind its generation)."""
+        """One reconcile pass, then the record's status into the CR: a status the pass
+        wrote goes by the record sync's feed; here, a record the sync has not pushed yet,
+        or one whose CR's status is behind the CR's generation (`cr_lags`) though the
+        pass changed nothing."""
         key = (kind.kind_name, account, name)
         async with self.locks.of(key):
             result = await self._pass(kind, account, name)
-            if not result.wrote_status and key in self.sync.pushed and not cr_lags:
-                return result  # nothing new here; later writes reach the CR by the feed
+            if key in self.sync.pushed and (result.wrote_status or not cr_lags):
+                # A status this pass wrote reaches the CR by the feed (read in batches
+                # there, its generation translated then) rather than by one more record
+                # read per pass here; with none, the CR is as current as it was.
+                return result
             record = await self._call(self.records.find, kind, account, name)
         if record is not None:
             await self.sync.push(record, again=cr_lags)
@@ -192,19 +199,34 @@ class Controller:
         """create / update / resume / timer: the record follows the CR, then a pass."""
         meta = body.get("metadata") or {}
         account, name = meta["namespace"], meta["name"]
-        async with self.locks.of((kind.kind_name, account, name)):
+        what = await self._adopt(kind, body, trust_sync=True)
+        # An edit the record did not need (a default written out) still bumped the CR's
+        # generation: its status must say so now, not at the next resync.
+        observed = (body.get("status") or {}).get("observedGeneration") or 0
+        cr_lags = observed < (meta.get("generation") or 0)
+        result = await self.reconcile(kind, account, name, cr_lags=cr_lags)
+        if what == "known" and result.outcome is None:
+            # The record went away since the sync pushed it: the CR brings it back, as
+            # adoption always does.
+            await self._adopt(kind, body, trust_sync=False)
+            await self.reconcile(kind, account, name, cr_lags=cr_lags)
+
+    async def _adopt(self, kind: type[Entity], body: Mapping[str, Any], trust_sync: bool) -> str:
+        """`adopt` under the object's lock; `trust_sync`: skip the record read when the
+        CR is what the sync made of the record version it last pushed."""
+        meta = body.get("metadata") or {}
+        key = (kind.kind_name, meta["namespace"], meta["name"])
+        async with self.locks.of(key):
+            known = self.sync.agreed.get(key) if trust_sync else None
             try:
-                what = await self._call(adopt, self.records, kind, body)
+                what = await self._call(adopt, self.records, kind, body, known)
             except (ValidationError, DyffError) as exc:  # DyffError: an immutable field, ...
                 why = refusal(exc)
                 await self.sync.refuse(kind, body, why)
                 raise kopf.PermanentError(f"{kind.kind_name} refused: {why}") from exc
-        if what != "unchanged":
-            log.info("record of %s %s/%s: %s", kind.kind_name, account, name, what)
-        # An edit the record did not need (a default written out) still bumped the CR's
-        # generation: its status must say so now, not at the next resync.
-        observed = (body.get("status") or {}).get("observedGeneration") or 0
-        await self.reconcile(kind, account, name, cr_lags=observed < (meta.get("generation") or 0))
+        if what not in ("unchanged", "known"):
+            log.info("record of %s %s/%s: %s", kind.kind_name, *key[1:], what)
+        return what
 
     async def on_cr_deleted(self, kind: type[Entity], body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}

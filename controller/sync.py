@@ -36,8 +36,7 @@ import hashlib
 import json
 import logging
 import time
-import zlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -190,15 +189,31 @@ def entity_from_cr(kind: type[Entity], body: Mapping[str, Any]) -> Entity:
     return kind.model_validate(record)
 
 
-def adopt(records: RecordStore, kind: type[Entity], body: Mapping[str, Any]) -> str:
+def agreement(entity: Entity, ref: str | None) -> str:
+    """What adoption compares of a record (or of the record a CR stands for, with the
+    CR's RECORD_REF as `ref`): equal digests mean there is nothing to copy either way."""
+    owner = [entity.metadata.annotations.get(k) for k in (MANAGED_BY, GIT_SOURCE)]
+    spec = spec_digest(type(entity), entity.spec.wire())
+    return _digest([ref, spec, entity.metadata.labels, owner])
+
+
+def adopt(
+    records: RecordStore, kind: type[Entity], body: Mapping[str, Any], known: str | None = None
+) -> str:
     """Make the record agree with its CR (blocking). Returns what it did: `created`,
     `updated`, `unchanged`, `pending` (the record's own spec is on its way to the CR) or
-    `deleting`. Raises ValidationError / dyff's Invalid for a spec dyff refuses."""
+    `deleting`; or `known` without reading the record, when the CR is what the sync made
+    of the record version it last pushed (`known`: `agreement` of that version).
+    Raises ValidationError / dyff's Invalid for a spec dyff refuses."""
     from dyff.errors import AlreadyExists
 
     wanted = entity_from_cr(kind, body)
     meta = body.get("metadata") or {}
     cr_ref = (meta.get("annotations") or {}).get(RECORD_REF)
+    if known is not None and cr_ref is not None and known == agreement(wanted, cr_ref):
+        # Every kopf event of a CR the sync made would read the record only to find it
+        # unchanged: a record store round trip per event, the slowest part on Datastore.
+        return "known"
     account, name = wanted.account, wanted.name
     record = records.find(kind, account, name)
     if record is None:
@@ -275,14 +290,30 @@ def _newer(old: CrState, new: CrState) -> bool:
 
 
 class KeyLocks:
-    """Striped asyncio locks: at most one reconcile pass or push per object at a time
-    in this process, without a lock object per object ever seen."""
+    """One asyncio lock per object, kept while anyone holds or waits for it: at most one
+    reconcile pass or push per object at a time in this process. Exact, not striped: a
+    slow pass (or hundreds queued for the record store) never holds up the push of an
+    object it happens to share a stripe with."""
 
-    def __init__(self, stripes: int = 256) -> None:
-        self._locks = [asyncio.Lock() for _ in range(stripes)]
+    def __init__(self) -> None:
+        self._locks: dict[Key, tuple[asyncio.Lock, int]] = {}
 
-    def of(self, key: Key) -> asyncio.Lock:
-        return self._locks[zlib.crc32("\0".join(key).encode()) % len(self._locks)]
+    @contextlib.asynccontextmanager
+    async def of(self, key: Key) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 # Runs passes until a record marked deleting is gone (the kopf adapter's `finalize`).
@@ -319,12 +350,14 @@ class RecordSync:
         self.crs: dict[Key, CrState] = {}
         # (uid, version) of the record last pushed per key: an older one never follows.
         self.pushed: dict[Key, tuple[str | None, int]] = {}
+        # `agreement` of the record version last pushed per key, for `adopt`.
+        self.agreed: dict[Key, str] = {}
         self._namespaces: set[str] = set()
         self._retry: dict[Key, tuple[float, Entity]] = {}
         self._gate = asyncio.Semaphore(concurrency)
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="dyff-sync")
-        # Feed polls are sequential: one thread (and one store connection) is enough.
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="dyff-sync-feed")
+        # One thread per kind's feed; each feed's polls are sequential.
+        self._reader = ThreadPoolExecutor(len(self.kinds), thread_name_prefix="dyff-sync-feed")
         self._feeds: dict[str, ChangeFeed[Any]] = {}
         self._latest: dict[Key, Entity] = {}
         self._pushers: dict[Key, asyncio.Task[None]] = {}
@@ -387,6 +420,7 @@ class RecordSync:
                     await self.list_crs()
                     self._feeds = {}
                     self.pushed.clear()
+                    self.agreed.clear()
                     next_resync = started + self.resync_interval
                 # Pushes run on while the next polls happen: a slow batch does not delay
                 # the records that change meanwhile.
@@ -403,13 +437,19 @@ class RecordSync:
     async def poll_once(self, *, wait: bool = True) -> int:
         """Start pushing every record changed since the last poll (and wait for the pushes
         unless `wait` is false); returns how many."""
-        batch: dict[Key, Entity] = {}
         for kind in self.kinds:
-            feed = self._feeds.get(kind.kind_name)
-            if feed is None:
-                feed = self._feeds[kind.kind_name] = ChangeFeed(self.records, kind)
-            loop = asyncio.get_running_loop()
-            for entity in await loop.run_in_executor(self._reader, feed.poll):
+            if kind.kind_name not in self._feeds:
+                self._feeds[kind.kind_name] = ChangeFeed(self.records, kind)
+        # The kinds' feeds are read side by side: a poll waits for one round trip (to
+        # the store), not one per kind.
+        loop = asyncio.get_running_loop()
+        polls = [
+            loop.run_in_executor(self._reader, self._feeds[kind.kind_name].poll)
+            for kind in self.kinds
+        ]
+        batch: dict[Key, Entity] = {}
+        for kind, entities in zip(self.kinds, await asyncio.gather(*polls), strict=True):
+            for entity in entities:
                 batch[(kind.kind_name, entity.account, entity.name)] = entity
         now = time.monotonic()
         for key, (due, entity) in list(self._retry.items()):
@@ -446,13 +486,25 @@ class RecordSync:
             await asyncio.gather(*list(self._pushers.values()), return_exceptions=True)
 
     async def _push_gated(self, entity: Entity) -> None:
-        async with self._gate:
-            try:
-                await self.push(entity)
-            except Exception as exc:
-                key = (entity.kind, entity.account, entity.name)
-                log.warning("sync of %s %s/%s failed (%s); retrying", *key, exc)
-                self._retry[key] = (time.monotonic() + 2.0, entity)
+        if self._pushed_already(entity):
+            return  # a pass pushed it (or a newer version) already: no lock, no slot
+        try:
+            await self.push(entity, gated=True)
+        except Exception as exc:
+            key = (entity.kind, entity.account, entity.name)
+            log.warning("sync of %s %s/%s failed (%s); retrying", *key, exc)
+            self._retry[key] = (time.monotonic() + 2.0, entity)
+
+    def forget(self, key: Key) -> None:
+        """The record is gone (or going): what was pushed of it no longer holds."""
+        self.pushed.pop(key, None)
+        self.agreed.pop(key, None)
+
+    def _pushed_already(self, entity: Entity) -> bool:
+        """This record version (or a newer one of the same record) reached its CR."""
+        last = self.pushed.get((entity.kind, entity.account, entity.name))
+        version = int(entity.metadata.resource_version or 0)
+        return last is not None and last[0] == entity.metadata.uid and last[1] >= version
 
     def health(self, max_age: float = 120.0) -> dict[str, Any]:
         """For the liveness probe: the loop must have polled recently."""
@@ -463,28 +515,30 @@ class RecordSync:
 
     # ---- one record
 
-    async def push(self, entity: Entity, *, again: bool = False) -> None:
+    async def push(self, entity: Entity, *, again: bool = False, gated: bool = False) -> None:
         """Bring the record's CR in line with it (no-op where it already is). `again`:
-        even if this record version was pushed (its CR changed since)."""
+        even if this record version was pushed (its CR changed since). `gated`: count
+        against the sync's concurrency, taken only once the object's lock is held, so
+        pushes waiting behind a pass leave the slots to other objects."""
         kind = type(entity)
         key: Key = (kind.kind_name, entity.account, entity.name)
         version = int(entity.metadata.resource_version or 0)
         finalize = False
         async with self.locks.of(key):
-            last = self.pushed.get(key)
-            pushed = last is not None and last[0] == entity.metadata.uid and last[1] >= version
-            if pushed and not again:
+            if self._pushed_already(entity) and not again:
                 return  # a newer version was pushed already
-            if entity.metadata.deletion_timestamp is not None:
-                # The CR goes first (its finalizer holds it while kopf finalizes), so no
-                # handler recreates the record; then the record is finalized here too, in
-                # case the CR had no finalizer yet (or never existed).
-                await self._call(self.api.delete, custom_object_path(*key))
-                self.pushed.pop(key, None)
-                finalize = True
-            else:
-                await self._push_locked(kind, key, entity)
-                self.pushed[key] = (entity.metadata.uid, version)
+            async with self._gate if gated else contextlib.nullcontext():
+                if entity.metadata.deletion_timestamp is not None:
+                    # The CR goes first (its finalizer holds it while kopf finalizes), so
+                    # no handler recreates the record; then the record is finalized here
+                    # too, in case the CR had no finalizer yet (or never existed).
+                    await self._call(self.api.delete, custom_object_path(*key))
+                    self.forget(key)
+                    finalize = True
+                else:
+                    await self._push_locked(kind, key, entity)
+                    self.pushed[key] = (entity.metadata.uid, version)
+                    self.agreed[key] = agreement(entity, record_ref(entity))
         if finalize:
             await self.finalize(kind, entity.account, entity.name)
 

@@ -104,7 +104,9 @@ class DatastoreRecordStore(RecordStore):
         key = self._key(kind, account, name)
 
         def attempt() -> StoredDoc | None:
-            with self.client.transaction() as tx:
+            # begin_later: the transaction begins with its first read (one round trip
+            # fewer than BeginTransaction, then Lookup, then Commit).
+            with self.client.transaction(begin_later=True) as tx:
                 current = self._stored(self.client.get(key, transaction=tx))
                 result = body(current)
                 if result is None:

@@ -17,6 +17,9 @@ metric (and the tests hold them to it):
 - expected calibration error uses 15 equal-width bins on the top-1 score,
   each bin `(lo, hi]` (the first also takes 0), weighted by its share of rows
   — the binning of `sklearn.calibration.calibration_curve(strategy="uniform")`.
+
+`Tally` takes the rows a batch at a time and gives the same document as `compute`
+over all of them, bit for bit, in memory that does not grow with the rows.
 """
 
 from __future__ import annotations
@@ -104,15 +107,19 @@ def class_scores(cm: np.ndarray, missed: np.ndarray | None = None) -> ClassScore
     )
 
 
+def _bin_ids(confidence: np.ndarray, n_bins: int) -> np.ndarray:
+    """Each score's equal-width bin: (lo, hi], a score of exactly 0 in the first."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.clip(np.searchsorted(edges[1:-1], confidence, side="left"), 0, n_bins - 1)
+
+
 def calibration_bins(
     confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per equal-width bin: row count, mean confidence, accuracy (0 for empty bins)."""
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # (lo, hi] bins; a score of exactly 0 falls into the first one.
-    ids = np.clip(np.searchsorted(edges[1:-1], confidence, side="left"), 0, n_bins - 1)
+    ids = _bin_ids(confidence, n_bins)
     counts = np.bincount(ids, minlength=n_bins)
     conf_sum = np.bincount(ids, weights=confidence, minlength=n_bins)
     right = np.bincount(ids, weights=correct, minlength=n_bins)
@@ -123,11 +130,138 @@ def expected_calibration_error(
     confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS
 ) -> float:
     """Sum over bins of |accuracy - mean confidence|, weighted by the bin's share of rows."""
-    counts, conf, acc = calibration_bins(confidence, correct, n_bins)
+    return _ece(*calibration_bins(confidence, correct, n_bins))
+
+
+def _ece(counts: np.ndarray, conf: np.ndarray, acc: np.ndarray) -> float:
     total = counts.sum()
     if total == 0:
         return 0.0
     return float(np.sum(counts / total * np.abs(acc - conf)))
+
+
+class Tally:
+    """What `compute` needs of the rows, gathered a batch at a time (`add`, rows in order),
+    so that the metrics of any number of rows take memory for one batch: integer counts
+    (right rows, top-k hits, the confusion matrix with one extra column for predictions
+    outside the classes, calibration bins) and the calibration bins' score sums, each
+    continued in row order exactly as one `np.bincount` over every row would add them.
+    `document` is therefore `compute` over all the rows at once, bit for bit."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+        self.rows = 0
+        self.right = 0
+        width = n_classes + 1
+        self.matrix = np.zeros(width * width, dtype=np.int64)
+        self.bin_counts = np.zeros(ECE_BINS, dtype=np.int64)
+        self.bin_scores: np.ndarray = np.zeros(ECE_BINS, dtype=np.float64)
+        self.bin_right = np.zeros(ECE_BINS, dtype=np.int64)
+        # Top-k: rows whose label is among their first w ids, for w = 1..TOP_K; the
+        # narrowest top-k given (None: none given); whether some rows came without.
+        self.top_hits = np.zeros(TOP_K + 1, dtype=np.int64)
+        self.top_width: int | None = None
+        self.top_missing = False
+
+    def add(
+        self,
+        labels: np.ndarray,
+        predicted: np.ndarray,
+        score: np.ndarray,
+        topk: np.ndarray | None = None,
+    ) -> None:
+        """The next rows: true ids, top-1 ids, top-1 scores, and (N, K) top-k ids or None."""
+        labels = np.asarray(labels)
+        predicted = np.asarray(predicted)
+        n, k = len(labels), self.n_classes
+        if topk is None:
+            self.top_missing = True
+        else:
+            head = np.asarray(topk)[:, :TOP_K]
+            width = head.shape[1]
+            self.top_width = width if self.top_width is None else min(self.top_width, width)
+            if n and width:
+                hit = np.logical_or.accumulate(head == labels[:, None], axis=1)
+                self.top_hits[1 : width + 1] += hit.sum(axis=0)
+        if n == 0:
+            return
+        if labels.min() < 0 or labels.max() >= k:
+            raise ValueError(f"true label ids must lie in 0..{k - 1}")
+        self.rows += n
+        right = labels == predicted
+        self.right += int(np.count_nonzero(right))
+        outside = (predicted < 0) | (predicted >= k)
+        codes = labels.astype(np.int64) * (k + 1) + np.where(outside, k, predicted)
+        self.matrix += np.bincount(codes, minlength=self.matrix.size)
+        confidence = np.asarray(score, dtype=np.float64)
+        ids = _bin_ids(confidence, ECE_BINS)
+        self.bin_counts += np.bincount(ids, minlength=ECE_BINS)
+        self.bin_right += np.bincount(ids, weights=right, minlength=ECE_BINS).astype(np.int64)
+        # Each bin's running sum first, then this batch's scores in order: the very
+        # additions one bincount over all the rows makes.
+        self.bin_scores = np.bincount(
+            np.concatenate([np.arange(ECE_BINS), ids]),
+            weights=np.concatenate([self.bin_scores, confidence]),
+            minlength=ECE_BINS,
+        )
+
+    def document(
+        self, label_names: list[str], wanted: list[str], *, model_classes: int | None = None
+    ) -> dict[str, Any]:
+        """The metrics document (metrics.json) of the rows added (`compute`)."""
+        n_classes = len(label_names)
+        if n_classes != self.n_classes:
+            raise ValueError(f"{n_classes} label names for {self.n_classes} classes")
+        rows = self.rows
+        doc: dict[str, Any] = {"labels": label_names, "rows": rows}
+        if "accuracy" in wanted:
+            doc["accuracy"] = self.right / rows if rows else 0.0
+        classes = n_classes if model_classes is None else model_classes
+        if "top5_accuracy" in wanted and classes <= TOP_K:
+            doc["top5Omitted"] = (
+                f"the model has {classes} classes: every one is in its top {TOP_K}, so "
+                f"top-{TOP_K} accuracy would be 1.0 by construction"
+            )
+        elif "top5_accuracy" in wanted:
+            width = self.top_width
+            if width is None or self.top_missing:
+                doc["top5Accuracy"] = None
+            else:
+                doc["top5Accuracy"] = int(self.top_hits[width]) / rows if rows else 0.0
+        full = self.matrix.reshape(n_classes + 1, n_classes + 1)
+        cm, missed = full[:n_classes, :n_classes], full[:n_classes, n_classes]
+        outside = int(full[:, n_classes].sum())
+        if outside:
+            doc["predictedOutsideLabels"] = outside
+        per_class = {"precision", "recall", "f1"} & set(wanted)
+        if per_class:
+            scores = class_scores(cm, missed)
+            doc["macro"] = {
+                name: getattr(scores, f"macro_{name}") for name in ("precision", "recall", "f1")
+                if name in per_class
+            }  # fmt: skip
+            doc["perClass"] = [
+                {
+                    "label": label_names[i],
+                    "support": int(scores.support[i]),
+                    **{name: float(getattr(scores, name)[i]) for name in sorted(per_class)},
+                }
+                for i in range(n_classes)
+            ]
+        if "confusion_matrix" in wanted:
+            doc["confusionMatrix"] = cm.tolist()
+        if "ece" in wanted:
+            counts = self.bin_counts
+            conf = _ratio(self.bin_scores, counts)
+            acc = _ratio(self.bin_right.astype(np.float64), counts)
+            doc["ece"] = _ece(counts, conf, acc)
+            doc["calibration"] = {
+                "bins": ECE_BINS,
+                "counts": counts.tolist(),
+                "confidence": conf.tolist(),
+                "accuracy": acc.tolist(),
+            }
+        return doc
 
 
 def compute(
@@ -147,58 +281,12 @@ def compute(
     None when the stored predictions cannot answer top-5 (fewer than 5 kept
     while the model has more labels): `top5Accuracy` is then null. A model of
     at most 5 classes (`model_classes`, default the number of labels) gets no
-    `top5Accuracy`, and `top5Omitted` says why.
+    `top5Accuracy`, and `top5Omitted` says why. (`Tally` gives the same document
+    from rows added a batch at a time.)
     """
-    labels = np.asarray(labels)
-    predicted = np.asarray(predicted)
-    n_classes = len(label_names)
-    doc: dict[str, Any] = {"labels": label_names, "rows": len(labels)}
-    if "accuracy" in wanted:
-        doc["accuracy"] = accuracy(labels, predicted)
-    classes = n_classes if model_classes is None else model_classes
-    if "top5_accuracy" in wanted and classes <= TOP_K:
-        doc["top5Omitted"] = (
-            f"the model has {classes} classes: every one is in its top {TOP_K}, so top-{TOP_K} "
-            "accuracy would be 1.0 by construction"
-        )
-    elif "top5_accuracy" in wanted:
-        doc["top5Accuracy"] = None if topk is None else top_k_accuracy(labels, topk, TOP_K)
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"true label ids must lie in 0..{n_classes - 1}")
-    # Predictions outside the classes go to one extra column, then leave the matrix.
-    outside = (predicted < 0) | (predicted >= n_classes)
-    full = confusion_matrix(labels, np.where(outside, n_classes, predicted), n_classes + 1)
-    cm, missed = full[:n_classes, :n_classes], full[:n_classes, n_classes]
-    if outside.any():
-        doc["predictedOutsideLabels"] = int(outside.sum())
-    per_class = {"precision", "recall", "f1"} & set(wanted)
-    if per_class:
-        scores = class_scores(cm, missed)
-        doc["macro"] = {
-            name: getattr(scores, f"macro_{name}") for name in ("precision", "recall", "f1")
-            if name in per_class
-        }  # fmt: skip
-        doc["perClass"] = [
-            {
-                "label": label_names[i],
-                "support": int(scores.support[i]),
-                **{name: float(getattr(scores, name)[i]) for name in sorted(per_class)},
-            }
-            for i in range(n_classes)
-        ]
-    if "confusion_matrix" in wanted:
-        doc["confusionMatrix"] = cm.tolist()
-    if "ece" in wanted:
-        correct = labels == predicted
-        counts, conf, acc = calibration_bins(score, correct)
-        doc["ece"] = expected_calibration_error(score, correct)
-        doc["calibration"] = {
-            "bins": ECE_BINS,
-            "counts": counts.tolist(),
-            "confidence": conf.tolist(),
-            "accuracy": acc.tolist(),
-        }
-    return doc
+    tally = Tally(len(label_names))
+    tally.add(labels, predicted, score, topk)
+    return tally.document(label_names, wanted, model_classes=model_classes)
 
 
 def summary(doc: dict[str, Any]) -> dict[str, float | None]:

@@ -16,6 +16,10 @@ label / predicted / correct / score, ordering, paging, and a few aggregate
 views. Files are scanned lazily, so only the columns and row groups a query
 needs are read (projection and predicate pushdown).
 
+The metrics document of an evaluation (`stream_metrics`) is computed the same
+way: the files are read a batch at a time, in order, into `dyff.metrics.Tally`,
+so memory does not grow with the number of rows.
+
 The two aggregate views over every row (`by_label`, `confusion`) stream the
 two columns they need in batches and count with `numpy.bincount` into a
 dense table while label ids are small (below `DENSE_LABELS`: most
@@ -26,14 +30,16 @@ they fall back to a polars group-by. Both give the same frame.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 from pydantic import Field, ValidationError, field_validator
 
+from dyff import metrics
 from dyff.errors import Invalid
 from dyff.schema import Schema
 from dyff.stores.blobs import BlobStore
@@ -58,6 +64,9 @@ MAX_LABEL_FILTERS = 1000
 LabelId = Annotated[int, Field(ge=0, le=MAX_LABEL_ID)]
 # Label ids below this are counted in dense tables (the pairs in DENSE_LABELS**2 counters).
 DENSE_LABELS = 256
+# Rows of a prediction file read at a time by `stream_metrics`, and the read buffer.
+METRICS_BATCH_ROWS = 64 * 1024
+READ_BUFFER_BYTES = 1024 * 1024
 
 
 class PredictionQuery(Schema):
@@ -260,3 +269,109 @@ def local_paths(blobs: BlobStore, keys: Sequence[str], cache_dir: Path) -> list[
             tmp.replace(local)
         out.append(local)
     return out
+
+
+# -------------------------------------------------------------------- metrics
+
+
+class RowCoverage:
+    """Whether row ids, given a batch at a time, are each of 0..n-1 exactly once. Kept as
+    runs of consecutive ids (one per shard file, merged as they follow each other), so
+    memory follows the files, not the rows."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.runs: list[tuple[int, int]] = []  # [start, end) of consecutive ids
+
+    def add(self, ids: np.ndarray) -> None:
+        self.count += len(ids)
+        if len(ids) == 0:
+            return
+        ids = np.sort(np.asarray(ids, dtype=np.int64))
+        breaks = np.flatnonzero(np.diff(ids) != 1) + 1  # a repeat breaks a run too
+        starts = ids[np.concatenate([[0], breaks])].tolist()
+        ends = (ids[np.concatenate([breaks - 1, [len(ids) - 1]])] + 1).tolist()
+        for start, end in zip(starts, ends, strict=True):
+            if self.runs and self.runs[-1][1] == start:
+                self.runs[-1] = (self.runs[-1][0], end)
+            else:
+                self.runs.append((start, end))
+
+    def exactly(self, n: int) -> bool:
+        """The ids seen are 0..n-1, each once (the runs tile [0, n) without overlap)."""
+        if self.count != n:
+            return False
+        end = 0
+        for start, stop in sorted(self.runs):
+            if start != end:
+                return False
+            end = stop
+        return end == n
+
+
+def prediction_batches(
+    paths: Sequence[Path | str], columns: Sequence[str], batch_rows: int = METRICS_BATCH_ROWS
+) -> Iterator[pl.DataFrame]:
+    """The `columns` of the prediction files, in file order then row order, `batch_rows`
+    rows at a time (a file's pages read through a fixed buffer)."""
+    for path in paths:
+        with pq.ParquetFile(path, buffer_size=READ_BUFFER_BYTES, pre_buffer=False) as pf:
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns)):
+                if batch.num_rows:
+                    frame = pl.from_arrow(batch)
+                    assert isinstance(frame, pl.DataFrame)
+                    yield frame
+
+
+def stream_metrics(
+    paths: Sequence[Path | str],
+    label_names: list[str],
+    wanted: Sequence[str],
+    *,
+    expected_rows: int,
+    top5: bool = True,
+    model_classes: int | None = None,
+    batch_rows: int = METRICS_BATCH_ROWS,
+) -> dict[str, Any]:
+    """The metrics document from prediction files, after checking that they hold every
+    dataset row exactly once (row ids 0..expected_rows-1), read a batch at a time: memory
+    for one batch whatever the number of rows, and the very document `metrics.compute`
+    gives over all the rows at once. `label_names` are the dataset's labels: predicted ids
+    beyond them (model labels the dataset lacks) count as wrong and add no class.
+    `model_classes` (default: the dataset's) decides whether top-5 accuracy means anything
+    (`metrics.compute`); with `top5` False the stored top-k cannot answer it (null)."""
+    columns = ["row_id", "label", "predicted", "score"]
+    classes = len(label_names) if model_classes is None else model_classes
+    need_topk = top5 and "top5_accuracy" in wanted and classes > metrics.TOP_K
+    if need_topk:
+        columns.append("topk_labels")
+    tally = metrics.Tally(len(label_names))
+    coverage = RowCoverage()
+    bad: ValueError | None = None  # raised once the rows are known to be all there
+    for frame in prediction_batches(paths, columns, batch_rows):
+        coverage.add(frame["row_id"].to_numpy())
+        if bad is not None:
+            continue
+        topk = None
+        if need_topk:
+            # The first 5 ids of every row, as wide as the shortest row's: a narrower row
+            # anywhere narrows every row's (the batch's width, then the Tally's minimum).
+            heads = frame["topk_labels"].list.head(metrics.TOP_K)
+            shortest = heads.list.len().min()
+            width = int(shortest) if isinstance(shortest, int) else 0
+            topk = heads.list.head(width).list.to_array(width).to_numpy() if width else None
+        try:
+            tally.add(
+                frame["label"].to_numpy(), frame["predicted"].to_numpy(),
+                frame["score"].to_numpy(), topk,
+            )  # fmt: skip
+        except ValueError as exc:
+            bad = exc
+    if not coverage.exactly(expected_rows):
+        raise RuntimeError(
+            f"prediction files hold {coverage.count} rows, not each of the {expected_rows} "
+            "dataset rows once"
+        )
+    if bad is not None:
+        raise bad
+    return tally.document(label_names, list(wanted), model_classes=model_classes)

@@ -189,6 +189,8 @@ class LocalExecutor:
             from dyff.runtime.serve import WARM_POOL_ENV
 
             env[WARM_POOL_ENV] = str(self.warm.socket_path)
+        # A cold evaluation of dyff's own model runs it in the workload (dyff.runtime.in_process).
+        env.setdefault("DYFF_IN_PROCESS", "1")
         return env
 
     def _spare_kept(self, workload: Workload) -> bool:

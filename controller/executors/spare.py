@@ -18,17 +18,29 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import select
 import sys
+import threading
 import time
 
 # When the spare was handed its work: the workload's start, for `status.timings`.
 STARTED_ENV = "DYFF_WORKLOAD_STARTED"
+PRELOAD_AFTER_IDLE_S = 2.5
 
 
 def main(module: str) -> int:  # pragma: no cover - runs in its own process
     from controller.executors.guard import WORK_DIR_ENV
 
     workload = importlib.import_module(module)
+    preload = getattr(workload, "preload", None)
+    if preload is not None:
+        # What the workload may need (an evaluation running the model itself: torch,
+        # transformers: seconds of CPU), imported once the spare has waited a moment, so
+        # work ordered right after the last (on a busy machine) does not share the CPU
+        # with it; in a thread, so work that needs none of it goes ahead at once.
+        idle, _, _ = select.select([sys.stdin], [], [], PRELOAD_AFTER_IDLE_S)
+        if not idle:
+            threading.Thread(target=preload, name="dyff-preload", daemon=True).start()
     line = sys.stdin.readline()
     if not line.strip():
         return 0

@@ -15,6 +15,11 @@ those very settings: predictions are the same either way.
   device, OMP policy). Any difference is another server.
 - **Lease**: the workload's connection. While it is open the server is in use; when it
   closes — the workload ended, however, SIGKILL included — the idle clock starts.
+- **Modes** (the request's `mode`): `lease` (the default: start the server if there is
+  none); `peek` (lease only a server already running, else answer `{"none": true}`: the
+  workload then runs dyff's own model in its own process, `dyff.runtime.in_process`);
+  `prestart` (start the server if there is none and hold no lease: the next evaluation of
+  that model finds it warm; answered at once).
 - **Idle expiry**: DYFF_WARM_IDLE_S (default 300 s; 0 turns warm servers off: the
   workloads start their own, as before). **Bound**: DYFF_WARM_MAX (default 2) servers not
   in use; past it the least recently used is stopped.
@@ -43,7 +48,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import psutil
 
@@ -197,8 +202,26 @@ class WarmPool:
             request = json.loads(rfile.readline() or b"{}")
         except ValueError:
             return
+        mode = request.get("mode") or "lease"
+        if mode == "prestart":
+            with contextlib.suppress(OSError):
+                wfile.write(b'{"accepted": true}\n')
+                wfile.flush()
+            try:
+                entry, _ = self.acquire(request)
+            except Exception:  # nobody waits for it: the next evaluation starts its own
+                log.warning("prestarting a warm server failed", exc_info=True)
+                return
+            self.release(entry)
+            return
         try:
-            entry, started = self.acquire(request)
+            found = self.acquire(request, start=mode != "peek")
+            if found is None:
+                with contextlib.suppress(OSError):
+                    wfile.write(b'{"none": true}\n')
+                    wfile.flush()
+                return
+            entry, started = found
         except Exception as exc:  # the workload reports it, as a cold start would
             failed = type(exc).__name__ == "ServerFailed"
             reply = {"error": str(exc), "serverFailed": failed}
@@ -225,10 +248,25 @@ class WarmPool:
         finally:
             self.release(entry)
 
-    def acquire(self, request: dict[str, Any]) -> tuple[_Entry, bool]:
+    @overload
+    def acquire(self, request: dict[str, Any]) -> tuple[_Entry, bool]: ...
+
+    @overload
+    def acquire(self, request: dict[str, Any], start: bool) -> tuple[_Entry, bool] | None: ...
+
+    def acquire(self, request: dict[str, Any], start: bool = True) -> tuple[_Entry, bool] | None:
         """The running server for `request` (leased: `release` it), started if there is
-        none; whether it was started now. ServerFailed as `serving` raises it."""
+        none (None instead, without `start`); whether it was started now. ServerFailed as
+        `serving` raises it."""
         key = server_key(request)
+        if not start:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is None or not entry.alive():
+                    return None
+                entry.leases += 1
+                entry.last_used = time.monotonic()
+                return entry, False
         with self._lock:
             starting = self._starting.setdefault(key, threading.Lock())
         with starting:  # one start per key at a time; other keys start in parallel

@@ -449,6 +449,8 @@ def lease_warm(path: str, request: dict[str, object], timeout: float) -> Iterato
             if reply.get("serverFailed"):
                 raise ServerFailed(str(reply["error"]))
             raise WarmUnavailable(str(reply["error"]))
+        if reply.get("none"):  # a `peek`: no server of this model is running
+            raise WarmUnavailable("no warm server for this model")
         yield LeasedServer(
             str(reply["url"]),
             int(reply["pid"]),
@@ -459,3 +461,18 @@ def lease_warm(path: str, request: dict[str, object], timeout: float) -> Iterato
         )
     finally:
         sock.close()  # ends the lease: the pool's idle clock starts
+
+
+def prestart_warm(path: str, request: dict[str, object]) -> bool:
+    """Ask the warm pool at `path` to start the server for `request` for a later
+    evaluation (`mode: prestart`); returns at once, whether the pool took the request."""
+    import json
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5.0)
+            sock.connect(path)
+            sock.sendall(json.dumps({**request, "mode": "prestart"}).encode() + b"\n")
+            return b"accepted" in sock.recv(1024)
+    except OSError:
+        return False

@@ -79,17 +79,19 @@ from typing import Any
 
 import numpy as np
 
-from dyff import criteria, layout, results
+from dyff import criteria, layout, results, robustness
 from dyff.datasets import read_shard
 from dyff.errors import NotFound, WorkloadFailed
 from dyff.evaluation import (
+    CLEAN,
     Inputs,
     Plan,
+    Variant,
     assigned,
-    compute_metrics,
     encode_json,
     encode_predictions,
     inputs_for,
+    manifest_doc,
     plan_inputs,
     prediction_table,
     resolve,
@@ -108,6 +110,7 @@ from dyff.runtime.client import (
     encoded_batches,
     image_batches,
 )
+from dyff.runtime.in_process import IN_PROCESS_ENV, InProcessModel
 from dyff.schema import (
     GATES_CONDITION,
     ConditionStatus,
@@ -207,7 +210,7 @@ class CountingClient:
     """The model client (dyff's own, or a v1 `ServiceClient`), counting inference requests
     and images (for tests and benches)."""
 
-    def __init__(self, client: ModelClient | ServiceClient) -> None:
+    def __init__(self, client: ModelClient | ServiceClient | InProcessModel) -> None:
         self.client = client
         self.calls = 0
         self.images = 0
@@ -295,6 +298,10 @@ class ServerOptions:
     omp_passive: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 300.0
+    # dyff's own model with no warm server running: run it in this process
+    # (dyff.runtime.in_process) instead of starting `bentoml serve`; then ask the warm
+    # pool, if any, to start the server for the next evaluation.
+    in_process: bool = False
 
 
 @dataclass
@@ -306,6 +313,7 @@ class Served:
     exited: Callable[[], str | None] = lambda: None
     scrub: Callable[[str], str] = lambda text: text
     warm: bool = False  # an already running server of `dyff up`'s warm pool
+    model: InProcessModel | None = None  # the model in this process, instead of a URL
 
 
 @contextlib.contextmanager
@@ -338,6 +346,7 @@ def serve_model(
         ServerFailed,
         WarmUnavailable,
         lease_warm,
+        prestart_warm,
         scrub,
         serving,
         start_timeout,
@@ -377,21 +386,24 @@ def serve_model(
         }
     timeout = start_timeout() if user else options.startup_timeout
     pool = os.environ.get(WARM_POOL_ENV)
+    in_process = options.in_process and not user
+    request = {
+        "account": model.account, "model": model.name, "digest": inputs.model_digest,
+        "bento": str(archive), "knobs": knobs, "userCode": user,
+        "env": {k: v for k, v in env.items() if k != SERVER_TOKEN_ENV},
+        "startupTimeout": timeout,
+    }  # fmt: skip
     if pool:
         # `dyff up` keeps servers warm: lease one with exactly these settings (the pool
-        # starts it with the same code when it has none).
-        request = {
-            "account": model.account, "model": model.name, "digest": inputs.model_digest,
-            "bento": str(archive), "knobs": knobs, "userCode": user,
-            "env": {k: v for k, v in env.items() if k != SERVER_TOKEN_ENV},
-            "startupTimeout": timeout,
-        }  # fmt: skip
+        # starts it with the same code when it has none; a `peek` only takes a running one).
         with contextlib.ExitStack() as stack:
             leased = None
             try:
-                leased = stack.enter_context(lease_warm(pool, request, timeout))
+                lease = {**request, "mode": "peek"} if in_process else request
+                leased = stack.enter_context(lease_warm(pool, lease, timeout))
             except WarmUnavailable as exc:
-                log.warning("warm pool unavailable (%s); starting a server here", exc)
+                if not in_process:
+                    log.warning("warm pool unavailable (%s); starting a server here", exc)
             except ServerFailed as exc:
                 if not user:
                     raise
@@ -405,6 +417,25 @@ def serve_model(
                     warm=not leased.started,
                 )
                 return
+    if in_process:
+        from dyff.models import unpack_bento
+        from dyff.runtime.in_process import InProcessModel
+
+        target = unpack_bento(archive, scratch / "bento")  # with the current service.py
+        try:
+            yield Served(
+                "in-process",
+                model=InProcessModel(
+                    target,
+                    top_k=int(knobs["DYFF_TOP_K"] or inputs.top_k),
+                    threads=int(knobs["DYFF_TORCH_THREADS"] or 1),
+                    chunk_size=int(knobs["DYFF_CHUNK_SIZE"] or 1),
+                ),
+            )
+        finally:
+            if pool:  # the next evaluation of this model finds its server warm
+                prestart_warm(pool, request)
+        return
     with contextlib.ExitStack() as stack:
         stack.enter_context(reaper(token))
         try:
@@ -519,12 +550,14 @@ def infer_shards(
     on_shard: Callable[[Shard], None],
     batches: Callable[[list[bytes]], Iterator[Any]] | None = None,
     alive: Callable[[], None] = lambda: None,
+    variant: Variant = CLEAN,
 ) -> None:
     """Stream `shards` through the model and store each shard's prediction file. Requests
     hold up to `batch_size` images (fewer when they are large) and run across shard
     boundaries, `concurrency` in flight. `batches` turns a shard's encoded images into
     requests (default: decoded pixels, `image_batches`); `alive` raises when the server
-    is gone, and is called while answers are awaited."""
+    is gone, and is called while answers are awaited. A perturbed `variant` sends each
+    image corrupted (`robustness.perturbed_png`) and stores under the variant's key."""
     if batches is None:
 
         def batches(images: list[bytes]) -> Iterator[Any]:
@@ -542,7 +575,8 @@ def infer_shards(
             raise RuntimeError(f"model answered top-{indices.shape[1]}, expected {want_k}")
         table = prediction_table(work.row_ids, work.labels, indices, scores, inputs.label_map)
         data = encode_predictions(table)
-        blobs.put(inputs.prediction_key(work.shard), data, sha256=hashlib.sha256(data).hexdigest())
+        key = inputs.prediction_key(work.shard, variant)
+        blobs.put(key, data, sha256=hashlib.sha256(data).hexdigest())
         on_shard(work.shard)
 
     pending: deque[tuple[_ShardWork, int, Future[TopK]]] = deque()
@@ -569,6 +603,8 @@ def infer_shards(
             work = _ShardWork(
                 shard, table.column("row_id").to_numpy(), table.column("label").to_numpy()
             )
+            if variant.kind is not None:
+                images = list(robustness.perturbed_images(images, work.row_ids, variant))
             # Decoding happens here, while earlier requests are in flight.
             for batch in batches(images):
                 while len(pending) >= concurrency:
@@ -600,25 +636,31 @@ class RunReport:
 
     plan: Plan
     inferred: list[str] = field(default_factory=list)  # shard digests inferred by this run
+    # Perturbed shards inferred by this run, by criterion (`perturbation KIND/SEVERITY`).
+    perturbed: dict[str, list[str]] = field(default_factory=dict)
     inference_calls: int = 0
     images: int = 0
     metrics: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _progress(plan: Plan, done: set[str]) -> Progress:
-    return Progress(
-        shards_total=plan.shards_total,
-        shards_done=sum(1 for s in plan.shards if s.sha256 in done),
-        shards_reused=plan.reused,
-        rows=sum(s.rows for s in plan.shards if s.sha256 in done),
-    )
+def _present(inputs: Inputs, blobs: BlobStore, plan: Plan) -> set[str]:
+    """The plan's prediction files that exist (one listing per variant)."""
+    keys: set[str] = set()
+    for part in plan.parts():
+        keys.update(info.key for info in blobs.list(inputs.prediction_prefix(part.variant) + "/"))
+    return keys & {k for part in plan.parts() for k in part.keys}
 
 
-def _present(inputs: Inputs, blobs: BlobStore) -> set[str]:
-    """Digests of the dataset's shards whose predictions exist (one listing)."""
-    keys = {info.key for info in blobs.list(inputs.prediction_prefix() + "/")}
-    return {s.sha256 for s in inputs.shards if inputs.prediction_key(s) in keys}
+def _reused(plan: Plan) -> set[str]:
+    """The plan's prediction files that existed when it was made."""
+    out: set[str] = set()
+    for part in plan.parts():
+        missing = {s.sha256 for s in part.to_infer}
+        out.update(
+            k for s, k in zip(plan.shards, part.keys, strict=True) if s.sha256 not in missing
+        )
+    return out
 
 
 def _gates(ev: Evaluation, doc: dict[str, Any]) -> tuple[ConditionStatus, str, str] | None:
@@ -639,7 +681,8 @@ def _write_results(
     paths = results.local_paths(blobs, plan.keys, scratch / "predictions")
     model_labels = inputs.model.status.labels
     # Over the dataset's labels only: a prediction of a model label it lacks is wrong.
-    doc = compute_metrics(
+    # A batch of rows at a time: memory does not grow with the rows.
+    doc = results.stream_metrics(
         paths,
         inputs.dataset_labels,
         ev.spec.metrics,
@@ -665,7 +708,10 @@ def _write_results(
         metrics_doc=doc,
         cache_dir=scratch / "predictions",
     )
-    blobs.put(layout.manifest_key(ev.account, ev.name, uid), encode_json({"files": plan.keys}))
+    robust = robustness.robustness_results(inputs, blobs, plan, doc, scratch)
+    if robust is not None:
+        doc["robustness"] = robust
+    blobs.put(layout.manifest_key(ev.account, ev.name, uid), encode_json(manifest_doc(plan)))
     blobs.put(layout.metrics_key(ev.account, ev.name, uid), encode_json(doc))
     return doc, blobs.uri(layout.evaluation_prefix(ev.account, ev.name, uid))
 
@@ -709,23 +755,26 @@ def run_evaluation(
                 inputs = with_served_labels(inputs, served.service().labels)
             plan = plan_inputs(inputs, blobs)
             outcome = RunReport(plan=plan)
-            todo = plan.to_infer
+            # The dataset's own images first, then each perturbation and severity.
+            todo = [(part.variant, part.to_infer) for part in plan.parts()]
             if indexed:
                 assert shard_index is not None and shard_count is not None
-                todo = assigned(todo, plan.shards, shard_index, shard_count)
-            done = {s.sha256 for s in plan.shards} - {s.sha256 for s in plan.to_infer}
+                todo = [(v, assigned(t, plan.shards, shard_index, shard_count)) for v, t in todo]
+            to_infer = sum(len(t) for _, t in todo)
+            done = _reused(plan)
+            progress = plan.progress(done)
             set_status(
                 records, account, name,
-                phase=Phase.RUNNING, generation=generation, progress=_progress(plan, done),
+                phase=Phase.RUNNING, generation=generation, progress=progress,
                 model_digest=inputs.model_digest,
-                ready=("False", "Running", f"{plan.reused}/{plan.shards_total} shards reused, "
-                       f"{len(todo)} to infer"),
+                ready=("False", "Running", f"{progress.shards_reused}/{progress.shards_total} "
+                       f"shards reused, {to_infer} to infer"),
             )  # fmt: skip
             log.info(
                 "%s/%s: %d shards, %d reused, %d to infer here",
-                account, name, plan.shards_total, plan.reused, len(todo),
+                account, name, progress.shards_total, progress.shards_reused, to_infer,
             )  # fmt: skip
-            if todo:
+            if to_infer:
                 _infer(
                     inputs, blobs, records, plan, todo, done, outcome, served,
                     indexed=indexed, generation=generation,
@@ -733,7 +782,8 @@ def run_evaluation(
             stack.close()  # the server is no longer needed
             outcome.timings["inference_s"] = time.perf_counter() - started
             t_metrics = time.perf_counter()
-            missing = [s for s in plan.shards if s.sha256 not in _present(inputs, blobs)]
+            present = _present(inputs, blobs, plan)  # one listing, not one per shard
+            missing = [k for part in plan.parts() for k in part.keys if k not in present]
             if missing and indexed:
                 log.info("%s/%s: %d shards left to other pods", account, name, len(missing))
                 return outcome
@@ -752,8 +802,10 @@ def run_evaluation(
         set_status(
             records, account, name,
             phase=Phase.COMPLETE, generation=generation,
-            progress=_progress(plan, {s.sha256 for s in plan.shards}),
-            metrics=MetricsSummary.model_validate(summary(doc)),
+            progress=plan.progress({k for part in plan.parts() for k in part.keys}),
+            metrics=MetricsSummary.model_validate(
+                {**summary(doc), "accuracyInterval": criteria.accuracy_interval(doc)}
+            ),
             results_uri=uri, model_digest=inputs.model_digest, timings=timings,
             ready=("True", "Complete", f"{plan.rows_total} rows, {plan.shards_total} shards "
                    f"({plan.reused} reused)"),
@@ -839,7 +891,7 @@ def _infer(
     blobs: BlobStore,
     records: RecordStore,
     plan: Plan,
-    todo: list[Shard],
+    todo: list[tuple[Variant, list[Shard]]],
     done: set[str],
     outcome: RunReport,
     server: _Server,
@@ -862,29 +914,40 @@ def _infer(
 
             def batches(images: list[bytes]) -> Iterator[Any]:
                 return encoded_batches(images, run.batch_size)
+        elif served.model is not None:  # dyff's own model, in this process
+            client = CountingClient(served.model)
+            resize = check_served(inputs, client.metadata())
         else:
             http = stack.enter_context(ModelClient(served.url, concurrency=run.concurrency))
             client = CountingClient(http)
             resize = check_served(inputs, client.metadata())
 
+        variant = CLEAN  # the one being inferred (the loop below sets it)
+
         def shard_done(shard: Shard) -> None:
-            outcome.inferred.append(shard.sha256)
+            if variant.kind is None:
+                outcome.inferred.append(shard.sha256)
+            else:
+                outcome.perturbed.setdefault(variant.criterion, []).append(shard.sha256)
+            key = inputs.prediction_key(shard, variant)
             # Pods of an Indexed Job share the record: count what exists, not what
             # this pod did, so their writes never undo each other.
-            now = _present(inputs, blobs) if indexed else done | {shard.sha256}
-            done.add(shard.sha256)
+            now = _present(inputs, blobs, plan) if indexed else done | {key}
+            done.add(key)
             set_status(
                 records, ev.account, ev.name,
-                phase=Phase.RUNNING, generation=generation, progress=_progress(plan, now),
+                phase=Phase.RUNNING, generation=generation, progress=plan.progress(now),
             )  # fmt: skip
 
         t1 = time.perf_counter()
         try:
-            infer_shards(
-                inputs, blobs, client, todo,
-                batch_size=run.batch_size, concurrency=run.concurrency,
-                resize=resize, on_shard=shard_done, batches=batches, alive=server.alive,
-            )  # fmt: skip
+            for variant, shards in todo:
+                if shards:
+                    infer_shards(
+                        inputs, blobs, client, shards,
+                        batch_size=run.batch_size, concurrency=run.concurrency, resize=resize,
+                        on_shard=shard_done, batches=batches, alive=server.alive, variant=variant,
+                    )  # fmt: skip
         except ServiceError as exc:
             # The service's answer broke the protocol or it failed: the user's error.
             server.alive()  # its exit (with its log) says more than a refused connection
@@ -908,7 +971,10 @@ def run(config: WorkloadConfig) -> None:
         shard_index=config.shard_index,
         shard_count=config.shard_count,
         model_url=os.environ.get(MODEL_URL_ENV) or None,
-        server=ServerOptions(torch_threads=int(os.environ.get(MODEL_THREADS_ENV) or 0) or None),
+        server=ServerOptions(
+            torch_threads=int(os.environ.get(MODEL_THREADS_ENV) or 0) or None,
+            in_process=os.environ.get(IN_PROCESS_ENV) == "1",
+        ),
         started_at=_process_started(),
     )
 
@@ -925,6 +991,15 @@ def _process_started() -> float:
         return float(psutil.Process().create_time())
     except psutil.Error:
         return time.time()
+
+
+def preload() -> None:
+    """For a spare workload (controller.executors.spare): the imports a run of dyff's own
+    model in this process needs, done before there is work."""
+    if os.environ.get(IN_PROCESS_ENV) == "1":
+        from dyff.runtime.in_process import preload as preload_model
+
+        preload_model()
 
 
 def main(argv: list[str] | None = None) -> int:

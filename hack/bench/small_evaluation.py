@@ -8,10 +8,14 @@ order (POST) to the evaluation's `Complete` as the HTTP API reports it (the stat
 polled every 20 ms):
 
 - **cold**: the first evaluation of the model (dataset A): no server for it is running;
-  `dyff up` starts one (and keeps it warm). Goal: ratio to the baseline <= 1.0.
+  the workload runs dyff's own model in its process (the spare workload has torch and
+  transformers imported), then `dyff up` starts its server for later. Goal: ratio to the
+  baseline <= 1.0.
 - **warm**: the same model on other rows (dataset B), ordered BENCH_WARM_GAP_S (default
-  5 s — the issue says "a minute before"; shortened, as any gap under the idle period of
-  5 min is the same case) after the cold one completed. Goal: ratio <= 0.25.
+  60 s: "a minute before", as the issue puts it) after the cold one completed. The cold
+  evaluation ran the model in its workload (dyff.runtime.in_process); `dyff up` then
+  started the model's server in the background, which this one finds warm. Goal: ratio
+  <= 0.25.
 - **repeat**: an identical evaluation of A again, ordered BENCH_REPEAT_GAP_S (default
   2 s) after the warm one completed: every shard's predictions are reused, so no server
   and no inference call. Goal: <= 0.3 s absolute.
@@ -50,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 ROWS = 300
 CLASSES = 4
 LABELS = [str(i) for i in range(CLASSES)]
-WARM_GAP_S = float(os.environ.get("BENCH_WARM_GAP_S", "5"))
+WARM_GAP_S = float(os.environ.get("BENCH_WARM_GAP_S", "60"))
 REPEAT_GAP_S = float(os.environ.get("BENCH_REPEAT_GAP_S", "2"))
 BASELINE_RUNS = int(os.environ.get("BENCH_BASELINE_RUNS", "3"))
 POLL_S = 0.02

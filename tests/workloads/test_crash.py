@@ -193,3 +193,66 @@ def test_killed_anywhere_then_rerun_gives_the_same_results(
     paths = results.local_paths(platform.blobs, files, tmp_path)
     row_ids = results.Results(paths).scan().select("row_id").collect()["row_id"].to_numpy()
     np.testing.assert_array_equal(np.sort(row_ids), np.arange(LONG_ROWS))
+
+
+def test_perturbed_predictions_are_identical_after_a_kill_and_rerun(
+    platform: Platform, served_tiny: str, tmp_path: Path, workloads: list[Any]
+) -> None:
+    """Robustness criteria: the corrupted images are seeded by row id, so a workload killed
+    mid-way through the perturbed shards and run again predicts exactly what an
+    uninterrupted run does, byte for byte in the predictions' content."""
+    import polars as pl
+
+    from dyff.evaluation import Variant, resolve
+    from tests.workloads.evaluation_fixtures import HELDOUT
+
+    criteria = {"perturbations": [{"kind": "gaussian_noise", "severities": [2], "seed": 9}]}
+    order = {"dataset": HELDOUT, "batch_size": 4, "concurrency": 1, "criteria": criteria}
+    ref_account = fresh_account()
+    platform.order(ref_account, "ref", **order)  # type: ignore[arg-type]
+    run_evaluation(platform.records, platform.blobs, ref_account, "ref", model_url=served_tiny)
+
+    account = fresh_account()
+    platform.order(account, "crash", **order)  # type: ignore[arg-type]
+    scratch, log = tmp_path / "scratch", tmp_path / "workload.log"
+    scratch.mkdir()
+    shards = len(
+        resolve(platform.records, platform.blobs, platform.evaluation(account, "crash")).shards
+    )
+    proc = start(workloads, platform, account, "crash", scratch, log)
+    # Killed once the clean shards are done and a perturbed one is written.
+    wait_until(
+        proc,
+        "a perturbed prediction file",
+        lambda: len(platform.prediction_files(account)) > shards,
+    )
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert_no_orphans(scratch, family)
+    assert shards < len(platform.prediction_files(account)) < 2 * shards, "mid-way"
+
+    proc = start(workloads, platform, account, "crash", scratch, log)
+    assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
+    assert platform.evaluation(account, "crash").status.phase == "Complete"
+
+    variant = Variant("gaussian_noise", 2, 9)
+
+    def perturbed(acct: str, name: str) -> list[pl.DataFrame]:
+        inputs = resolve(platform.records, platform.blobs, platform.evaluation(acct, name))
+        keys = [inputs.prediction_key(s, variant) for s in inputs.shards]
+        return [pl.read_parquet(platform.blobs.root / k) for k in keys]
+
+    # The same corrupted images, so the same predictions; the scores within float noise
+    # (the reference ran against another server process, threaded otherwise).
+    for got, want in zip(perturbed(account, "crash"), perturbed(ref_account, "ref"), strict=True):
+        exact = [c for c in got.columns if "score" not in c]
+        assert got.select(exact).equals(want.select(exact))
+        for column in (c for c in got.columns if "score" in c):
+            np.testing.assert_allclose(
+                np.asarray(got[column].to_list(), dtype=np.float64),
+                np.asarray(want[column].to_list(), dtype=np.float64),
+                rtol=0, atol=1e-5,
+            )  # fmt: skip
+    ref_doc, doc = platform.metrics_doc(ref_account, "ref"), platform.metrics_doc(account, "crash")
+    assert doc["robustness"] == ref_doc["robustness"]

@@ -98,8 +98,8 @@ def test_end_to_end_through_bentoml(platform: Platform, tiny_model_dir: Path) ->
     assert st.phase == "Complete" and ready is not None
     assert (ready.status, ready.reason) == ("True", "Complete")
     assert st.progress is not None
-    assert st.progress.model_dump() == {
-        "shards_total": 10, "shards_done": 10, "shards_reused": 0, "rows": HELDOUT_ROWS,
+    assert st.progress.wire() == {
+        "shardsTotal": 10, "shardsDone": 10, "shardsReused": 0, "rows": HELDOUT_ROWS,
     }  # fmt: skip
     model = platform.records.get(Model, OWNER, MODEL)
     assert st.model_digest == model.status.digest
@@ -114,6 +114,10 @@ def test_end_to_end_through_bentoml(platform: Platform, tiny_model_dir: Path) ->
     assert doc["accuracy"] == st.metrics.accuracy
     assert doc["top5Accuracy"] == st.metrics.top5_accuracy
     assert doc["macro"]["f1"] == st.metrics.macro_f1 and doc["ece"] == st.metrics.ece
+    # kubectl's Interval column: accuracy's bootstrap interval, as metrics.json has it.
+    interval = doc["criteria"]["intervals"]["metrics"]["accuracy"]
+    assert st.metrics.accuracy_interval == [round(interval["low"], 4), round(interval["high"], 4)]
+    assert st.metrics.accuracy_interval[0] <= st.metrics.accuracy <= st.metrics.accuracy_interval[1]
 
     # The manifest lists the cache keys in shard order; the rows are the dataset's, once.
     ds = platform.records.get(Dataset, OWNER, HELDOUT)

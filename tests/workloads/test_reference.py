@@ -154,3 +154,81 @@ def _close(a: Any, b: Any) -> bool:
         # Score averages (ECE, calibration) may differ as much as the scores do.
         return abs(float(a) - float(b)) <= SCORE_TOLERANCE
     return bool(a == b)
+
+
+PERTURBED = [("gaussian_noise", 3, 11), ("rotate", 2, 4), ("jpeg", 5, 0)]
+
+
+@pytest.mark.parametrize("family", ["deit_crop", "mobilenet_no_resize"])
+def test_perturbed_predictions_equal_the_pipeline_on_the_perturbed_images(
+    family: str, platform: tuple[Platform, list[tuple[bytes, int]]], tmp_path: Path
+) -> None:
+    """Robustness criteria: what dyff reports for a perturbed variant is what the user's
+    pipeline gives on the image loaded as it loads it, then corrupted."""
+    from PIL import ImageOps
+
+    from dyff import perturbations
+    from dyff.evaluation import Variant, resolve
+    from dyff.models import package_transformers
+    from dyff.workloads.evaluate import run_evaluation
+
+    p, examples = platform
+    name = f"robust-{family.replace('_', '-')}"
+    model_dir = random_family_model(family, tmp_path / "model")
+    bento = package_transformers(model_dir, tmp_path / "package")
+    p.add_model(name, model_dir, bento, account=ACCOUNT)
+    spec = [{"kind": k, "severities": [s], "seed": seed} for k, s, seed in PERTURBED]
+    p.order(ACCOUNT, name, model=name, dataset=DATASET, model_owner=ACCOUNT,
+            dataset_owner=ACCOUNT, top_k=TOP_K, batch_size=5, concurrency=2,
+            criteria={"perturbations": spec})  # fmt: skip
+    outcome = run_evaluation(p.records, p.blobs, ACCOUNT, name)
+    assert outcome is not None
+    shards = len(outcome.plan.shards)
+    assert {k: len(v) for k, v in outcome.perturbed.items()} == {
+        f"perturbation {k}/{s}": shards for k, s, _ in PERTURBED
+    }
+    inputs = resolve(p.records, p.blobs, p.evaluation(ACCOUNT, name))
+    doc = p.metrics_doc(ACCOUNT, name)
+    robust = {r["kind"]: r for r in doc["robustness"]["perturbations"]}
+    assert set(robust) == {k for k, _, _ in PERTURBED}
+    for kind, severity, seed in PERTURBED:
+        keys = [inputs.prediction_key(s, Variant(kind, severity, seed)) for s in inputs.shards]
+        got = pl.read_parquet([str(p.blobs.root / k) for k in keys]).sort("row_id")
+        loaded = [
+            ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+            for data, _ in examples
+        ]
+        corrupted = [
+            perturbations.perturb(np.asarray(img), kind, severity, seed=seed, row_id=row)
+            for row, img in enumerate(loaded)
+        ]
+        encoded = [_encode(Image.fromarray(c, "RGB"), "PNG") for c in corrupted]
+        reference = pipeline_predictions(model_dir, encoded)
+        for row, (ref, ids, scores) in enumerate(
+            zip(reference, got["topk_labels"].to_list(), got["topk_scores"].to_list(), strict=True)
+        ):
+            assert [FAMILY_LABELS[i] for i in ids] == [r["label"] for r in ref], (kind, row)
+            np.testing.assert_allclose(
+                scores, [r["score"] for r in ref], rtol=0, atol=SCORE_TOLERANCE
+            )
+        labels = np.array([t for _, t in examples])
+        top1 = np.array([FAMILY_LABELS.index(ref[0]["label"]) for ref in reference])
+        (entry,) = robust[kind]["bySeverity"]
+        assert entry["accuracy"] == pytest.approx(float(np.mean(top1 == labels)))
+        assert robust[kind]["relativeError"] == pytest.approx(
+            (1 - entry["accuracy"]) - (1 - doc["accuracy"])
+        )
+
+    # Ordered again with one more severity: only that severity is inferred.
+    spec[0]["severities"] = [3, 1]
+    p.order(ACCOUNT, f"{name}-more", model=name, dataset=DATASET, model_owner=ACCOUNT,
+            dataset_owner=ACCOUNT, top_k=TOP_K, batch_size=5, concurrency=2,
+            criteria={"perturbations": spec})  # fmt: skip
+    again = run_evaluation(p.records, p.blobs, ACCOUNT, f"{name}-more")
+    assert again is not None and again.inferred == []
+    assert list(again.perturbed) == ["perturbation gaussian_noise/1"]
+    progress = p.evaluation(ACCOUNT, f"{name}-more").status.progress
+    assert progress is not None and progress.by_criterion is not None
+    reused = {c.criterion: c.shards_reused for c in progress.by_criterion}
+    assert reused["predictions"] == shards and reused["perturbation gaussian_noise/1"] == 0
+    assert reused["perturbation gaussian_noise/3"] == shards

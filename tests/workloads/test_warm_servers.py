@@ -153,3 +153,66 @@ def test_a_warm_server_that_dies_is_seen_at_once_and_replaced(
     with lease_warm(str(pool.socket_path), request, 300) as again:
         assert again.started and again.pid != leased.pid and again.exit_message() is None
     assert pool.starts == 2
+
+
+def test_a_cold_evaluation_runs_the_model_in_process_then_the_server_is_warm(
+    platform: Platform, executor: LocalExecutor
+) -> None:
+    """`dyff up`'s cold path: no warm server, so dyff's own model runs in the workload
+    (dyff.runtime.in_process), and the pool is asked to start the server for later (a
+    `prestart`); the next evaluation `peek`s and finds it warm. Both give the very same
+    predictions: the same service code on the same batches, with the same threads."""
+    import polars as pl
+
+    from dyff.workloads.evaluate import ServerOptions
+
+    pool = executor.warm
+    options = ServerOptions(in_process=True)
+    account = fresh_account()
+    platform.order(account, "cold", dataset=HELDOUT, model_owner=OWNER, dataset_owner=OWNER)
+    cold = run_evaluation(platform.records, platform.blobs, account, "cold", server=options)
+    assert cold is not None and cold.inference_calls > 0
+    timings = platform.evaluation(account, "cold").status.timings
+    assert timings is not None and 0 < timings.model_start_s < 30, timings  # a load, no serve
+    deadline = time.monotonic() + 120
+    while not pool.servers():  # started in the background, for the next evaluation
+        assert time.monotonic() < deadline, "the pool did not prestart the server"
+        time.sleep(0.2)
+    assert pool.starts == 1
+
+    other = fresh_account()
+    platform.order(other, "warm", dataset=HELDOUT, model_owner=OWNER, dataset_owner=OWNER)
+    warm = run_evaluation(platform.records, platform.blobs, other, "warm", server=options)
+    assert warm is not None and warm.inference_calls == cold.inference_calls
+    timings = platform.evaluation(other, "warm").status.timings
+    assert timings is not None and timings.model_start_s == 0, timings
+    assert pool.starts == 1
+
+    def frames(acct: str, name: str) -> list[pl.DataFrame]:
+        return [pl.read_parquet(platform.blobs.root / k) for k in platform.manifest(acct, name)]
+
+    for in_process, served in zip(frames(account, "cold"), frames(other, "warm"), strict=True):
+        assert in_process.equals(served)
+
+
+def test_peek_leases_only_a_running_server(executor: LocalExecutor, tiny_bento: Path) -> None:
+    from dyff.runtime.serve import WarmUnavailable, lease_warm, prestart_warm
+
+    pool = executor.warm
+    assert pool.socket_path is not None
+    path = str(pool.socket_path)
+    request = {
+        "account": OWNER, "model": MODEL, "digest": "sha256:peek", "bento": str(tiny_bento),
+        "knobs": {"DYFF_TOP_K": 5, "DYFF_TORCH_THREADS": 1}, "userCode": False, "env": {},
+    }  # fmt: skip
+    peek = {**request, "mode": "peek"}
+    with pytest.raises(WarmUnavailable, match="no warm server"), lease_warm(path, peek, 300):
+        pass
+    assert pool.starts == 0 and pool.servers() == []
+    assert prestart_warm(path, request)  # answered at once; the start goes on
+    deadline = time.monotonic() + 120
+    while not pool.servers():
+        assert time.monotonic() < deadline, "prestart started nothing"
+        time.sleep(0.2)
+    with lease_warm(path, {**request, "mode": "peek"}, 300) as leased:
+        assert not leased.started and pool.starts == 1

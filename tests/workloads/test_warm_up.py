@@ -71,6 +71,32 @@ def evaluate(up: Up, name: str, dataset: str, top_k: int = 5) -> dict:
     return dict(ev["status"])
 
 
+def started_servers(up: Up, within: float = 120.0) -> list[psutil.Process]:
+    """The warm servers once one is ready: after a cold evaluation (its model run in the
+    workload), the pool starts the model's server in the background."""
+    deadline = time.monotonic() + within
+    while True:
+        servers = warm_servers(up.data_dir)
+        if any(_ready(p) for p in servers):
+            return servers
+        assert time.monotonic() < deadline, "no warm server after the evaluation"
+        time.sleep(0.2)
+
+
+def _ready(proc: psutil.Process) -> bool:
+    """A `bentoml serve` answering /readyz on the port it listens on."""
+    import httpx
+
+    with contextlib.suppress(psutil.Error):
+        for conn in proc.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN:
+                with contextlib.suppress(httpx.HTTPError):
+                    url = f"http://127.0.0.1:{conn.laddr.port}/readyz"
+                    if httpx.get(url, timeout=2).status_code == 200:
+                        return True
+    return False
+
+
 def guard_of(up: Up) -> psutil.Process:
     [guard] = [
         p
@@ -99,10 +125,10 @@ def test_warm_servers_through_dyff_up(
             for i in range(3):
                 c.wait("datasets", f"d{i}", timeout=300)
 
+        # Cold: the model runs in the workload; the pool then starts its server for later.
         cold = evaluate(up, "cold", "d0")
-        servers = warm_servers(data_dir)
-        assert servers, "no warm server after the first evaluation"
-        assert cold["timings"]["modelStartS"] > 0.5, cold["timings"]
+        assert cold["timings"]["modelStartS"] > 0, cold["timings"]
+        servers = started_servers(up)
         warm = evaluate(up, "warm", "d1")
         assert warm["timings"]["modelStartS"] == 0, warm["timings"]
         assert {p.pid for p in warm_servers(data_dir)} == {p.pid for p in servers}
@@ -116,8 +142,7 @@ def test_warm_servers_through_dyff_up(
         # Killed (SIGKILL): its guard ends them.
         up = start_up(tmp_path, port=None, extra_env=env)
         evaluate(up, "again", "d2")
-        servers = warm_servers(data_dir)
-        assert servers
+        servers = started_servers(up)
         os.kill(up.proc.pid, signal.SIGKILL)
         up.proc.wait(10)
         assert gone(servers), "a warm server outlived a killed `dyff up`"
@@ -126,8 +151,7 @@ def test_warm_servers_through_dyff_up(
         # Killed with its guard: the server is left, and the next start ends it.
         up = start_up(tmp_path, extra_env=env)
         evaluate(up, "top3", "d0", top_k=3)  # another setting: another server
-        servers = warm_servers(data_dir)
-        assert servers
+        servers = started_servers(up)
         guard = guard_of(up)
         guard.kill()
         assert gone([guard], within=10)

@@ -644,7 +644,7 @@ def criteria_results(
     """The criteria document (version CRITERIA_VERSION) of an evaluation: its prediction
     files (the manifest's keys, in shard order), its dataset (for the attribute files), the
     labels metrics were computed over, and `spec.criteria` (None: intervals only, with the
-    defaults). `metrics_doc` (metrics.json as `compute_metrics` gives it) says whether top-5
+    defaults). `metrics_doc` (metrics.json as `results.stream_metrics` gives it) says whether top-5
     accuracy means anything here. Raises WorkloadFailed(BadCriteria) for criteria the
     dataset cannot answer."""
     columns = columns_of(criteria)

@@ -26,7 +26,7 @@ dataset's labels only.
 Prediction files follow the contract in `dyff.results` and are written with
 fixed Parquet options, so the same predictions give the same bytes.
 Metrics are always computed from the prediction files of all shards, reused
-or not (`compute_metrics`).
+or not (`results.stream_metrics`).
 """
 
 from __future__ import annotations
@@ -35,15 +35,13 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dyff import layout, metrics, shard_lists
+from dyff import layout, shard_lists
 from dyff.access import usable
 from dyff.errors import NotFound, WorkloadFailed
 from dyff.labels import LABEL_MISMATCH, LabelMatch, match_labels
@@ -501,56 +499,6 @@ def top5_answerable(top_k: int, n_model_labels: int | None) -> bool:
     """Stored top-k can answer top-5 accuracy if it kept 5, or every label the model has.
     (A model with at most 5 classes gets no top-5 accuracy at all: `metrics.compute`.)"""
     return top_k >= 5 or (n_model_labels is not None and n_model_labels <= top_k)
-
-
-def compute_metrics(
-    paths: Sequence[Path | str],
-    label_names: list[str],
-    wanted: Sequence[str],
-    *,
-    expected_rows: int,
-    top5: bool = True,
-    model_classes: int | None = None,
-) -> dict[str, Any]:
-    """The metrics document from prediction files, after checking that they hold every
-    dataset row exactly once (row ids 0..expected_rows-1). `label_names` are the dataset's
-    labels: predicted ids beyond them (model labels the dataset lacks) count as wrong and
-    add no class. `model_classes` (default: the dataset's) decides whether top-5 accuracy
-    means anything (`metrics.compute`)."""
-    columns = ["row_id", "label", "predicted", "score"]
-    classes = len(label_names) if model_classes is None else model_classes
-    need_topk = top5 and "top5_accuracy" in wanted and classes > metrics.TOP_K
-    if need_topk:
-        columns.append("topk_labels")
-    frame = (
-        pl.scan_parquet([str(p) for p in paths]).select(columns).collect()
-        if paths
-        else pl.DataFrame(schema={c: pl.Int64 for c in columns})
-    )
-    row_ids = frame["row_id"].to_numpy()
-    if len(row_ids) != expected_rows or not np.array_equal(
-        np.sort(row_ids), np.arange(expected_rows)
-    ):
-        raise RuntimeError(
-            f"prediction files hold {len(row_ids)} rows, not each of the {expected_rows} "
-            "dataset rows once"
-        )
-    topk = None
-    if need_topk and len(frame):
-        heads = frame["topk_labels"].list.head(5)
-        shortest = heads.list.len().min()
-        width = int(shortest) if isinstance(shortest, int) else 0
-        topk = heads.list.head(width).list.to_array(width).to_numpy() if width else None
-    doc = metrics.compute(
-        frame["label"].to_numpy(),
-        frame["predicted"].to_numpy(),
-        frame["score"].to_numpy(),
-        topk,
-        label_names,
-        list(wanted),
-        model_classes=model_classes,
-    )
-    return doc
 
 
 def encode_json(doc: dict[str, Any]) -> bytes:

@@ -266,7 +266,8 @@ def test_metrics_from_prediction_files_cover_the_dataset_labels_only(tmp_path: P
     counts as wrong, and adds no class to the metrics."""
     import numpy as np
 
-    from dyff.evaluation import compute_metrics, encode_predictions, prediction_table
+    from dyff.evaluation import encode_predictions, prediction_table
+    from dyff.results import stream_metrics
 
     model, dataset = ready_pair(["dog", "cow", "cat"], ANIMALS)
     inputs = inputs_for(evaluation_with(None), model, dataset, SHARDS)
@@ -278,7 +279,7 @@ def test_metrics_from_prediction_files_cover_the_dataset_labels_only(tmp_path: P
     assert table.column("predicted").to_pylist() == [1, 3, 0, 3]
     path = tmp_path / "p.parquet"
     path.write_bytes(encode_predictions(table))
-    doc = compute_metrics(
+    doc = stream_metrics(
         [path], inputs.dataset_labels, ["accuracy", "recall", "confusion_matrix"],
         expected_rows=4, model_classes=inputs.model_classes,
     )  # fmt: skip

@@ -610,6 +610,12 @@ def predictions(
     order: str = typer.Option("row_id", help="row_id, score_desc or score_asc."),
     limit: int = typer.Option(20, help="Rows to show."),
     offset: int = typer.Option(0, help="Rows to skip."),
+    slice_: list[str] = typer.Option(
+        None, "--slice", help="COLUMN:VALUE of the dataset's attributes; repeatable (all hold)."
+    ),
+    perturbation: str = typer.Option(
+        None, help="KIND/SEVERITY: the rows of a perturbation the evaluation asked for."
+    ),
 ) -> None:
     """Query predictions with structured filters. --label and --predicted take a label's name
     or its id; a value that is a label's name means that label, even when it is also a
@@ -627,6 +633,8 @@ def predictions(
             order=order,
             limit=limit,
             offset=offset,
+            slice=slice_ or None,
+            perturbation=perturbation,
         )
     if state.json:
         console.print_json(json.dumps(page))

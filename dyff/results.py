@@ -12,8 +12,10 @@ writes them, and every reader. One file per dataset shard, columns:
     topk_scores  list[float32] their probabilities
 
 Queries are structured (`PredictionQuery`), never SQL strings: filters on
-label / predicted / correct / score, ordering, paging, and a few aggregate
-views. Files are scanned lazily, so only the columns and row groups a query
+label / predicted / correct / score and on the dataset's attributes of a row
+(`slice`, read from the shards' attribute files), ordering, paging, and a few
+aggregate views. A perturbed variant's rows are the same query over its own
+files (the route picks them). Files are scanned lazily, so only the columns and row groups a query
 needs are read (projection and predicate pushdown).
 
 The metrics document of an evaluation (`stream_metrics`) is computed the same
@@ -32,7 +34,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
 import polars as pl
@@ -41,7 +43,15 @@ from pydantic import Field, ValidationError, field_validator
 
 from dyff import metrics
 from dyff.errors import Invalid
-from dyff.schema import Schema
+from dyff.schema import (
+    ATTRIBUTE_NAME_PATTERN,
+    MAX_SLICE_COLUMNS,
+    MAX_SLICE_VALUE_CHARS,
+    PERTURBATION_SEVERITIES,
+    PerturbationKind,
+    Schema,
+    re_search,
+)
 from dyff.stores.blobs import BlobStore
 from dyff.stores.file import FileBlobStore
 
@@ -67,6 +77,7 @@ DENSE_LABELS = 256
 # Rows of a prediction file read at a time by `stream_metrics`, and the read buffer.
 METRICS_BATCH_ROWS = 64 * 1024
 READ_BUFFER_BYTES = 1024 * 1024
+MAX_SLICE_FILTER_CHARS = 64 + 1 + MAX_SLICE_VALUE_CHARS  # COLUMN:VALUE
 
 
 class PredictionQuery(Schema):
@@ -101,6 +112,36 @@ class PredictionQuery(Schema):
     )
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET, description="Rows to skip.")
     limit: int = Field(default=100, ge=1, le=MAX_LIMIT, description="Rows to return.")
+    slice: list[Annotated[str, Field(max_length=MAX_SLICE_FILTER_CHARS)]] | None = Field(
+        default=None,
+        max_length=MAX_SLICE_COLUMNS,
+        description="Keep rows whose dataset attributes have these values, each "
+        "`COLUMN:VALUE` (a column of the dataset's status.attributes; the value as text, "
+        "as a gate's slice compares it), each column at most once.",
+    )
+    perturbation: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The rows of the images under this perturbation, `KIND/SEVERITY`, "
+        "one the evaluation's criteria asked for (default: the dataset's own images).",
+    )
+
+    @field_validator("slice")
+    @classmethod
+    def _slice_filters(cls, values: list[str] | None) -> list[str] | None:
+        if values is None:
+            return None
+        columns = [slice_filter(v)[0] for v in values]
+        if len(set(columns)) != len(columns):
+            raise ValueError("each column at most once")
+        return values
+
+    @field_validator("perturbation")
+    @classmethod
+    def _perturbation(cls, value: str | None) -> str | None:
+        if value is not None:
+            perturbation_of(value)
+        return value
 
     @field_validator("label", "predicted", "columns")
     @classmethod
@@ -109,6 +150,32 @@ class PredictionQuery(Schema):
             repeated = sorted({str(v) for v in values if values.count(v) > 1})
             raise ValueError(f"names {', '.join(repeated)} more than once")
         return values
+
+
+def slice_filter(text: str) -> tuple[str, str]:
+    """`COLUMN:VALUE` -> (column, value); ValueError saying what is wrong."""
+    column, sep, value = text.partition(":")
+    if not sep or not re_search(ATTRIBUTE_NAME_PATTERN, column):
+        raise ValueError(f"{text!r} is not COLUMN:VALUE with an attribute column name")
+    if len(value) > MAX_SLICE_VALUE_CHARS or "\n" in value:
+        raise ValueError(f"the value of {column} is at most {MAX_SLICE_VALUE_CHARS} characters")
+    return column, value
+
+
+def perturbation_of(text: str) -> tuple[str, int]:
+    """`KIND/SEVERITY` -> (kind, severity); ValueError saying what is wrong."""
+    kind, sep, severity = text.partition("/")
+    kinds = get_args(PerturbationKind)
+    if (
+        not sep
+        or kind not in kinds
+        or severity not in {str(s) for s in range(1, PERTURBATION_SEVERITIES + 1)}
+    ):
+        raise ValueError(
+            f"{text!r} is not KIND/SEVERITY, KIND one of {', '.join(kinds)} and SEVERITY 1 to "
+            f"{PERTURBATION_SEVERITIES}"
+        )
+    return kind, int(severity)
 
 
 def checked(q: PredictionQuery) -> PredictionQuery:
@@ -143,10 +210,12 @@ def _filters(q: PredictionQuery) -> pl.Expr | None:
 
 
 class Results:
-    """Lazy access to one evaluation's prediction files."""
+    """Lazy access to one evaluation's prediction files, and to its dataset's attribute
+    files (`attributes`, for `slice` filters; None where the dataset has none)."""
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, paths: Sequence[Path], attributes: Sequence[Path] | None = None) -> None:
         self.paths = [str(p) for p in paths]
+        self.attributes = None if attributes is None else [str(p) for p in attributes]
 
     def scan(self) -> pl.LazyFrame:
         if not self.paths:
@@ -154,12 +223,34 @@ class Results:
         # The paths are files, never patterns: a `[` or `*` in a folder name stays literal.
         return pl.scan_parquet(self.paths, glob=False)
 
-    def rows(self, q: PredictionQuery) -> pl.DataFrame:
-        q = checked(q)
+    def _filtered(self, q: PredictionQuery) -> pl.LazyFrame:
         lf = self.scan()
         where = _filters(q)
         if where is not None:
             lf = lf.filter(where)
+        if q.slice:
+            lf = lf.join(self._slice_rows(q.slice), on="row_id", how="semi")
+        return lf
+
+    def _slice_rows(self, filters: Sequence[str]) -> pl.LazyFrame:
+        """The row ids whose attributes have the filters' values (Invalid, naming `slice`,
+        for a column the dataset does not have)."""
+        if not self.attributes:
+            raise Invalid("slice: the dataset has no attribute files", field="query.slice")
+        attrs = pl.scan_parquet(self.attributes, glob=False)
+        have = attrs.collect_schema().names()
+        condition = pl.lit(True)
+        for column, value in (slice_filter(f) for f in filters):
+            if column == "row_id" or column not in have:
+                known = ", ".join(c for c in have if c != "row_id")
+                raise Invalid(f"slice: no attribute {column!r} (the dataset has: {known})",
+                              field="query.slice")  # fmt: skip
+            condition = condition & (pl.col(column).cast(pl.String) == value)
+        return attrs.filter(condition).select("row_id")
+
+    def rows(self, q: PredictionQuery) -> pl.DataFrame:
+        q = checked(q)
+        lf = self._filtered(q)
         if q.order == "score_desc":
             lf = lf.sort(["score", "row_id"], descending=[True, False])
         elif q.order == "score_asc":
@@ -172,10 +263,7 @@ class Results:
         return lf.collect()
 
     def count(self, q: PredictionQuery | None = None) -> int:
-        lf = self.scan()
-        where = _filters(checked(q)) if q else None
-        if where is not None:
-            lf = lf.filter(where)
+        lf = self._filtered(checked(q)) if q else self.scan()
         return int(lf.select(pl.len()).collect().item())
 
     def by_label(self) -> pl.DataFrame:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -16,8 +17,8 @@ from api_shim.auth import AccountScope, ScopeDep
 from api_shim.params import NameStr
 from api_shim.problems import responses
 from api_shim.state import AppState, StateDep
-from dyff import layout, results
-from dyff.errors import Conflict, NotFound
+from dyff import criteria, layout, results
+from dyff.errors import Conflict, Invalid, NotFound
 from dyff.lifecycle import EvaluationPhase
 from dyff.schema import Dataset, Evaluation, Schema
 
@@ -64,8 +65,10 @@ def results_gone_is_conflict(name: str) -> Iterator[None]:
 
 
 def evaluation_results(
-    state: AppState, scope: AccountScope, name: str
+    state: AppState, scope: AccountScope, name: str, q: results.PredictionQuery
 ) -> tuple[Evaluation, results.Results]:
+    """The evaluation's prediction files the query reads: the dataset's own images', or
+    a perturbation's (`q.perturbation`); with `q.slice`, its dataset's attribute files."""
     evaluation = complete_evaluation(scope, name)
     with results_gone_is_conflict(name):
         manifest = json.loads(
@@ -75,8 +78,34 @@ def evaluation_results(
                 )
             )
         )
-        paths = results.local_paths(state.blobs, manifest["files"], state.cache_dir)
-    return evaluation, results.Results(paths)
+        files = manifest["files"]
+        if q.perturbation is not None:
+            files = perturbed_files(manifest, q.perturbation)
+        paths = results.local_paths(state.blobs, files, state.cache_dir)
+        attributes = attribute_paths(state, evaluation) if q.slice else None
+    return evaluation, results.Results(paths, attributes)
+
+
+def perturbed_files(manifest: dict[str, Any], perturbation: str) -> list[str]:
+    """The prediction files of one perturbation and severity (422 if it was not asked)."""
+    kind, severity = results.perturbation_of(perturbation)
+    for part in manifest.get("perturbed") or []:
+        if (part.get("kind"), part.get("severity")) == (kind, severity):
+            return [str(f) for f in part.get("files") or []]
+    asked = [f"{p.get('kind')}/{p.get('severity')}" for p in manifest.get("perturbed") or []]
+    raise Invalid(
+        f"perturbation: this evaluation has no {perturbation} (it has: "
+        f"{', '.join(asked) or 'no perturbations'})",
+        field="query.perturbation",
+    )
+
+
+def attribute_paths(state: AppState, evaluation: Evaluation) -> list[Path] | None:
+    """The dataset's attribute files, in shard order (None where a shard has none)."""
+    ref = evaluation.spec.dataset
+    dataset = state.records.find(Dataset, ref.account or evaluation.account, ref.name)
+    keys = None if dataset is None else criteria.attribute_keys(state.blobs, dataset)
+    return None if keys is None else results.local_paths(state.blobs, keys, state.cache_dir)
 
 
 def label_names(state: AppState, evaluation: Evaluation) -> list[str] | None:
@@ -113,8 +142,9 @@ def get_predictions(
     state: StateDep,
     q: Annotated[results.PredictionQuery, Query()],
 ) -> PredictionRows:
-    """Predictions filtered and paged by structured parameters (no SQL)."""
-    evaluation, res = evaluation_results(state, scope, name)
+    """Predictions filtered and paged by structured parameters (no SQL): of the dataset's
+    own images or of a perturbation, by label, prediction, score and dataset attribute."""
+    evaluation, res = evaluation_results(state, scope, name, q)
     with results_gone_is_conflict(name):
         frame = res.rows(q)
         total = res.count(q)

@@ -369,5 +369,8 @@ def test_criteria_reach_metrics_and_status_and_infer_nothing_more(platform: Plat
     platform.order(account, "gated-again", criteria={"gates": gates[:1]})
     again = run_evaluation(platform.records, platform.blobs, account, "gated-again")
     assert again is not None and again.inference_calls == 0
+    assert "serve_start_s" not in again.timings, "a model server was started"
+    timings = platform.evaluation(account, "gated-again").status.timings
+    assert timings is not None and timings.model_start_s == 0 and timings.inference_s == 0
     passed = platform.evaluation(account, "gated-again").status.condition("GatesPassed")
     assert passed is not None and passed.status == "True"

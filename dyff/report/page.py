@@ -118,6 +118,8 @@ class Card:
     value: str
     hint: str
     interval: str = ""  # "95 % CI [89.9%, 92.5%]", "" without one
+    # The interval as a whisker on the 0..1 scale: (low, value, high), None without one.
+    whisker: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,13 @@ def _with_intervals(cards: list[Card], criteria: CriteriaView | None) -> list[Ca
         bounds = None if fmt is None else _bounds(criteria, c.key, fmt)
         if bounds is not None and c.value != MISSING:
             assert criteria is not None
-            c = Card(c.key, c.label, c.value, c.hint, f"{criteria.level_text} CI [{bounds}]")
+            e = criteria.estimate(c.key)
+            assert e is not None and e.low is not None and e.high is not None
+            whisker = None
+            if e.value is not None and all(0 <= v <= 1 for v in (e.low, e.value, e.high)):
+                whisker = (float(e.low), float(e.value), float(e.high))
+            text = f"{criteria.level_text} CI [{bounds}]"
+            c = Card(c.key, c.label, c.value, c.hint, text, whisker)
         out.append(c)
     return out
 

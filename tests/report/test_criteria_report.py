@@ -128,6 +128,20 @@ def test_intervals_stand_beside_the_headline_metrics() -> None:
         assert f"[{iv[key]['low']:.3f}, {iv[key]['high']:.3f}]" in table
     assert f"[{iv['ece']['low']:.4f}, {iv['ece']['high']:.4f}]" in table
     assert "200 resamples, seed 0" in page.text("intervals-note")
+    # the cards' whiskers: a line from low to high on 0..1 (x = 4 + v * 112), a dot at the value
+    whiskers = re.findall(r'<svg class="whisker".*?</svg>', html)
+    assert len(whiskers) == 4  # accuracy, top-5, macro F1, ECE
+    ranges = re.findall(r'class="whisker-range"', whiskers[0])
+    assert len(ranges) == 3
+    x1, x2 = (
+        float(v)
+        for v in re.findall(
+            r'x1="([\d.]+)" y1="6" x2="([\d.]+)" y2="6" class="whisker-range"', whiskers[0]
+        )[0]
+    )
+    assert (x1, x2) == (round(4 + acc["low"] * 112, 1), round(4 + acc["high"] * 112, 1))
+    (dot,) = re.findall(r'<circle cx="([\d.]+)"', whiskers[0])
+    assert float(dot) == round(4 + acc["value"] * 112, 1)
 
 
 def test_gates_show_each_outcome_against_its_threshold() -> None:

@@ -62,6 +62,19 @@ def nice_ticks(lo: float, hi: float, count: int) -> tuple[list[float], float]:
     return [round(k * step, 12) for k in range(first, last + 1)], step
 
 
+def unit_range(numbers: Sequence[float], count: int) -> tuple[float, float, list[float], float]:
+    """An axis for values within [0, 1] (accuracies): (low, high, ticks, step) around
+    `numbers` (not empty), padded by 8 % (at least 0.01), on round ticks, within [0, 1]."""
+    lo, hi = max(0.0, min(numbers)), min(1.0, max(numbers))
+    pad = max((hi - lo) * 0.08, 0.01)
+    ticks, step = nice_ticks(max(0.0, lo - pad), min(1.0, hi + pad), count)
+    lo_v = min(ticks[0], max(0.0, lo - pad))
+    hi_v = max(ticks[-1], min(1.0, hi + pad))
+    if hi_v <= lo_v:
+        lo_v, hi_v = max(0.0, lo_v - 0.05), min(1.0, hi_v + 0.05)
+    return lo_v, hi_v, ticks, step
+
+
 def decimals(step: float) -> int:
     """The fewest decimals that write every multiple of `step` exactly (0.25 -> 2)."""
     return next((d for d in range(10) if abs(round(step, d) - step) < 1e-9), 10)

@@ -343,13 +343,7 @@ def slice_chart(rows: Sequence[SliceRow], overall: float | None) -> SliceChart |
     numbers = [v for r in drawn for v in (r.accuracy, r.low, r.high) if v is not None]
     if overall is not None:
         numbers.append(overall)
-    lo, hi = max(0.0, min(numbers)), min(1.0, max(numbers))
-    pad = max((hi - lo) * 0.08, 0.01)
-    ticks, step = charts.nice_ticks(max(0.0, lo - pad), min(1.0, hi + pad), 6)
-    lo_v = min(ticks[0], max(0.0, lo - pad))
-    hi_v = max(ticks[-1], min(1.0, hi + pad))
-    if hi_v <= lo_v:
-        lo_v, hi_v = max(0.0, lo_v - 0.05), min(1.0, hi_v + 0.05)
+    lo_v, hi_v, ticks, step = charts.unit_range(numbers, 6)
     x0, x1 = LABEL_ROOM, LABEL_ROOM + PLOT_WIDTH
     scale = charts.Linear(lo_v, hi_v, x0, x1)
     digits = charts.decimals(step)

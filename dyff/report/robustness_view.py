@@ -274,13 +274,7 @@ def _scale(values: Sequence[float | None], clean: float | None) -> tuple[float, 
         return None
     if clean is not None:
         numbers.append(clean)
-    lo, hi = max(0.0, min(numbers)), min(1.0, max(numbers))
-    pad = max((hi - lo) * 0.08, 0.01)
-    ticks, _ = charts.nice_ticks(max(0.0, lo - pad), min(1.0, hi + pad), 4)
-    lo_v = min(ticks[0], max(0.0, lo - pad))
-    hi_v = max(ticks[-1], min(1.0, hi + pad))
-    if hi_v <= lo_v:
-        lo_v, hi_v = max(0.0, lo_v - 0.05), min(1.0, hi_v + 0.05)
+    lo_v, hi_v, _, _ = charts.unit_range(numbers, 4)
     return lo_v, hi_v
 
 

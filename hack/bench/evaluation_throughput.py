@@ -58,22 +58,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
+import benchenv  # noqa: F401 - first: sets the environment before dyff loads
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from dyff.evaluation import resolve  # noqa: E402
-from dyff.runtime.client import Images  # noqa: E402
-from dyff.schema import Evaluation  # noqa: E402
-from dyff.workloads.evaluate import ServerOptions, model_server, run_evaluation  # noqa: E402
-from tests.workloads.evaluation_fixtures import Platform  # noqa: E402
+from dyff.evaluation import resolve
+from dyff.runtime.client import Images
+from dyff.schema import Evaluation
+from dyff.workloads.evaluate import ServerOptions, model_server, run_evaluation
+from tests.workloads.evaluation_fixtures import Platform
 
 BARE_BATCH = 32
 

@@ -18,26 +18,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+import benchenv  # noqa: F401 - first: sets the environment before dyff loads
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from dyff.schema import Dataset, Shard  # noqa: E402
-from dyff.shard_lists import shards_of  # noqa: E402
-from dyff.workloads.evaluate import RunReport, run_evaluation  # noqa: E402
-from hack.bench.evaluation_throughput import tiny_vit_untrained  # noqa: E402
-from tests.workloads.evaluation_fixtures import OWNER, Platform  # noqa: E402
+from dyff.schema import Dataset, Shard
+from dyff.shard_lists import shards_of
+from dyff.workloads.evaluate import RunReport, run_evaluation
+from hack.bench.evaluation_throughput import tiny_vit_untrained
+from tests.workloads.evaluation_fixtures import OWNER, Platform
 
 ROWS = 4500
 SHARD_ROWS = 450

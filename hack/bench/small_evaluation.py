@@ -43,13 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import benchenv  # noqa: F401 - first: sets the environment before dyff loads
 
 ROWS = 300
 CLASSES = 4

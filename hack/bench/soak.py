@@ -40,22 +40,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+import benchenv  # noqa: F401 - first: sets the environment before dyff loads
+import httpx
+import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import httpx  # noqa: E402
-import psutil  # noqa: E402
-
-from dyff.client import file_digest, pack_directory  # noqa: E402
-from dyff.runtime.serve import free_port  # noqa: E402
-from hack.bench.evaluation_throughput import tiny_vit_untrained  # noqa: E402
-from tests.attack.conftest import Up, start_up, stop_up  # noqa: E402
-from tests.workloads.dataset_fixtures import digits, write_parquet  # noqa: E402
+from dyff.client import file_digest, pack_directory
+from dyff.runtime.serve import free_port
+from hack.bench.evaluation_throughput import tiny_vit_untrained
+from tests.attack.conftest import Up, start_up, stop_up
+from tests.workloads.dataset_fixtures import digits, write_parquet
 
 SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 CLIENTS = 20

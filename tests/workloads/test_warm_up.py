@@ -88,7 +88,7 @@ def _ready(proc: psutil.Process) -> bool:
     import httpx
 
     with contextlib.suppress(psutil.Error):
-        for conn in proc.net_connections(kind="tcp"):
+        for conn in proc.net_connections(kind="tcp"):  # psutil >= 6 (pyproject)
             if conn.status == psutil.CONN_LISTEN:
                 with contextlib.suppress(httpx.HTTPError):
                     url = f"http://127.0.0.1:{conn.laddr.port}/readyz"

@@ -15,8 +15,16 @@
    flight, across shard boundaries so the server never idles between shards.
    Each shard's predictions go to its cache key with one atomic `blobs.put`
    the moment its last batch answers; progress is written after every shard.
+   Under `dyff up` (DYFF_IN_PROCESS=1), dyff's own model with no warm server
+   running is run in this process instead (`dyff.runtime.in_process`: the
+   service's own code on the same batches), and the pool is asked to start its
+   server for the next evaluation.
+   Then each perturbation and severity of `spec.criteria.perturbations` that
+   lacks predictions: the same, with every image corrupted first
+   (`dyff.robustness`), stored under the variant's own keys.
 3. Compute the metrics from the prediction files of all shards (reused or
-   not), write `metrics.json` and the manifest, and mark the evaluation
+   not; streamed, a batch at a time), the criteria and the robustness
+   section, write `metrics.json` and the manifest, and mark the evaluation
    Complete with the headline metrics.
 
 A model that runs its owner's code (`status.userCode`: a user's Bento, or an

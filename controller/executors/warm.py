@@ -46,6 +46,7 @@ import socketserver
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
@@ -204,15 +205,7 @@ class WarmPool:
             return
         mode = request.get("mode") or "lease"
         if mode == "prestart":
-            with contextlib.suppress(OSError):
-                wfile.write(b'{"accepted": true}\n')
-                wfile.flush()
-            try:
-                entry, _ = self.acquire(request)
-            except Exception:  # nobody waits for it: the next evaluation starts its own
-                log.warning("prestarting a warm server failed", exc_info=True)
-                return
-            self.release(entry)
+            self._prestart(request, wfile)
             return
         try:
             found = self.acquire(request, start=mode != "peek")
@@ -286,6 +279,32 @@ class WarmPool:
                 self.starts += 1
         self._trim()
         return entry, True
+
+    def _prestart(self, request: dict[str, Any], wfile: Any) -> None:
+        """Start the server for `request` with no lease. The workload does not wait for the
+        start, and its scratch (the Bento it downloaded) goes when it exits: the pool takes
+        its own link (or copy) of the Bento before it answers."""
+        staged = self.root / "incoming" / f"{server_key(request)}-{uuid.uuid4().hex}.bento"
+        try:
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(request["bento"], staged)
+            except OSError:
+                shutil.copyfile(request["bento"], staged)
+        except (OSError, KeyError, TypeError):
+            log.warning("prestart: cannot take the Bento %r", request.get("bento"), exc_info=True)
+            return
+        with contextlib.suppress(OSError):
+            wfile.write(b'{"accepted": true}\n')
+            wfile.flush()
+        try:
+            entry, _ = self.acquire({**request, "bento": str(staged)})
+        except Exception:  # nobody waits for it: the next evaluation starts its own
+            log.warning("prestarting a warm server failed", exc_info=True)
+            return
+        finally:
+            staged.unlink(missing_ok=True)  # unpacked into the server's folder by now
+        self.release(entry)
 
     def release(self, entry: _Entry) -> None:
         with self._lock:

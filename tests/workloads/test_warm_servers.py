@@ -195,14 +195,22 @@ def test_a_cold_evaluation_runs_the_model_in_process_then_the_server_is_warm(
         assert in_process.equals(served)
 
 
-def test_peek_leases_only_a_running_server(executor: LocalExecutor, tiny_bento: Path) -> None:
+def test_peek_leases_only_a_running_server(
+    executor: LocalExecutor, tiny_bento: Path, tmp_path: Path
+) -> None:
+    import shutil
+
     from dyff.runtime.serve import WarmUnavailable, lease_warm, prestart_warm
 
     pool = executor.warm
     assert pool.socket_path is not None
     path = str(pool.socket_path)
+    # The workload's own download, gone with its scratch as soon as it exits.
+    download = tmp_path / "scratch" / "model.bento"
+    download.parent.mkdir()
+    shutil.copyfile(tiny_bento, download)
     request = {
-        "account": OWNER, "model": MODEL, "digest": "sha256:peek", "bento": str(tiny_bento),
+        "account": OWNER, "model": MODEL, "digest": "sha256:peek", "bento": str(download),
         "knobs": {"DYFF_TOP_K": 5, "DYFF_TORCH_THREADS": 1}, "userCode": False, "env": {},
     }  # fmt: skip
     peek = {**request, "mode": "peek"}
@@ -210,6 +218,7 @@ def test_peek_leases_only_a_running_server(executor: LocalExecutor, tiny_bento: 
         pass
     assert pool.starts == 0 and pool.servers() == []
     assert prestart_warm(path, request)  # answered at once; the start goes on
+    shutil.rmtree(download.parent)  # the workload exited: the pool took its own copy
     deadline = time.monotonic() + 120
     while not pool.servers():
         assert time.monotonic() < deadline, "prestart started nothing"

@@ -50,13 +50,25 @@ class FileBlobStore(BlobStore):
         reader = HashingReader(as_stream(data), limit=size)
         try:
             with open(staging, "wb") as out:
-                while chunk := reader.read(CHUNK):
-                    out.write(chunk)
+                if isinstance(data, bytes | bytearray | memoryview):
+                    # In memory already: checked before a byte is written, then written
+                    # as it is (no copy through a buffer).
+                    reader.sha.update(data)
+                    reader.size = memoryview(data).nbytes
+                    digest = verify(reader, sha256, size)
+                    out.write(data)
+                else:
+                    buffer = memoryview(bytearray(CHUNK))  # one buffer for the whole copy
+                    while n := reader.readinto(buffer):
+                        out.write(buffer[:n])
+                    digest = verify(reader, sha256, size)
                 out.flush()
-                os.fsync(out.fileno())
-            digest = verify(reader, sha256, size)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, target)  # atomic on one filesystem
+                os.fsync(out.fileno())  # the bytes are on disk before the name is
+            try:
+                os.replace(staging, target)  # atomic on one filesystem
+            except FileNotFoundError:  # a first blob in its folder (staging is there)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging, target)
         finally:
             staging.unlink(missing_ok=True)
         return BlobInfo(key=key, size=reader.size, sha256=digest)

@@ -14,6 +14,11 @@ For each kind (Model, Dataset, Evaluation):
   the blob store; a slower one does while it waits (for a dependency to become Ready);
 - every watch event updates what the record sync knows of the CRs.
 
+kopf writes nothing to a CR the record sync made: the sync applies it with kopf's
+finalizer, and kopf's diff base (the last handled spec, labels and annotations) is kept
+in this process (`MemoryDiffBase`), not in an annotation. Either write was a PATCH and
+one more watch event per CR for kopf and the sync to process.
+
 A Job labelled with its owner re-runs the owner's pass as soon as it changes. The
 record sync (`controller.sync`) runs beside the handlers, started and stopped with the
 operator. Handlers for one object never overlap the sync's writes for it
@@ -96,7 +101,9 @@ class Controller:
             on_settled=self.dependency_settled,
             interval=sync_interval,
             resync_interval=resync_interval,
+            finalizers=(FINALIZER,),
         )
+        self.diffbase = MemoryDiffBase()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dyff-reconcile")
         self._stop = asyncio.Event()
         self._sync_task: asyncio.Task[None] | None = None
@@ -299,13 +306,44 @@ def refusal(exc: Exception) -> str:
     return f"refused: {exc}"
 
 
-def configure(settings: kopf.OperatorSettings) -> None:
-    """kopf settings for dyff (also applied by the startup handler)."""
+class MemoryDiffBase(kopf.DiffBaseStorage):
+    """kopf's diff base (each CR's essence as last handled: spec, labels, annotations),
+    kept in this process instead of an annotation on the CR.
+
+    The annotation costs a PATCH after every handled creation or change, and the watch
+    event it causes, which kopf then processes too: for a CR the record sync creates,
+    as much work again as the CR's own events. dyff needs the diff base only to tell an
+    essential change (run the handler) from a status write (do not): create, update and
+    resume run the same handler, so a process that has not seen a CR yet (a restart, a
+    new leader) treating it as created is what resuming it did. Keyed by uid; forgotten
+    when the CR is gone (`forget`) or being deleted (a deletion is detected without it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._essences: dict[str, kopf.BodyEssence] = {}
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return self._essences.get(body.metadata.uid or "")
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        uid = body.metadata.uid
+        if uid and body.metadata.deletion_timestamp is None:
+            self._essences[uid] = essence
+
+    def forget(self, uid: str | None) -> None:
+        self._essences.pop(uid or "", None)
+
+    def __len__(self) -> int:
+        return len(self._essences)
+
+
+def configure(settings: kopf.OperatorSettings, diffbase: MemoryDiffBase | None = None) -> None:
+    """kopf settings for dyff (also applied by the startup handler, with the
+    controller's `diffbase`)."""
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = diffbase if diffbase is not None else MemoryDiffBase()
     # Ask the API server to end each watch before the client gives up on it, well
     # under the server's own request timeout (kube-apiserver: 30 min, proxies: less).
     settings.watching.server_timeout = 270
@@ -337,7 +375,7 @@ def build_registry(
 
     @kopf.on.startup(registry=reg)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure(settings)
+        configure(settings, ctl.diffbase)
         await ctl.start()
 
     @kopf.on.cleanup(registry=reg)
@@ -410,7 +448,10 @@ def _register_kind(reg: kopf.OperatorRegistry, ctl: Controller, kind: type[Entit
     @kopf.on.event(*res, registry=reg, id="observe")
     async def observe(type: str | None, event: kopf.RawEvent, **_: Any) -> None:
         # The raw event's object: plain JSON, cheaper to read than kopf's Body view.
-        ctl.sync.observe(kind, event["object"], deleted=type == "DELETED")
+        deleted = type == "DELETED"
+        ctl.sync.observe(kind, event["object"], deleted=deleted)
+        if deleted:
+            ctl.diffbase.forget((event["object"].get("metadata") or {}).get("uid"))
 
 
 async def run(
@@ -423,7 +464,7 @@ async def run(
 ) -> None:
     """kopf in standalone, cluster-wide mode (accounts are namespaces) until stopped."""
     settings = kopf.OperatorSettings()
-    configure(settings)
+    configure(settings, controller.diffbase)
     await kopf.operator(
         registry=build_registry(controller, registry),
         settings=settings,

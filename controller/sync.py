@@ -3,9 +3,9 @@
 Records -> CRs (this module): the record store's change feed (`ChangeFeed`, polled
 every `interval`) gives each record written since the last poll. A record becomes its
 CR in the account's namespace (created if missing) by server-side apply with field
-manager `dyff`; a record marked deleting deletes its CR and is finalized; the record's
-status is mirrored into the CR's status subresource, its observedGeneration
-translated to the CR's generation.
+manager `dyff`, with the kopf adapter's finalizer already on it; a record marked
+deleting deletes its CR and is finalized; the record's status is mirrored into the CR's
+status subresource, its observedGeneration translated to the CR's generation.
 
 CRs -> records (`adopt`, called by the kopf adapter): a CR with no record gets one; a
 spec the user changed in the CR goes into the record, whose store bumps its generation.
@@ -138,9 +138,10 @@ def cr_status(entity: Entity, cr_generation: int, current: bool) -> dict[str, An
     return status
 
 
-def cr_manifest(entity: Entity) -> dict[str, Any]:
-    """What the sync applies to a record's CR: spec, labels, public annotations, and
-    which record generation the spec came from."""
+def cr_manifest(entity: Entity, finalizers: Iterable[str] = ()) -> dict[str, Any]:
+    """What the sync applies to a record's CR: spec, labels, public annotations, which
+    record generation the spec came from, and `finalizers` (the kopf adapter's: a CR
+    born with it needs no PATCH from kopf to add it, nor the watch event that follows)."""
     meta: dict[str, Any] = {"name": entity.name, "namespace": entity.account}
     if entity.metadata.labels:
         meta["labels"] = dict(entity.metadata.labels)
@@ -148,6 +149,8 @@ def cr_manifest(entity: Entity) -> dict[str, Any]:
         **public_annotations(entity.metadata.annotations),
         RECORD_REF: record_ref(entity),
     }
+    if finalizers:
+        meta["finalizers"] = list(finalizers)
     return {
         "apiVersion": API_VERSION,
         "kind": entity.kind,
@@ -338,8 +341,13 @@ class RecordSync:
         concurrency: int = 16,
         resync_interval: float = 300.0,
         kinds: Iterable[type[Entity]] = RESOURCE_TYPES,
+        finalizers: Iterable[str] = (),
     ) -> None:
         self.records = records
+        # Applied with every spec (never on a CR being deleted: `_push_locked` skips
+        # those). Every apply names them, or server-side apply would remove the ones an
+        # earlier apply of ours set.
+        self.finalizers = tuple(finalizers)
         self.api = api
         self.locks = locks
         self.finalize = finalize
@@ -569,7 +577,7 @@ class RecordSync:
         await self._ensure_namespace(entity.account)
         try:
             applied = await self._call(
-                self.api.apply, custom_object_path(*key), cr_manifest(entity)
+                self.api.apply, custom_object_path(*key), cr_manifest(entity, self.finalizers)
             )
         except ApiError as exc:
             if exc.status != 404:
@@ -578,7 +586,7 @@ class RecordSync:
             self._namespaces.discard(entity.account)
             await self._ensure_namespace(entity.account)
             applied = await self._call(
-                self.api.apply, custom_object_path(*key), cr_manifest(entity)
+                self.api.apply, custom_object_path(*key), cr_manifest(entity, self.finalizers)
             )
         self.observe(kind, applied)
         return self.crs[key]

@@ -120,10 +120,15 @@ class RecordStore(ABC):
         """Records of one kind and account matching the filters, ordered by name,
         strictly after `after_name`, at most `limit`."""
 
-    # How far back (in feed positions) a ChangeFeed re-reads on every poll. Positions that
-    # are commit-ordered (SQLite's sequence) need none; positions taken from writers' clocks
-    # (Datastore) do: a write stamped before another may commit after it.
+    # How far back (in feed positions) a ChangeFeed re-reads. Positions that are
+    # commit-ordered (SQLite's sequence) need none; positions taken from writers' clocks
+    # (Datastore) do: a write stamped before another may commit after it. The whole
+    # window is re-read at most every `feed_overlap_every_s`; the polls between re-read
+    # only `feed_recent_overlap` (what an ordinary commit is late by), so a feed polled
+    # often does not read the same index entries many times over.
     feed_overlap: int = 0
+    feed_recent_overlap: int | None = None  # None: the whole window, every poll
+    feed_overlap_every_s: float = 0.0
 
     def _changed_heads(self, kind: str, position: int, limit: int) -> list[tuple[int, str, str]]:
         """(position, account, name) of the records of a kind (every account) whose last
@@ -355,26 +360,43 @@ class ChangeFeed(Generic[E]):
     """Follows the writes to one kind: each `poll` returns every record (its current
     state) written since the previous poll, once per version, oldest first.
 
-    Every poll re-reads `store.feed_overlap` positions before its cursor, so a write
-    that committed late (or was stamped by a slow clock) is still seen. The re-read is of
-    the index only (position and key); records are fetched only at a position not seen
-    before, and returned only at a (uid, version) not returned before. A record deleted
-    and created again has a new uid, so it is returned even at a lower version.
+    Polls re-read positions before the cursor, so a write that committed late (or was
+    stamped by a slow clock) is still seen: `store.feed_recent_overlap` of them on every
+    poll, all `store.feed_overlap` at least every `store.feed_overlap_every_s` (a write
+    later than the recent window is seen by the next whole re-read, at most that much
+    later). The re-read is of the index only (position and key); records are fetched only
+    at a position not seen before, and returned only at a (uid, version) not returned
+    before. A record deleted and created again has a new uid, so it is returned even at
+    a lower version.
     """
 
     def __init__(
-        self, store: RecordStore, kind: type[E], cursor: int = 0, page: int = MAX_PAGE
+        self,
+        store: RecordStore,
+        kind: type[E],
+        cursor: int = 0,
+        page: int = MAX_PAGE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.kind = kind
         self.cursor = cursor  # position of the newest write seen
         self.page = page
+        self.clock = clock
+        self._whole_due = 0.0  # when the whole overlap window is re-read next
         # (account, name) -> (position, uid, version), for the overlap window only.
         self._seen: dict[tuple[str, str], tuple[int, str | None, int]] = {}
 
     def poll(self) -> builtins.list[E]:
         overlap = self.store.feed_overlap
-        position = max(0, self.cursor - overlap)
+        back, recent = overlap, self.store.feed_recent_overlap
+        if recent is not None and recent < overlap:
+            now = self.clock()
+            if now < self._whole_due:
+                back = recent
+            else:
+                self._whole_due = now + self.store.feed_overlap_every_s
+        position = max(0, self.cursor - back)
         kind = self.kind.kind_name
         out: builtins.list[E] = []
         while True:

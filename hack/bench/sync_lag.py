@@ -114,6 +114,9 @@ class Watch:
         self.session, self.url = session, url
         self.seen: dict[tuple[str, str], float] = {}
         self.changed = asyncio.Event()
+        # Watch events of the synced evaluations, by type (a diagnostic: every write to
+        # a CR is one more event for the controller, and this API server, to process).
+        self.events: dict[str, int] = {}
 
     async def run(self) -> None:
         async with self.session.get(
@@ -125,6 +128,9 @@ class Watch:
                 event = json.loads(line)
                 meta = event.get("object", {}).get("metadata", {})
                 key = (meta.get("namespace"), meta.get("name"))
+                if str(key[0]).startswith("account-"):
+                    kind = str(event.get("type"))
+                    self.events[kind] = self.events.get(kind, 0) + 1
                 if event.get("type") == "ADDED" and key not in self.seen:
                     self.seen[key] = time.time()
                     self.changed.set()
@@ -243,6 +249,7 @@ async def bench(records_url: str, env: dict[str, str], tmp: Path) -> dict[str, A
                 created[(account, f"e{i}")] = time.time()
             await watch.wait_for(set(created), timeout=120)
             cpu = (cpu_seconds(controller.pid) - cpu[0], cpu_seconds(cluster.pid) - cpu[1])
+            events = dict(watch.events)
             # Afterwards, not to load the controller before the measurement.
             direct = await direct_creates(session, url, watch)
             watcher.cancel()
@@ -258,6 +265,7 @@ async def bench(records_url: str, env: dict[str, str], tmp: Path) -> dict[str, A
         "direct": direct,
         "peak_rss_mb": peak,
         "cpu": cpu,
+        "events": events,
     }
 
 
@@ -327,6 +335,10 @@ def main() -> int:
         # from elsewhere shows in the lags, not here).
         "controller_cpu_s": round(result["cpu"][0], 1),
         "apiserver_cpu_s": round(result["cpu"][1], 1),
+        # Watch events per synced CR, by type, until the last CR appeared.
+        "watch_events_per_cr": {
+            kind: round(n / len(lags), 2) for kind, n in sorted(result["events"].items())
+        },
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "rate_per_s": RATE,
         "records": backend,

@@ -362,3 +362,67 @@ async def test_a_cr_dyff_refuses_says_why_in_its_status(
     assert "spec.source" in ready["message"], ready
     assert "Traceback" not in ready["message"] and "pydantic" not in ready["message"]
     assert records.find(Model, "acme", "bad") is None and fake.started == []
+
+
+async def test_a_cr_the_sync_creates_costs_kopf_no_patch_and_edits_still_reach_the_record(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    """kopf writes nothing to a CR born of a record: the finalizer came with the sync's
+    apply, and the diff base (last handled essence) is kept in memory, not in an
+    annotation. Each such PATCH was one more watch event for kopf (and the sync) to
+    process per CR. A user's edit is still told from a status write."""
+    fake = FakeWorkloads(records, blobs)
+    async with operator(make_controller(cluster, records, blobs, fake), cluster):
+        records.create(factories.evaluation("e1"))
+        cr = await eventually(lambda: phase(cluster, EVALUATIONS, "e1") == "Pending")
+        await asyncio.sleep(0.5)  # anything kopf would write after its handler
+        cr = cluster.read(EVALUATIONS, "acme", "e1")
+        assert cr["metadata"]["finalizers"] == [FINALIZER]
+        assert not [k for k in cr["metadata"].get("annotations", {}) if k.startswith("kopf.")]
+        writes = [
+            r
+            for r in cluster
+            if r.method == "PATCH"
+            and "/evaluations/e1" in str(r.url)
+            and r.headers.get("Content-Type") != "application/apply-patch+yaml"
+        ]
+        assert writes == []
+
+        # A status write is no change to handle, a spec edit is.
+        path = "/apis/dyff.io/v1alpha1/namespaces/acme/evaluations/e1"
+        await kubectl_patch(cluster, path, {"spec": {"inference": {"topK": 3}}})
+        await eventually(lambda: records.get(Evaluation, "acme", "e1").spec.inference.top_k == 3)
+        cr = await eventually(
+            lambda: (
+                (c := cluster.read(EVALUATIONS, "acme", "e1"))["status"]["observedGeneration"]
+                == c["metadata"]["generation"]
+                == 2
+                and c
+            )
+        )
+    assert cr["status"]["phase"] == "Pending"
+
+
+def test_the_diff_base_is_kept_per_uid_until_the_cr_goes() -> None:
+    import kopf
+
+    from controller.kopf_adapter import MemoryDiffBase
+
+    def body(uid: str, deleting: bool = False) -> kopf.Body:
+        meta: dict[str, Any] = {"name": "e1", "namespace": "acme", "uid": uid}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        return kopf.Body({"metadata": meta, "spec": {"x": 1}})
+
+    base = MemoryDiffBase()
+    essence = base.build(body=body("u1"))
+    assert base.fetch(body=body("u1")) is None  # never handled here: a creation
+    patch = kopf.Patch()
+    base.store(body=body("u1"), patch=patch, essence=essence)
+    assert not patch  # nothing is written to the CR
+    assert base.fetch(body=body("u1")) == essence
+    assert base.fetch(body=body("u2")) is None  # another incarnation of the name
+    base.store(body=body("u2", deleting=True), patch=patch, essence=essence)
+    assert base.fetch(body=body("u2")) is None and len(base) == 1
+    base.forget("u1")  # its DELETED event
+    assert len(base) == 0

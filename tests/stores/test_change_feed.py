@@ -66,3 +66,53 @@ def test_records_not_seen_yet_are_fetched_in_one_batch() -> None:
     store.put("e5", 110)
     assert names(feed.poll()) == ["e5"]
     assert store.batches == [5, 1]  # what was seen already is not fetched again
+
+
+class RecentClockStore(ClockStore):
+    """As Datastore: the recent part of the window on every poll, all of it at most
+    every second."""
+
+    feed_recent_overlap = 3
+    feed_overlap_every_s = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads_from: list[int] = []
+
+    def _changed_heads(self, kind: str, position: int, limit: int) -> list[tuple[int, str, str]]:
+        self.reads_from.append(position)
+        return super()._changed_heads(kind, position, limit)
+
+
+def test_polls_reread_the_recent_window_and_the_whole_one_every_so_often() -> None:
+    store = RecentClockStore()
+    now = [0.0]
+    feed = ChangeFeed(store, Evaluation, clock=lambda: now[0])
+    store.put("e0", 100)
+    assert names(feed.poll()) == ["e0"]
+    assert store.reads_from == [0]  # the first poll: all of it
+    store.put("e1", 120)
+    now[0] = 0.25
+    assert names(feed.poll()) == ["e1"]
+    assert store.reads_from[-1] == 100 - 3  # recent window only
+
+    # Committed late: stamped inside the whole window, outside the recent one.
+    store.put("late", 112)
+    now[0] = 0.5
+    assert names(feed.poll()) == []  # not seen by a recent-window poll ...
+    assert store.reads_from[-1] == 120 - 3
+    now[0] = 1.0
+    assert names(feed.poll()) == ["late"]  # ... but by the next whole re-read
+    assert store.reads_from[-1] == 120 - 10
+    now[0] = 1.25
+    assert names(feed.poll()) == []  # and only once
+    assert store.reads_from[-1] == 120 - 3
+
+
+def test_a_store_without_a_recent_window_rereads_the_whole_one_every_poll() -> None:
+    store = ClockStore()
+    feed = ChangeFeed(store, Evaluation, clock=lambda: 0.0)
+    store.put("e0", 100)
+    assert names(feed.poll()) == ["e0"]
+    store.put("late", 95)
+    assert names(feed.poll()) == ["late"]  # at once: inside the window of 10

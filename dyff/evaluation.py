@@ -364,29 +364,36 @@ class Plan:
         """Every variant's plan, the dataset's own images first."""
         return [VariantPlan(CLEAN, self.keys, self.to_infer), *self.perturbed]
 
-    def progress(self, done: set[str] | None = None) -> Progress:
-        """Progress when the prediction files `done` exist (default: the reused ones)."""
-        counts = []
+    def all_keys(self) -> set[str]:
+        """Every prediction file the evaluation needs, of every variant."""
+        return {k for part in self.parts() for k in part.keys}
+
+    def reused_keys(self) -> set[str]:
+        """The prediction files that existed when the plan was made."""
+        out: set[str] = set()
         for part in self.parts():
             missing = {s.sha256 for s in part.to_infer}
-            reused = [s.sha256 not in missing for s in self.shards]
-            there = reused if done is None else [k in done for k in part.keys]
-            counts.append((part.variant, len(part.keys), sum(reused), there))
-        clean_there = counts[0][3]
+            pairs = zip(self.shards, part.keys, strict=True)
+            out.update(k for s, k in pairs if s.sha256 not in missing)
+        return out
+
+    def progress(self, done: set[str] | None = None) -> Progress:
+        """Progress when the prediction files `done` exist (default: the reused ones)."""
+        done = self.reused_keys() if done is None else done
         by = [
             CriterionProgress(
-                criterion=variant.criterion,
-                shards_total=total,
-                shards_done=sum(there),
-                shards_reused=reused,
+                criterion=part.variant.criterion,
+                shards_total=len(part.keys),
+                shards_done=sum(k in done for k in part.keys),
+                shards_reused=len(part.keys) - len(part.to_infer),
             )
-            for variant, total, reused, there in counts
+            for part in self.parts()
         ]
         return Progress(
             shards_total=sum(c.shards_total for c in by),
             shards_done=sum(c.shards_done for c in by),
             shards_reused=sum(c.shards_reused for c in by),
-            rows=sum(s.rows for s, ok in zip(self.shards, clean_there, strict=True) if ok),
+            rows=sum(s.rows for s, k in zip(self.shards, self.keys, strict=True) if k in done),
             by_criterion=by if self.perturbed else None,
         )
 

@@ -67,7 +67,6 @@ def robustness_results(
         return None
     clean_accuracy = float(clean["accuracy"])
     top5 = clean.get("top5Accuracy") is not None
-    model_labels = inputs.model.status.labels
     by_kind: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for part in plan.perturbed:
         variant = part.variant
@@ -79,7 +78,7 @@ def robustness_results(
             ["accuracy", "top5_accuracy"] if top5 else ["accuracy"],
             expected_rows=plan.rows_total,
             top5=top5,
-            model_classes=len(model_labels) if model_labels else None,
+            model_classes=inputs.model_classes,
         )
         row: dict[str, Any] = {
             "severity": variant.severity,

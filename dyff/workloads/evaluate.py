@@ -427,7 +427,6 @@ def serve_model(
                 return
     if in_process:
         from dyff.models import unpack_bento
-        from dyff.runtime.in_process import InProcessModel
 
         target = unpack_bento(archive, scratch / "bento")  # with the current service.py
         try:
@@ -657,18 +656,7 @@ def _present(inputs: Inputs, blobs: BlobStore, plan: Plan) -> set[str]:
     keys: set[str] = set()
     for part in plan.parts():
         keys.update(info.key for info in blobs.list(inputs.prediction_prefix(part.variant) + "/"))
-    return keys & {k for part in plan.parts() for k in part.keys}
-
-
-def _reused(plan: Plan) -> set[str]:
-    """The plan's prediction files that existed when it was made."""
-    out: set[str] = set()
-    for part in plan.parts():
-        missing = {s.sha256 for s in part.to_infer}
-        out.update(
-            k for s, k in zip(plan.shards, part.keys, strict=True) if s.sha256 not in missing
-        )
-    return out
+    return keys & plan.all_keys()
 
 
 def _gates(ev: Evaluation, doc: dict[str, Any]) -> tuple[ConditionStatus, str, str] | None:
@@ -769,7 +757,7 @@ def run_evaluation(
                 assert shard_index is not None and shard_count is not None
                 todo = [(v, assigned(t, plan.shards, shard_index, shard_count)) for v, t in todo]
             to_infer = sum(len(t) for _, t in todo)
-            done = _reused(plan)
+            done = plan.reused_keys()
             progress = plan.progress(done)
             set_status(
                 records, account, name,
@@ -791,7 +779,7 @@ def run_evaluation(
             outcome.timings["inference_s"] = time.perf_counter() - started
             t_metrics = time.perf_counter()
             present = _present(inputs, blobs, plan)  # one listing, not one per shard
-            missing = [k for part in plan.parts() for k in part.keys if k not in present]
+            missing = plan.all_keys() - present
             if missing and indexed:
                 log.info("%s/%s: %d shards left to other pods", account, name, len(missing))
                 return outcome
@@ -810,7 +798,7 @@ def run_evaluation(
         set_status(
             records, account, name,
             phase=Phase.COMPLETE, generation=generation,
-            progress=plan.progress({k for part in plan.parts() for k in part.keys}),
+            progress=plan.progress(plan.all_keys()),
             metrics=MetricsSummary.model_validate(
                 {**summary(doc), "accuracyInterval": criteria.accuracy_interval(doc)}
             ),

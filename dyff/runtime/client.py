@@ -87,6 +87,12 @@ def decode_topk(data: bytes, n: int, top_k: int | None = None) -> TopK:
     names = arr.dtype.names or ()
     if arr.ndim != 2 or "index" not in names or "score" not in names or arr.shape[0] != n:
         raise ValueError(f"unexpected /classify answer: {arr.dtype} {arr.shape} for {n} images")
+    return topk_of(arr, top_k)
+
+
+def topk_of(arr: np.ndarray, top_k: int | None = None) -> TopK:
+    """The first `top_k` columns (all by default) of a structured (N, K) array of `index`
+    and `score`, as the service's `predict` gives it."""
     k = arr.shape[1] if top_k is None else min(top_k, arr.shape[1])
     return TopK(
         indices=np.ascontiguousarray(arr["index"][:, :k]).astype(np.int32, copy=False),

@@ -19,9 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dyff.runtime.client import Images, TopK
+from dyff.runtime.client import Images, TopK, topk_of
 
 # Set to 1 by `dyff up` for its workloads (0 in its own environment turns it off): a cold
 # evaluation of dyff's own model runs it in the workload's process.
@@ -56,9 +54,4 @@ class InProcessModel:
 
     def classify(self, images: Images, top_k: int | None = None) -> TopK:
         with self._lock:
-            answer = self.classifier.predict(images)
-        k = answer.shape[1] if top_k is None else min(top_k, answer.shape[1])
-        return TopK(
-            indices=np.ascontiguousarray(answer["index"][:, :k]).astype(np.int32, copy=False),
-            scores=np.ascontiguousarray(answer["score"][:, :k]).astype(np.float32, copy=False),
-        )
+            return topk_of(self.classifier.predict(images), top_k)

@@ -423,15 +423,18 @@ class KubernetesExecutor:
         idle = datetime.timedelta(seconds=self.settings.warm_idle_s)
         now = self.clock()
         scaled = []
+        jobs: dict[str, list[dict[str, Any]]] = {}  # by namespace: one listing each
         for deployment in self.api.select(_all_deployments(), {MANAGED_BY: MANAGER}):
             meta, spec = deployment["metadata"], deployment.get("spec") or {}
             name = (meta.get("labels") or {}).get(LABEL_WARM)
             if name is None or not spec.get("replicas"):
                 continue
             last = _parse_time((meta.get("annotations") or {}).get(ANNOTATION_LAST_USED))
-            users = self.api.select(job_path(meta["namespace"]), {MANAGED_BY: MANAGER})
+            namespace = meta["namespace"]
+            if namespace not in jobs:
+                jobs[namespace] = self.api.select(job_path(namespace), {MANAGED_BY: MANAGER})
             busy = False
-            for job in users:
+            for job in jobs[namespace]:
                 if _warm_of(job) != name:
                     continue
                 if self._job_state(job).phase == "running":

@@ -702,15 +702,6 @@ def class_label_names(feature: dict[str, Any], where: str = "") -> list[str]:
     return names
 
 
-def hf_label_names(schema: pa.Schema, column: str = "label") -> list[str] | None:
-    """Class names of `column` if the metadata declares it a ClassLabel, else None."""
-    feature = (hf_features(schema) or {}).get(column)
-    if _feature_type(feature) != "ClassLabel":
-        return None
-    assert isinstance(feature, dict)
-    return class_label_names(feature)
-
-
 def _label_kind(field: pa.Field) -> Literal["int", "str"]:
     t = field.type
     if pa.types.is_dictionary(t):

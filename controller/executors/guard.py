@@ -19,6 +19,7 @@ import psutil
 WORK_DIR_ENV = "DYFF_WORK_DIR"
 # In a running workload's work folder: its pid and start time.
 WORKER_FILE = "worker.json"
+GUARD_MODULE = "controller.executors.guard"  # `python -m GUARD_MODULE WORK_DIR`
 
 
 def leftovers(under: Path) -> list[psutil.Process]:
@@ -42,6 +43,18 @@ def leftovers(under: Path) -> list[psutil.Process]:
             if marked and (marked == root or marked.startswith(root + os.sep)):
                 found[proc.pid] = proc
     return list(found.values())
+
+
+def guards_of(under: Path) -> list[psutil.Process]:
+    """The guards (this module's `main`) watching `under`, other than this process."""
+    watched = {str(under), str(under.resolve())}
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if proc.pid != me and GUARD_MODULE in cmd and cmd[-1:] and cmd[-1] in watched:
+            found.append(proc)
+    return found
 
 
 def kill_leftovers(under: Path, rounds: int = 3) -> int:

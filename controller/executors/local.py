@@ -61,7 +61,13 @@ from pathlib import Path
 import psutil
 
 from controller.executors import WorkKey
-from controller.executors.guard import WORK_DIR_ENV, WORKER_FILE, kill_leftovers
+from controller.executors.guard import (
+    GUARD_MODULE,
+    WORK_DIR_ENV,
+    WORKER_FILE,
+    guards_of,
+    kill_leftovers,
+)
 from controller.executors.warm import WarmPool
 from controller.reconcilers.common import Workload, WorkState
 
@@ -165,7 +171,7 @@ class LocalExecutor:
         read_end, write_end = os.pipe()
         try:
             self._guard = subprocess.Popen(
-                [sys.executable, "-m", "controller.executors.guard", str(self.work_dir)],
+                [sys.executable, "-m", GUARD_MODULE, str(self.work_dir)],
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C of the terminal does not reach it
@@ -399,7 +405,15 @@ class LocalExecutor:
 
     def recover(self) -> int:
         """Kill every workload (and its tree) a previous instance left running under the
-        work folder; returns how many processes were killed. Call before starting work."""
+        work folder; returns how many processes were killed. Call before starting work,
+        holding the data folder's lock (no other instance is alive). A previous instance's
+        guard, still sweeping after its death, goes first: it would take this instance's
+        first processes, marked alike, for that instance's."""
+        old_guards = guards_of(self.work_dir)
+        for guard in old_guards:
+            with contextlib.suppress(psutil.Error):
+                guard.kill()
+        psutil.wait_procs(old_guards, timeout=10)
         return kill_leftovers(self.work_dir)
 
     def sweep(self, keep: Iterable[WorkKey]) -> list[Path]:

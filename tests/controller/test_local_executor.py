@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from controller.executors.guard import GUARD_MODULE, guards_of
 from controller.executors.local import (
     WORK_DIR_ENV,
     WORKER_FILE,
@@ -151,6 +152,33 @@ def test_recover_kills_leftovers_by_identity(tmp_path: Path) -> None:
         for p in (named, marked, other):
             p.kill()
             p.wait()
+
+
+def test_recover_ends_an_earlier_instances_guard_first(tmp_path: Path) -> None:
+    """A guard of an instance that died may still be sweeping when the next one starts:
+    it would take the new instance's first processes (marked alike) for its own. recover
+    ends it; a guard of another work folder is left alone."""
+    other_dir = tmp_path / "elsewhere"
+    other_dir.mkdir()
+    guards = []
+    for watched in (tmp_path, other_dir):
+        # A guard whose executor is gone but which has not finished: its stdin stays open.
+        guards.append(
+            subprocess.Popen(
+                [sys.executable, "-m", GUARD_MODULE, str(watched)], stdin=subprocess.PIPE
+            )
+        )
+    try:
+        eventually(lambda: all(len(guards_of(d)) == 1 for d in (tmp_path, other_dir)))
+        ex = LocalExecutor("sqlite:///r.db", "file:///b", tmp_path, package=FAKES)
+        ex.recover()
+        assert guards[0].wait(10) is not None
+        assert guards[1].poll() is None
+        ex.close()
+    finally:
+        for g in guards:
+            g.kill()
+            g.wait()
 
 
 def test_sweep_removes_what_no_entity_owns(tmp_path: Path) -> None:

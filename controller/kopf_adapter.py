@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -99,6 +99,7 @@ class Controller:
             locks=self.locks,
             finalize=self.finalize,
             on_settled=self.dependency_settled,
+            on_upload=self.upload_landed,
             interval=sync_interval,
             resync_interval=resync_interval,
             finalizers=(FINALIZER,),
@@ -256,12 +257,29 @@ class Controller:
                     return True
         return False
 
+    def upload_landed(self, kind: type[Entity], account: str, name: str) -> None:
+        """The upload of a Model or Dataset landed (its ticket became Used): its pass runs
+        now rather than at its next timer."""
+
+        async def wake() -> None:
+            try:
+                await self.reconcile(kind, account, name)
+            except Exception:  # the timer remains the safety net
+                log.exception(
+                    "reconciling %s %s/%s after its upload", kind.kind_name, account, name
+                )
+
+        self._in_background(wake())
+
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def dependency_settled(self, kind: type[Entity], account: str, name: str) -> None:
         """A Model or Dataset became Ready or Failed: the evaluations of its account that
         wait for it go on now, not at their next (slow) timer."""
-        task = asyncio.create_task(self._wake_dependents(kind, account, name))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._in_background(self._wake_dependents(kind, account, name))
 
     async def _wake_dependents(self, kind: type[Entity], account: str, name: str) -> None:
         field = "model" if kind is Model else "dataset"

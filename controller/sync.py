@@ -46,7 +46,7 @@ from pydantic import ValidationError
 from controller.kube import ApiError, KubeApi, custom_object_path
 from dyff.access import GIT_SOURCE, GITOPS, MANAGED_BY, cr_owner
 from dyff.lifecycle import lifecycle
-from dyff.schema import API_VERSION, RESOURCE_TYPES, Entity
+from dyff.schema import API_VERSION, RESOURCE_TYPES, Dataset, Entity, Model, UploadTicket
 from dyff.stores.records import ChangeFeed, RecordStore
 
 log = logging.getLogger("dyff.controller.sync")
@@ -324,6 +324,8 @@ FinalizeRecord = Callable[[type[Entity], str, str], Awaitable[object]]
 # Called when a record reaches one of its kind's settled phases (`dyff.lifecycle`: a
 # Model or Dataset Ready or Failed): what waits for it can go on.
 Settled = Callable[[type[Entity], str, str], None]
+# An upload landed for (kind, account, name): its upload ticket became Used.
+UploadLanded = Callable[[type[Entity], str, str], None]
 
 
 class RecordSync:
@@ -337,6 +339,7 @@ class RecordSync:
         locks: KeyLocks,
         finalize: FinalizeRecord,
         on_settled: Settled | None = None,
+        on_upload: UploadLanded | None = None,
         interval: float = 0.25,
         concurrency: int = 16,
         resync_interval: float = 300.0,
@@ -352,6 +355,10 @@ class RecordSync:
         self.locks = locks
         self.finalize = finalize
         self.on_settled = on_settled
+        self.on_upload = on_upload
+        # Tickets already announced, (account, ticket) -> (uid, version): a full re-read
+        # of the feed (each resync) does not announce them again.
+        self._landed: dict[tuple[str, str], tuple[str | None, int]] = {}
         self.interval = interval
         self.resync_interval = resync_interval
         self.kinds = tuple(kinds)
@@ -365,7 +372,7 @@ class RecordSync:
         self._gate = asyncio.Semaphore(concurrency)
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="dyff-sync")
         # One thread per kind's feed; each feed's polls are sequential.
-        self._reader = ThreadPoolExecutor(len(self.kinds), thread_name_prefix="dyff-sync-feed")
+        self._reader = ThreadPoolExecutor(len(self.kinds) + 1, thread_name_prefix="dyff-sync-feed")
         self._feeds: dict[str, ChangeFeed[Any]] = {}
         self._latest: dict[Key, Entity] = {}
         self._pushers: dict[Key, asyncio.Task[None]] = {}
@@ -455,10 +462,18 @@ class RecordSync:
             loop.run_in_executor(self._reader, self._feeds[kind.kind_name].poll)
             for kind in self.kinds
         ]
+        if self.on_upload is not None:
+            tickets = self._feeds.setdefault(
+                UploadTicket.kind_name, ChangeFeed(self.records, UploadTicket)
+            )
+            polls.append(loop.run_in_executor(self._reader, tickets.poll))
         batch: dict[Key, Entity] = {}
-        for kind, entities in zip(self.kinds, await asyncio.gather(*polls), strict=True):
+        polled = await asyncio.gather(*polls)
+        for kind, entities in zip(self.kinds, polled, strict=False):
             for entity in entities:
                 batch[(kind.kind_name, entity.account, entity.name)] = entity
+        if self.on_upload is not None:
+            self._announce_uploads(polled[-1])
         now = time.monotonic()
         for key, (due, entity) in list(self._retry.items()):
             if due <= now:
@@ -469,6 +484,19 @@ class RecordSync:
         if wait:
             await self.drain()
         return len(batch)
+
+    def _announce_uploads(self, tickets: Iterable[UploadTicket]) -> None:
+        """Each ticket newly Used (the shim received the bytes, or a client said its
+        signed upload is done): its entity's pass runs now, not at its next timer."""
+        assert self.on_upload is not None
+        for ticket in tickets:
+            key = (ticket.account, ticket.name)
+            version = (ticket.metadata.uid, int(ticket.metadata.resource_version or 0))
+            if ticket.status.phase != "Used" or self._landed.get(key) == version:
+                continue
+            self._landed[key] = version
+            kind = Model if ticket.spec.target_kind == "Model" else Dataset
+            self.on_upload(kind, ticket.account, ticket.spec.target_name)
 
     def _enqueue(self, key: Key, entity: Entity) -> None:
         """One pusher per object at a time, always with its newest version."""

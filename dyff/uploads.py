@@ -85,15 +85,9 @@ def open_ticket(
     key = layout.upload_key(entity.account, entity.kind, entity.name, source.sha256)
     expires = utcnow() + ttl
     signed = getattr(blobs, "signed_upload_url", None)
-    if signed is not None:
-        url = signed(key, ttl)
-        if url is not None:
-            return UploadInfo(
-                method="POST",
-                url=url,
-                headers={"x-goog-resumable": "start"},
-                expires=expires.isoformat(),
-            )
+    url = signed(key, ttl) if signed is not None else None
+    # A signed URL needs no token; its ticket (with a token no one is given) is still
+    # written: the one record of the upload, which `announce_landed` marks Used.
     token = secrets.token_urlsafe(32)
     name = ticket_name(entity)
     spec = UploadTicketSpec(
@@ -118,6 +112,13 @@ def open_ticket(
             ticket.status.phase = None
 
         records.mutate(UploadTicket, entity.account, name, reissue)
+    if url is not None:
+        return UploadInfo(
+            method="POST",
+            url=url,
+            headers={"x-goog-resumable": "start"},
+            expires=expires.isoformat(),
+        )
     return UploadInfo(
         method="PUT",
         url=f"{base_url.rstrip('/')}/v1/uploads/{entity.account}/{name}",
@@ -233,3 +234,21 @@ def upload_present(blobs: BlobStore, entity: Model | Dataset) -> bool:
         return False
     info = blobs.stat(layout.upload_key(entity.account, entity.kind, entity.name, source.sha256))
     return info is not None and info.size == source.size_bytes
+
+
+def announce_landed(records: RecordStore, blobs: BlobStore, entity: Model | Dataset) -> None:
+    """The client's word that its upload to a signed URL is complete (Cloud Storage tells
+    no one). If the bytes are there, the upload's ticket becomes Used: a record write, which
+    the controller's feed turns into a pass of the entity now rather than at its next
+    timer. Bytes not there (yet): Conflict, and nothing is written."""
+    what = f"{entity.kind_name.lower()} {entity.name!r}"
+    if entity.spec.source.upload is None:
+        raise Conflict(f"{what} has no upload source", field="spec.source")
+    if not upload_present(blobs, entity):
+        raise Conflict(f"no upload of the declared size has landed for {what}", field="upload")
+    try:
+        records.mutate(
+            UploadTicket, entity.account, ticket_name(entity), lambda t: _set_phase(t, "Used")
+        )
+    except NotFound:
+        raise Conflict(f"{what} has no open upload ticket", field="upload") from None

@@ -5,11 +5,13 @@ directions of the record sync."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from controller.executors.kubernetes import JobSettings, KubernetesExecutor
@@ -17,7 +19,8 @@ from controller.executors.manifests import LABEL_KIND, LABEL_NAME
 from controller.kopf_adapter import DRAIN_S, FINALIZER, Controller
 from controller.kube import KubeApi
 from controller.sync import CR_GENERATION
-from dyff import layout
+from dyff import layout, uploads
+from dyff.errors import Conflict
 from dyff.schema import Dataset, Evaluation, Model, utcnow
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -121,6 +124,42 @@ async def test_model_waits_for_its_upload_then_becomes_ready(
         cr = await eventually(lambda: current(cluster, MODELS, "m1", "Ready"))
     assert cr["status"]["digest"] == records.get(Model, "acme", "m1").status.digest
     assert [(k, w) for k, w, _ in fake.started] == [(("Model", "acme", "m1"), "ingest_model")]
+
+
+@pytest.mark.parametrize("how", ["the shim's upload endpoint", "a signed URL, then done"])
+async def test_an_upload_landing_wakes_its_model_at_once(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore, how: str
+) -> None:
+    """No timer runs within the test (60 s): the upload's ticket becoming Used is the event."""
+    data = b"0123456789"
+    model = factories.model("m1")
+    assert model.spec.source.upload is not None
+    model.spec.source.upload.sha256 = hashlib.sha256(data).hexdigest()
+    fake = FakeWorkloads(records, blobs)
+    controller = make_controller(cluster, records, blobs, fake, reconcile_interval=60)
+    async with operator(controller, cluster):
+        records.create(model)
+        await eventually(lambda: phase(cluster, MODELS, "m1") == "WaitingForUpload")
+        stored = records.get(Model, "acme", "m1")
+        info = uploads.open_ticket(records, blobs, stored, "http://shim")
+        assert info is not None and info.token is not None
+        if how == "the shim's upload endpoint":
+            uploads.receive(records, blobs, "acme", uploads.ticket_name(stored), info.token, [data])
+        else:
+            # A client's word alone is not enough: the bytes must be there.
+            with pytest.raises(Conflict, match="no upload of the declared size"):
+                uploads.announce_landed(records, blobs, stored)
+            blobs.put(stored_key(stored), data)  # as Cloud Storage would, telling no one
+            uploads.announce_landed(records, blobs, stored)
+        started = time.monotonic()
+        await eventually(lambda: current(cluster, MODELS, "m1", "Ready"), timeout=15)
+    assert time.monotonic() - started < 15  # well before the 60 s timer
+    assert [(k, w) for k, w, _ in fake.started] == [(("Model", "acme", "m1"), "ingest_model")]
+
+
+def stored_key(entity: Model) -> str:
+    assert entity.spec.source.upload is not None
+    return layout.upload_key("acme", "Model", entity.name, entity.spec.source.upload.sha256)
 
 
 async def test_evaluation_completes_with_metrics_in_its_status(

@@ -16,8 +16,9 @@ from api_shim import problems
 from api_shim.auth import current_caller
 from api_shim.routes import health, models_datasets
 from api_shim.state import AppState
-from dyff import accounts
+from dyff import accounts, layout, uploads
 from dyff.accounts import Authenticator, Caller
+from dyff.schema import Model, UploadTicket
 from dyff.stores.file import FileBlobStore
 from dyff.stores.sqlite import SqliteRecordStore
 
@@ -92,3 +93,52 @@ def test_the_health_router_needs_no_state() -> None:
     app.include_router(health.router)
     with TestClient(app) as c:
         assert c.get("/healthz").json() == {"status": "ok"}
+
+
+class SigningFileStore(FileBlobStore):
+    """Answers upload tickets with a signed URL, as the GCS store does in production (the
+    URL is never used here: the test puts the bytes itself, as Cloud Storage would)."""
+
+    def signed_upload_url(self, key: str, ttl: timedelta) -> str:
+        return f"https://storage.test/{key}?X-Goog-Signature=0"
+
+
+def test_a_signed_upload_is_announced_once_its_bytes_are_there(tmp_path: Path) -> None:
+    records = SqliteRecordStore(tmp_path / "records.db")
+    blobs = SigningFileStore(tmp_path / "blobs")
+    app = FastAPI()
+    AppState(
+        records=records,
+        blobs=blobs,
+        authenticator=Authenticator(records),
+        cache_dir=tmp_path / "cache",
+        upload_ttl=timedelta(hours=1),
+        public_url="http://shim.test",
+    ).attach(app)
+    problems.install(app)
+    app.include_router(models_datasets.router)
+    accounts.create_account(records, "alice")
+    accounts.create_account(records, "bob")
+    alice = {"Authorization": f"Bearer {accounts.mint_key(records, 'alice')[0]}"}
+    bob = {"Authorization": f"Bearer {accounts.mint_key(records, 'bob')[0]}"}
+    with TestClient(app) as c:
+        created = c.post("/v1/models", json=model_body("m"), headers=alice)
+        assert created.status_code == 201, created.text
+        assert created.json()["upload"]["method"] == "POST"
+        model = records.get(Model, "alice", "m")
+        ticket = uploads.ticket_name(model)
+        assert records.get(UploadTicket, "alice", ticket).status.phase is None
+
+        early = c.post("/v1/models/m/upload/done", headers=alice)
+        assert early.status_code == 409 and early.json()["field"] == "upload"
+        assert records.get(UploadTicket, "alice", ticket).status.phase is None
+
+        source = model.spec.source.upload
+        assert source is not None
+        blobs.put(layout.upload_key("alice", "Model", "m", source.sha256), b"w")
+        assert c.post("/v1/models/m/upload/done", headers=bob).status_code == 404
+        assert records.get(UploadTicket, "alice", ticket).status.phase is None
+        done = c.post("/v1/models/m/upload/done", headers=alice)
+        assert done.status_code == 204, done.text
+        assert records.get(UploadTicket, "alice", ticket).status.phase == "Used"
+    records.close()

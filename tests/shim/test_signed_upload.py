@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -11,7 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.cloud import storage  # type: ignore[attr-defined]
 from google.oauth2 import service_account
 
-from dyff import uploads
+from api_shim.app import create_app
+from dyff import accounts, uploads
+from dyff.schema import Model, UploadTicket
+from dyff.stores.file import FileBlobStore
 from dyff.stores.gcs import GcsBlobStore
 from dyff.stores.sqlite import SqliteRecordStore
 from tests import factories
@@ -70,3 +76,58 @@ def test_emulator_and_file_stores_use_the_shims_endpoint(
     info = uploads.open_ticket(records, store, factories.model("m1"), "http://shim:8080")
     assert info is not None and info.method == "PUT" and info.token
     assert info.url.startswith("http://shim:8080/v1/uploads/acme/u")
+
+
+class ResumableStandIn(BaseHTTPRequestHandler):
+    """Stands in for Cloud Storage's signed resumable upload (XML API): POST with
+    `x-goog-resumable: start` answers a session URL; a PUT there stores the object. It
+    writes into a blob store, as the bucket would, and tells no one."""
+
+    blobs: FileBlobStore
+
+    def do_POST(self) -> None:
+        assert self.headers["x-goog-resumable"] == "start"
+        self.send_response(201)
+        self.send_header("Location", f"http://{self.headers['Host']}/session{self.path}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_PUT(self) -> None:
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        key = urlsplit(self.path).path.removeprefix("/session/")
+        self.blobs.put(key, data)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_the_client_announces_a_signed_upload_once_it_is_done(tmp_path: Path) -> None:
+    from dyff.client import Client, ClientConfig
+    from tests.shim.conftest import serve
+
+    blobs = FileBlobStore(tmp_path / "blobs")
+    bucket = ThreadingHTTPServer(("127.0.0.1", 0), ResumableStandIn)
+    ResumableStandIn.blobs = blobs
+    threading.Thread(target=bucket.serve_forever, daemon=True).start()
+    signing_url = f"http://127.0.0.1:{bucket.server_address[1]}"
+    blobs.signed_upload_url = lambda key, ttl: f"{signing_url}/{key}"  # type: ignore[attr-defined]
+    records = SqliteRecordStore(tmp_path / "r.db")
+    accounts.create_account(records, "acme")
+    token, _ = accounts.mint_key(records, "acme")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights" * 100)
+    try:
+        app = create_app(records, blobs, cache_dir=tmp_path / "cache")
+        with serve(app) as url, Client(ClientConfig(server=url, api_key=token)) as c:
+            c.register_upload("models", "m1", "transformers", weights)
+        model = records.get(Model, "acme", "m1")
+        assert uploads.upload_present(blobs, model)  # the bytes went to the "bucket"
+        # ...and the client said so: the ticket is Used, the controller's event.
+        ticket = records.get(UploadTicket, "acme", uploads.ticket_name(model))
+        assert ticket.status.phase == "Used"
+    finally:
+        bucket.shutdown()
+        records.close()

@@ -19,6 +19,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import ValidationError
@@ -177,7 +178,9 @@ class RecordStore(ABC):
         fresh = entity.model_copy(deep=True)
         fresh.status = kind.status_type()
         fresh.metadata.uid = str(uuid.uuid4())
-        fresh.metadata.creation_timestamp = utcnow()
+        # To the microsecond (a CR's own has seconds): `status.timings.queuedS` of a
+        # sub-second evaluation is measured from it.
+        fresh.metadata.creation_timestamp = datetime.now(UTC)
         fresh.metadata.generation = 1
         fresh.metadata.deletion_timestamp = None
         stored = self._insert(entity.kind, entity.account, entity.name, _doc(fresh))

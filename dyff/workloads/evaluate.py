@@ -56,8 +56,8 @@ to the pods still working. The last pod to store a shard always sees them all
 evaluation; two that both see them all write the same files. A run without
 an index infers whatever is missing and always writes the metrics.
 
-`status.timings` (on Complete): seconds queued (the order's creationTimestamp, which has
-one-second resolution, to the workload's start), starting the model server (0 when warm
+`status.timings` (on Complete): seconds queued (the record's creationTimestamp, stamped
+to the microsecond, to the workload's start), starting the model server (0 when warm
 or when nothing was inferred), streaming the shards through it, and the metrics.
 
 Status fields are written by `set_status` only, which settles phases with the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,17 @@ def test_create_then_get_round_trips(record_store: RecordStore) -> None:
     assert got == created
     assert got.spec.source.upload is not None and got.spec.source.upload.size_bytes == 10
     assert got.metadata.labels == {"team": "vision"}
+
+
+def test_creation_is_stamped_to_the_microsecond(record_store: RecordStore) -> None:
+    """The order time of a sub-second evaluation (`status.timings.queuedS`) needs more
+    than a CR's one-second creationTimestamp."""
+    before = datetime.now(UTC)
+    created, _ = record_store.create(factories.evaluation("e1"))
+    after = datetime.now(UTC)
+    stamped = created.metadata.creation_timestamp
+    assert stamped is not None and before <= stamped <= after
+    assert record_store.get(Evaluation, "acme", "e1").metadata.creation_timestamp == stamped
 
 
 def test_second_create_of_same_key_is_refused(record_store: RecordStore) -> None:

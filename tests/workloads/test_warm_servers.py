@@ -93,11 +93,16 @@ def test_second_evaluation_uses_the_warm_server_and_timings_are_written(
 
     # Other rows of the same model: no new server, predictions inferred by the warm one.
     other = fresh_account()
+    ordered = time.time()
     second = _evaluate(platform, other, "second", dataset=HELDOUT_PLUS)
+    order_to_complete = time.time() - ordered
     assert second.inference_calls > 0
     assert pool.starts == 1 and pool.pids() == [pid]
     warm = platform.evaluation(other, "second").status.timings
     assert warm is not None and warm.model_start_s == 0 and warm.inference_s > 0, warm
+    # Queued is part of the order's time, measured to the microsecond (not from a whole
+    # second before the order).
+    assert 0 <= warm.queued_s <= order_to_complete, (warm, order_to_complete)
     # The reuse key does not depend on where the server came from.
     first_doc, second_doc = platform.metrics_doc(account, "first"), second.metrics or {}
     assert first_doc["inferenceDigest"] == second_doc["inferenceDigest"]

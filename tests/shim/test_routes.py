@@ -31,10 +31,8 @@ def model_body(name: str, public: bool = False) -> dict[str, object]:
     }
 
 
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[FastAPI]:
-    records = SqliteRecordStore(tmp_path / "records.db")
-    blobs = FileBlobStore(tmp_path / "blobs")
+def models_app(records: SqliteRecordStore, blobs: FileBlobStore, tmp_path: Path) -> FastAPI:
+    """A small app around the models and datasets router alone."""
     app = FastAPI()
     AppState(
         records=records,
@@ -46,7 +44,14 @@ def app(tmp_path: Path) -> Iterator[FastAPI]:
     ).attach(app)
     problems.install(app)
     app.include_router(models_datasets.router)
-    yield app
+    return app
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[FastAPI]:
+    records = SqliteRecordStore(tmp_path / "records.db")
+    blobs = FileBlobStore(tmp_path / "blobs")
+    yield models_app(records, blobs, tmp_path)
     records.close()
     blobs.close()
 
@@ -106,17 +111,7 @@ class SigningFileStore(FileBlobStore):
 def test_a_signed_upload_is_announced_once_its_bytes_are_there(tmp_path: Path) -> None:
     records = SqliteRecordStore(tmp_path / "records.db")
     blobs = SigningFileStore(tmp_path / "blobs")
-    app = FastAPI()
-    AppState(
-        records=records,
-        blobs=blobs,
-        authenticator=Authenticator(records),
-        cache_dir=tmp_path / "cache",
-        upload_ttl=timedelta(hours=1),
-        public_url="http://shim.test",
-    ).attach(app)
-    problems.install(app)
-    app.include_router(models_datasets.router)
+    app = models_app(records, blobs, tmp_path)
     accounts.create_account(records, "alice")
     accounts.create_account(records, "bob")
     alice = {"Authorization": f"Bearer {accounts.mint_key(records, 'alice')[0]}"}

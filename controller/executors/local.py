@@ -138,10 +138,11 @@ class LocalExecutor:
         max_parallel: int = 2,
         *,
         package: str = "dyff.workloads",
-        on_exit: Callable[[], None] | None = None,
+        on_exit: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self.package = package  # where workload modules live (tests bring their own)
-        # Called when a workload exits (its report is written): the driver wakes at once.
+        # Called with the work's key (kind, account, name) when a workload exits (its
+        # report is written): the driver passes over that object at once.
         self.on_exit = on_exit
         self._watching: threading.Thread | None = None
         self._closing = threading.Event()
@@ -293,7 +294,7 @@ class LocalExecutor:
 
     def _watch(self) -> None:
         """While workloads run, a thread notices each exit within EXIT_POLL_S and calls
-        `on_exit` (with the lock held by the caller)."""
+        `on_exit` with its key."""
         if self.on_exit is None or (self._watching is not None and self._watching.is_alive()):
             return
         self._watching = threading.Thread(target=self._watch_exits, name="dyff-exits", daemon=True)
@@ -303,11 +304,13 @@ class LocalExecutor:
         seen: set[int] = set()
         while not self._closing.wait(EXIT_POLL_S):
             with self._lock:
-                procs = [w.proc for w in self._work.values() if w.proc is not None]
-            exited = [p for p in procs if p.pid not in seen and p.poll() is not None]
-            if exited and self.on_exit is not None:
-                seen.update(p.pid for p in exited)
-                self.on_exit()
+                running = [(k, w.proc) for k, w in self._work.items() if w.proc is not None]
+            procs = [p for _, p in running]
+            exited = [(k, p) for k, p in running if p.pid not in seen and p.poll() is not None]
+            for key, proc in exited:
+                seen.add(proc.pid)
+                if self.on_exit is not None:
+                    self.on_exit(*key)
             if all(p.poll() is not None for p in procs):
                 with self._lock:  # nothing runs: stop, unless work started meanwhile
                     if all(

@@ -12,11 +12,14 @@ import pytest
 
 from controller.executors.local import LocalExecutor
 from controller.local import LocalDriver
+from controller.reconcile import Result
 from controller.reconcilers.common import WorkState
-from dyff.schema import Model
+from dyff import layout
+from dyff.schema import Dataset, Entity, Evaluation, Model
 from dyff.stores.file import FileBlobStore
 from dyff.stores.sqlite import SqliteRecordStore
 from tests import factories
+from tests.controller.conftest import FakeWorkloads
 
 FAKES = "tests.controller.fake_workloads"
 SLOW_TIMER = 60.0  # if anything waits for the timer, the test times out
@@ -86,8 +89,14 @@ def test_without_events_the_driver_sleeps(running: LocalDriver) -> None:
 
 def test_a_workload_that_exits_is_noticed_within_a_moment(tmp_path: Path) -> None:
     exited = threading.Event()
+    keys: list[tuple[str, str, str]] = []
+
+    def announced(*key: str) -> None:
+        keys.append(key)  # type: ignore[arg-type]
+        exited.set()
+
     executor = LocalExecutor(
-        "sqlite:///r.db", "file:///b", tmp_path, package=FAKES, on_exit=exited.set
+        "sqlite:///r.db", "file:///b", tmp_path, package=FAKES, on_exit=announced
     )
     try:
         started = time.monotonic()
@@ -95,5 +104,98 @@ def test_a_workload_that_exits_is_noticed_within_a_moment(tmp_path: Path) -> Non
         assert exited.wait(10), "the exit was never announced"
         assert time.monotonic() - started < 5.0
         assert executor.state(("Dataset", "acme", "d1")).phase == "succeeded"
+        assert keys == [("Dataset", "acme", "d1")]  # which work exited, for its pass
     finally:
         executor.close()
+
+
+@pytest.fixture
+def fake_running(
+    records: SqliteRecordStore, tmp_path: Path
+) -> Iterator[tuple[LocalDriver, FakeWorkloads, list[tuple[str, str, str]]]]:
+    """A driver with workloads that report at once, and the list of objects passed over."""
+    blobs = FileBlobStore(tmp_path / "blobs")
+    fake = FakeWorkloads(records, blobs)
+    driver = LocalDriver(records, blobs, fake, interval=SLOW_TIMER)
+    passed: list[tuple[str, str, str]] = []
+    reconcile = driver._reconcile
+
+    def counted(kind: type[Entity], account: str, name: str) -> Result | None:
+        passed.append((kind.kind_name, account, name))
+        return reconcile(kind, account, name)
+
+    driver._reconcile = counted  # type: ignore[method-assign]
+    records.on_write(driver.wake)
+    stop = threading.Event()
+    thread = threading.Thread(target=driver.run, args=(stop,), daemon=True)
+    thread.start()
+    eventually(lambda: driver.passes >= 1)
+    yield driver, fake, passed
+    stop.set()
+    driver.wake()
+    thread.join(10)
+
+
+def upload(
+    records: SqliteRecordStore, fake: FakeWorkloads, kind: type[Model] | type[Dataset]
+) -> None:
+    """The upload of the one `kind` of account acme lands, as in another process (no event)."""
+    entity = records.get(kind, "acme", "m1" if kind is Model else "d1")
+    source = entity.spec.source.upload
+    assert source is not None
+    fake.blobs.put(layout.upload_key("acme", kind.kind_name, entity.name, source.sha256), b"x" * 10)
+
+
+def quiet(driver: LocalDriver, after: float) -> None:
+    """Wait `after` seconds, then until no pass has run for half a second."""
+    time.sleep(after)
+    while True:
+        before = driver.passes
+        time.sleep(0.5)
+        if driver.passes == before:
+            return
+
+
+def test_an_order_passes_over_its_own_objects_not_every_evaluation_kept(
+    fake_running: tuple[LocalDriver, FakeWorkloads, list[tuple[str, str, str]]],
+    records: SqliteRecordStore,
+) -> None:
+    """A user gating every commit keeps thousands of evaluations: an order must not pass
+    over all of them, three times (its record, its start, its report)."""
+    driver, fake, passed = fake_running
+    records.create(factories.model("m1"))
+    records.create(factories.dataset("d1"))
+    eventually(lambda: records.get(Model, "acme", "m1").status.phase == "WaitingForUpload")
+    upload(records, fake, Model)
+    upload(records, fake, Dataset)
+    kept = 150
+    for i in range(kept):
+        records.create(factories.evaluation(f"kept{i}"))
+    driver.wake()  # everything once: the uploads, the evaluations kept
+    eventually(
+        lambda: records.get(Evaluation, "acme", f"kept{kept - 1}").status.phase == "Complete"
+    )
+    quiet(driver, after=2.5)  # their own writes and requeues (2 s after a start) done
+    passed.clear()
+    records.create(factories.evaluation("new"))
+    eventually(lambda: records.get(Evaluation, "acme", "new").status.phase == "Complete")
+    time.sleep(0.3)  # what the order's own writes wake
+    assert set(passed) == {("Evaluation", "acme", "new")}, passed
+    assert len(passed) <= 5, passed
+
+
+def test_a_model_that_settles_wakes_the_evaluations_waiting_for_it(
+    fake_running: tuple[LocalDriver, FakeWorkloads, list[tuple[str, str, str]]],
+    records: SqliteRecordStore,
+) -> None:
+    _driver, fake, _passed = fake_running
+    records.create(factories.evaluation("e1"))
+    records.create(factories.dataset("d1"))
+    eventually(lambda: records.get(Evaluation, "acme", "e1").status.phase == "Pending")
+    upload(records, fake, Dataset)
+    records.create(factories.model("m1"))
+    eventually(lambda: records.get(Dataset, "acme", "d1").status.phase == "Ready")
+    # The model's upload lands (no event); its own requeue finds it, then it settles and
+    # the evaluation waiting for it goes on: no safety-net pass (60 s) is needed.
+    upload(records, fake, Model)
+    eventually(lambda: records.get(Evaluation, "acme", "e1").status.phase == "Complete")

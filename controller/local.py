@@ -3,7 +3,7 @@ directly (no custom resources), with workloads as local processes.
 
 It passes over the objects that something happened to — `wake(kind, account, name)`: a
 record written in this process (the shim's), a workload exited (its report is in) — and,
-after a Model or Dataset settles, over the evaluations of its account that wait for it.
+after a Model or Dataset settles, over the evaluations that wait for it.
 An object whose pass asked to be looked at again later (`requeue_after`) gets its own pass
 then. A pass over every object runs at start, when a write of another kind may concern any
 of them (an upload ticket, an account), and every `interval` seconds as a safety net for
@@ -115,22 +115,29 @@ class LocalDriver:
             if kind in (Model, Dataset) and settled:
                 waited_for.add((kind_name, account, name))
         for kind_name, account, name in sorted(waited_for):
-            for evaluation in self._waiting_for(kind_name, account, name):
-                result = self._reconcile(Evaluation, account, evaluation)
+            for reader, evaluation in self._waiting_for(kind_name, account, name):
+                result = self._reconcile(Evaluation, reader, evaluation)
                 changed += result is not None and (result.wrote_status or result.finalized)
         return changed
 
-    def _waiting_for(self, kind_name: str, account: str, name: str) -> list[str]:
-        """The evaluations of `account` waiting for its Model or Dataset `name` (another
-        account's, using it while public, are found by the safety net)."""
-        field = "model" if kind_name == Model.kind_name else "dataset"
-        names = []
-        for phase in sorted(KINDS[Evaluation].lifecycle.waiting):
-            for evaluation in self.records.list_all(Evaluation, account, phase=phase):
-                ref = getattr(evaluation.spec, field)
-                if ref.name == name and ref.account in (None, account):
-                    names.append(evaluation.name)
-        return names
+    def _waiting_for(self, kind_name: str, account: str, name: str) -> list[tuple[str, str]]:
+        """(account, name) of the evaluations waiting for this Model or Dataset: of its own
+        account, and of every account while it is public."""
+        kind, field = (Model, "model") if kind_name == Model.kind_name else (Dataset, "dataset")
+        entity = self.records.find(kind, account, name)
+        if entity is None:
+            return []
+        accounts = [account]
+        if entity.spec.public:
+            accounts = sorted({a.name for a in self.records.scan(Account)} | {account})
+        found = []
+        for reader in accounts:
+            for phase in sorted(KINDS[Evaluation].lifecycle.waiting):
+                for evaluation in self.records.list_all(Evaluation, reader, phase=phase):
+                    ref = getattr(evaluation.spec, field)
+                    if ref.name == name and (ref.account or reader) == account:
+                        found.append((reader, evaluation.name))
+        return found
 
     def run(self, stop: threading.Event) -> None:
         next_everything = 0.0

@@ -14,8 +14,8 @@ from controller.executors.local import LocalExecutor
 from controller.local import LocalDriver
 from controller.reconcile import Result
 from controller.reconcilers.common import WorkState
-from dyff import layout
-from dyff.schema import Dataset, Entity, Evaluation, Model
+from dyff import accounts, layout
+from dyff.schema import Dataset, Entity, EntityRef, Evaluation, Model
 from dyff.stores.file import FileBlobStore
 from dyff.stores.sqlite import SqliteRecordStore
 from tests import factories
@@ -184,18 +184,34 @@ def test_an_order_passes_over_its_own_objects_not_every_evaluation_kept(
     assert len(passed) <= 5, passed
 
 
+@pytest.mark.parametrize("reader", ["acme", "bob"])
 def test_a_model_that_settles_wakes_the_evaluations_waiting_for_it(
-    fake_running: tuple[LocalDriver, FakeWorkloads, list[tuple[str, str, str]]],
-    records: SqliteRecordStore,
+    records: SqliteRecordStore, tmp_path: Path, reader: str
 ) -> None:
-    _driver, fake, _passed = fake_running
-    records.create(factories.evaluation("e1"))
-    records.create(factories.dataset("d1"))
-    eventually(lambda: records.get(Evaluation, "acme", "e1").status.phase == "Pending")
-    upload(records, fake, Dataset)
-    records.create(factories.model("m1"))
-    eventually(lambda: records.get(Dataset, "acme", "d1").status.phase == "Ready")
-    # The model's upload lands (no event); its own requeue finds it, then it settles and
-    # the evaluation waiting for it goes on: no safety-net pass (60 s) is needed.
-    upload(records, fake, Model)
-    eventually(lambda: records.get(Evaluation, "acme", "e1").status.phase == "Complete")
+    """The pass over a model that became Ready goes on to the evaluations waiting for it:
+    of its own account, and of any account while it is public. (Without it they would
+    wait for their own requeue, 2 s.)"""
+    blobs = FileBlobStore(tmp_path / "blobs")
+    driver = LocalDriver(records, blobs, FakeWorkloads(records, blobs), interval=SLOW_TIMER)
+    for name in ("acme", "bob"):
+        accounts.create_account(records, name)
+    dataset = factories.dataset("d1", account=reader)
+    records.create(dataset)
+    assert dataset.spec.source.upload is not None
+    blobs.put(
+        layout.upload_key(reader, "Dataset", "d1", dataset.spec.source.upload.sha256), b"x" * 10
+    )
+    evaluation = factories.evaluation("e1", account=reader)
+    evaluation.spec.model = EntityRef(name="m1", account="acme")
+    records.create(evaluation)
+    model = factories.model("m1")
+    model.spec.public = True
+    records.create(model)
+    driver.reconcile_all()  # the dataset is Ready; the model waits for its upload
+    driver.reconcile_all()
+    assert records.get(Evaluation, reader, "e1").status.phase == "Pending"
+    assert model.spec.source.upload is not None
+    blobs.put(layout.upload_key("acme", "Model", "m1", model.spec.source.upload.sha256), b"x" * 10)
+    driver.reconcile_keys([("Model", "acme", "m1")])  # it ingests and is Ready
+    driver.reconcile_keys([("Model", "acme", "m1")])  # its report, as the write wakes it
+    assert records.get(Evaluation, reader, "e1").status.phase == "Complete"

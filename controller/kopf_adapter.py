@@ -43,11 +43,13 @@ from controller.executors import Executor
 from controller.executors.manifests import LABEL_KIND, LABEL_NAME, MANAGED_BY, MANAGER
 from controller.kube import KubeApi, custom_object_path
 from controller.reconcile import KINDS, Result, reconcile_one
+from controller.reconcilers.evaluation import waiting_for
 from controller.sync import KeyLocks, RecordSync, adopt, plain
 from dyff.errors import DyffError, NotFound
 from dyff.schema import (
     GROUP,
     VERSION,
+    Dataset,
     Entity,
     Evaluation,
     Model,
@@ -277,24 +279,16 @@ class Controller:
         task.add_done_callback(self._background.discard)
 
     def dependency_settled(self, kind: type[Entity], account: str, name: str) -> None:
-        """A Model or Dataset became Ready or Failed: the evaluations of its account that
-        wait for it go on now, not at their next (slow) timer."""
+        """A Model or Dataset became Ready or Failed: the evaluations that wait for it (of
+        its account, and of any while it is public) go on now, not at their next timer."""
         self._in_background(self._wake_dependents(kind, account, name))
 
     async def _wake_dependents(self, kind: type[Entity], account: str, name: str) -> None:
-        field = "model" if kind is Model else "dataset"
+        assert kind is Model or kind is Dataset
         try:
-            waiting = [
-                evaluation
-                for phase in sorted(KINDS[Evaluation].lifecycle.waiting)
-                for evaluation in await self._call(
-                    lambda p=phase: self.records.list_all(Evaluation, account, phase=p)
-                )
-            ]
-            for evaluation in waiting:
-                ref = getattr(evaluation.spec, field)
-                if ref.name == name and ref.account in (None, account):
-                    await self.reconcile(Evaluation, account, evaluation.name)
+            waiting = await self._call(waiting_for, self.records, kind, account, name)
+            for reader, evaluation in waiting:
+                await self.reconcile(Evaluation, reader, evaluation)
         except Exception:
             log.exception(
                 "waking the evaluations waiting for %s %s/%s", kind.kind_name, account, name

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 from controller.executors import Executor, WorkKey
 from controller.reconcile import KINDS, Result, reconcile_one
+from controller.reconcilers.evaluation import waiting_for
 from dyff.schema import Account, Dataset, Entity, Evaluation, Model, UploadTicket
 from dyff.stores.blobs import BlobStore
 from dyff.stores.records import RecordStore
@@ -115,29 +116,11 @@ class LocalDriver:
             if kind in (Model, Dataset) and settled:
                 waited_for.add((kind_name, account, name))
         for kind_name, account, name in sorted(waited_for):
-            for reader, evaluation in self._waiting_for(kind_name, account, name):
+            kind = Model if kind_name == Model.kind_name else Dataset
+            for reader, evaluation in waiting_for(self.records, kind, account, name):
                 result = self._reconcile(Evaluation, reader, evaluation)
                 changed += result is not None and (result.wrote_status or result.finalized)
         return changed
-
-    def _waiting_for(self, kind_name: str, account: str, name: str) -> list[tuple[str, str]]:
-        """(account, name) of the evaluations waiting for this Model or Dataset: of its own
-        account, and of every account while it is public."""
-        kind, field = (Model, "model") if kind_name == Model.kind_name else (Dataset, "dataset")
-        entity = self.records.find(kind, account, name)
-        if entity is None:
-            return []
-        accounts = [account]
-        if entity.spec.public:
-            accounts = sorted({a.name for a in self.records.scan(Account)} | {account})
-        found = []
-        for reader in accounts:
-            for phase in sorted(KINDS[Evaluation].lifecycle.waiting):
-                for evaluation in self.records.list_all(Evaluation, reader, phase=phase):
-                    ref = getattr(evaluation.spec, field)
-                    if ref.name == name and (ref.account or reader) == account:
-                        found.append((reader, evaluation.name))
-        return found
 
     def run(self, stop: threading.Event) -> None:
         next_everything = 0.0

@@ -35,11 +35,12 @@ from dyff.errors import DyffError
 from dyff.labels import LABEL_MISMATCH, LABELS_PARTIALLY_MATCHED, match_labels
 from dyff.lifecycle import DATASET, EVALUATION, MODEL, settle
 from dyff.lifecycle import EvaluationPhase as Phase
-from dyff.schema import Dataset, Evaluation, EvaluationStatus, Model, Progress
+from dyff.schema import Account, Dataset, Evaluation, EvaluationStatus, Model, Progress
 
 if TYPE_CHECKING:
     from controller.executors import Executor
     from dyff.stores.blobs import BlobStore
+    from dyff.stores.records import RecordStore
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,28 @@ def observe(
         dataset = None
     planned = _plan(stores.blobs, evaluation, model, dataset)
     return EvaluationWorld(model, dataset, work, planned)
+
+
+def waiting_for(
+    records: RecordStore, kind: type[Model] | type[Dataset], account: str, name: str
+) -> list[tuple[str, str]]:
+    """(account, name) of the evaluations waiting for this Model or Dataset, to wake when
+    it settles: of its own account, and of every account while it is public."""
+    entity = records.find(kind, account, name)
+    if entity is None:
+        return []
+    readers = [account]
+    if entity.spec.public:
+        readers = sorted({a.name for a in records.scan(Account)} | {account})
+    field = "model" if kind is Model else "dataset"
+    found = []
+    for reader in readers:
+        for phase in sorted(EVALUATION.waiting):
+            for evaluation in records.list_all(Evaluation, reader, phase=phase):
+                ref = getattr(evaluation.spec, field)
+                if ref.name == name and (ref.account or reader) == account:
+                    found.append((reader, evaluation.name))
+    return found
 
 
 def _waiting(

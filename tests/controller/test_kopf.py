@@ -19,7 +19,7 @@ from controller.executors.manifests import LABEL_KIND, LABEL_NAME
 from controller.kopf_adapter import DRAIN_S, FINALIZER, Controller
 from controller.kube import KubeApi
 from controller.sync import CR_GENERATION
-from dyff import layout, uploads
+from dyff import accounts, layout, uploads
 from dyff.errors import Conflict
 from dyff.schema import Dataset, Evaluation, Model, utcnow
 from dyff.stores.blobs import BlobStore
@@ -31,6 +31,7 @@ from tests.controller.conftest import (
     JOBS,
     MODELS,
     FakeWorkloads,
+    create_namespace,
     eventually,
     kubectl_apply,
     kubectl_delete,
@@ -155,6 +156,34 @@ async def test_an_upload_landing_wakes_its_model_at_once(
         await eventually(lambda: current(cluster, MODELS, "m1", "Ready"), timeout=15)
     assert time.monotonic() - started < 15  # well before the 60 s timer
     assert [(k, w) for k, w, _ in fake.started] == [(("Model", "acme", "m1"), "ingest_model")]
+
+
+async def test_a_public_model_settling_wakes_another_accounts_evaluation(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> None:
+    fake = FakeWorkloads(records, blobs)
+    controller = make_controller(cluster, records, blobs, fake, reconcile_interval=60)
+    for name in ("acme", "bob"):
+        accounts.create_account(records, name)
+    await create_namespace(cluster, "bob")
+    async with operator(controller, cluster):
+        dataset = uri_dataset()
+        dataset["metadata"]["namespace"] = "bob"
+        await kubectl_apply(cluster, dataset)
+        order = evaluation()
+        order["metadata"]["namespace"] = "bob"
+        order["spec"]["model"] = {"name": "m1", "account": "acme"}
+        await kubectl_apply(cluster, order)
+
+        def phase_of_bobs() -> str | None:
+            cr = cluster.read(EVALUATIONS, "bob", "e1")
+            return None if cr is None else (cr.get("status") or {}).get("phase")
+
+        await eventually(lambda: phase_of_bobs() == "Pending")
+        model = uri_model()
+        model["spec"]["public"] = True
+        await kubectl_apply(cluster, model)  # Ready at once; no timer runs (60 s)
+        await eventually(lambda: phase_of_bobs() == "Complete", timeout=15)
 
 
 def stored_key(entity: Model) -> str:

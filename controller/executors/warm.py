@@ -299,8 +299,11 @@ class WarmPool:
             wfile.flush()
         try:
             entry, _ = self.acquire({**request, "bento": str(staged)})
-        except Exception:  # nobody waits for it: the next evaluation starts its own
-            log.warning("prestarting a warm server failed", exc_info=True)
+        except Exception as exc:  # nobody waits for it: the next evaluation starts its own
+            if self._closing.is_set():  # `dyff up` stopping ended it: nothing went wrong
+                log.info("prestart of a warm server ended by shutdown")
+            else:
+                log.warning("prestarting a warm server failed: %s", exc, exc_info=True)
             return
         finally:
             staged.unlink(missing_ok=True)  # unpacked into the server's folder by now

@@ -230,3 +230,27 @@ def test_peek_leases_only_a_running_server(
         time.sleep(0.2)
     with lease_warm(path, {**request, "mode": "peek"}, 300) as leased:
         assert not leased.started and pool.starts == 1
+
+
+def test_a_prestart_ended_by_shutdown_is_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dyff up` stopping while a prestarted server starts ends that start: nothing went
+    wrong, so no warning and no traceback reach the user (`make demo` showed one)."""
+    import io
+
+    pool = WarmPool(tmp_path / "pool", idle_s=60)
+    bento = tmp_path / "model.bento"
+    bento.write_bytes(b"bento")
+
+    def ended(request: object) -> object:
+        pool._closing.set()  # close() began while the server was starting
+        raise RuntimeError("bentoml serve exited with -9 before it was ready")
+
+    monkeypatch.setattr(pool, "acquire", ended)
+    with caplog.at_level("INFO", logger="dyff"):
+        request = {"bento": str(bento), "account": "acme", "model": "m", "digest": "d" * 64}
+        pool._prestart(request, io.BytesIO())
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+    assert "ended by shutdown" in caplog.text
+    pool.close()

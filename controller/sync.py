@@ -357,8 +357,10 @@ class RecordSync:
         self.on_settled = on_settled
         self.on_upload = on_upload
         # Tickets already announced, (account, ticket) -> (uid, version): a full re-read
-        # of the feed (each resync) does not announce them again.
+        # of the feed (each resync) does not announce them again. The first read only
+        # learns them: at start kopf resumes every object anyway.
         self._landed: dict[tuple[str, str], tuple[str | None, int]] = {}
+        self._tickets_read = False
         self.interval = interval
         self.resync_interval = resync_interval
         self.kinds = tuple(kinds)
@@ -495,8 +497,10 @@ class RecordSync:
             if ticket.status.phase != "Used" or self._landed.get(key) == version:
                 continue
             self._landed[key] = version
-            kind = Model if ticket.spec.target_kind == "Model" else Dataset
-            self.on_upload(kind, ticket.account, ticket.spec.target_name)
+            if self._tickets_read:
+                kind = Model if ticket.spec.target_kind == "Model" else Dataset
+                self.on_upload(kind, ticket.account, ticket.spec.target_name)
+        self._tickets_read = True
 
     def _enqueue(self, key: Key, entity: Entity) -> None:
         """One pusher per object at a time, always with its newest version."""

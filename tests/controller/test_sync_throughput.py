@@ -146,16 +146,23 @@ class CountingStore(SqliteRecordStore):
         return [self._select(self._conn(), *key) for key in keys]
 
 
+async def synced_e1(
+    cluster: Cluster, records: RecordStore, blobs: BlobStore
+) -> tuple[Controller, Evaluation, Any]:
+    """A controller, evaluation e1 created in the records, and its CR as the sync made it."""
+    controller = Controller(
+        records, blobs, FakeWorkloads(records, blobs), KubeApi(host=cluster.api_url)
+    )
+    created, _ = records.create(factories.evaluation("e1"))
+    await controller.sync.poll_once()
+    return controller, created, cluster.read(EVALUATIONS, "acme", "e1")
+
+
 async def test_adopting_a_cr_the_sync_made_reads_no_record(
     cluster: Cluster, tmp_path: Path, blobs: BlobStore
 ) -> None:
     records = CountingStore(tmp_path / "records.db")
-    controller = Controller(
-        records, blobs, FakeWorkloads(records, blobs), KubeApi(host=cluster.api_url)
-    )
-    records.create(factories.evaluation("e1"))
-    await controller.sync.poll_once()
-    cr = cluster.read(EVALUATIONS, "acme", "e1")
+    controller, _, cr = await synced_e1(cluster, records, blobs)
     known = controller.sync.agreed[KEY]
 
     records.reads = 0
@@ -174,12 +181,7 @@ async def test_adopting_a_cr_the_sync_made_reads_no_record(
 async def test_a_record_gone_behind_the_syncs_back_is_brought_back_by_its_cr(
     cluster: Cluster, records: RecordStore, blobs: BlobStore
 ) -> None:
-    controller = Controller(
-        records, blobs, FakeWorkloads(records, blobs), KubeApi(host=cluster.api_url)
-    )
-    created, _ = records.create(factories.evaluation("e1"))
-    await controller.sync.poll_once()
-    cr = cluster.read(EVALUATIONS, "acme", "e1")
+    controller, created, cr = await synced_e1(cluster, records, blobs)
     assert KEY in controller.sync.agreed
 
     records.delete(Evaluation, "acme", "e1")  # not marked deleting: nothing tells the sync
@@ -194,12 +196,7 @@ async def test_a_handled_event_reads_the_record_once_and_its_status_comes_by_the
     cluster: Cluster, tmp_path: Path, blobs: BlobStore
 ) -> None:
     records = CountingStore(tmp_path / "records.db")
-    controller = Controller(
-        records, blobs, FakeWorkloads(records, blobs), KubeApi(host=cluster.api_url)
-    )
-    records.create(factories.evaluation("e1"))
-    await controller.sync.poll_once()
-    cr = cluster.read(EVALUATIONS, "acme", "e1")
+    controller, _, cr = await synced_e1(cluster, records, blobs)
 
     records.reads = records.batches = 0
     await controller.on_cr(Evaluation, cr)  # kopf's create handler

@@ -11,10 +11,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from dyff.tinymodels import Split, digits_splits
+
+if TYPE_CHECKING:
+    from tests.workloads.evaluation_fixtures import Platform
 
 # Offline, no telemetry, and BentoML never touches the user's ~/bentoml. Set before
 # anything imports bentoml, which reads BENTOML_HOME once.
@@ -57,6 +61,17 @@ def tiny_bento(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     from dyff.models import package_transformers
 
     return package_transformers(tiny_model_dir, tmp_path_factory.mktemp("tiny-bento"))
+
+
+@pytest.fixture(scope="session")
+def platform(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_bento: Path
+) -> Platform:
+    """The session's evaluation platform (`shared_platform`): the tiny model and the
+    datasets, public, in account OWNER. Modules with a platform of their own override it."""
+    from tests.workloads.evaluation_fixtures import shared_platform
+
+    return shared_platform(tmp_path_factory, tiny_model_dir, tiny_bento)
 
 
 @pytest.fixture(scope="session")

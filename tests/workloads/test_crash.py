@@ -28,7 +28,6 @@ from tests.workloads.evaluation_fixtures import (
     LONG_SHARD_ROWS,
     Platform,
     fresh_account,
-    shared_platform,
 )
 
 pytestmark = pytest.mark.slow
@@ -49,13 +48,6 @@ def workloads() -> Iterator[list[Any]]:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-
-
-@pytest.fixture
-def platform(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_bento: Path
-) -> Platform:
-    return shared_platform(tmp_path_factory, tiny_model_dir, tiny_bento)
 
 
 def start(

@@ -48,15 +48,7 @@ from tests.workloads.evaluation_fixtures import (
     Platform,
     fresh_account,
     heldout_examples,
-    shared_platform,
 )
-
-
-@pytest.fixture
-def platform(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_bento: Path
-) -> Platform:
-    return shared_platform(tmp_path_factory, tiny_model_dir, tiny_bento)
 
 
 def bare_top1(model_dir: Path) -> np.ndarray:

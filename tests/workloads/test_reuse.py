@@ -20,18 +20,10 @@ from tests.workloads.evaluation_fixtures import (
     SHARD_ROWS,
     Platform,
     fresh_account,
-    shared_platform,
 )
 
 BATCH = 32
 CALLS_PER_SHARD = -(-SHARD_ROWS // BATCH)
-
-
-@pytest.fixture
-def platform(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_bento: Path
-) -> Platform:
-    return shared_platform(tmp_path_factory, tiny_model_dir, tiny_bento)
 
 
 def evaluate(platform: Platform, url: str, account: str, name: str, **order: object) -> RunReport:

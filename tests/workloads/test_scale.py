@@ -23,15 +23,7 @@ from tests.workloads.evaluation_fixtures import (
     LONG_SHARD_ROWS,
     Platform,
     fresh_account,
-    shared_platform,
 )
-
-
-@pytest.fixture
-def platform(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_bento: Path
-) -> Platform:
-    return shared_platform(tmp_path_factory, tiny_model_dir, tiny_bento)
 
 
 def test_an_evaluation_lists_its_cache_once_and_reads_metrics_by_file(

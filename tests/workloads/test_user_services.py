@@ -38,7 +38,6 @@ from tests.workloads.evaluation_fixtures import (
     Platform,
     fresh_account,
     heldout_examples,
-    shared_platform,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,13 +122,6 @@ def bentos(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 # ------------------------------------------------------------------ helpers
-
-
-@pytest.fixture(scope="module")
-def platform(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_bento: Path
-) -> Platform:
-    return shared_platform(tmp_path_factory, tiny_model_dir, tiny_bento)
 
 
 def ingest_bento(platform: Platform, account: str, name: str, archive: Path) -> Model:

@@ -23,17 +23,9 @@ from tests.workloads.evaluation_fixtures import (
     OWNER,
     Platform,
     fresh_account,
-    shared_platform,
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def platform(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_bento: Path
-) -> Platform:
-    return shared_platform(tmp_path_factory, tiny_model_dir, tiny_bento)
 
 
 @pytest.fixture

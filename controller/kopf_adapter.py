@@ -262,37 +262,33 @@ class Controller:
     def upload_landed(self, kind: type[Entity], account: str, name: str) -> None:
         """The upload of a Model or Dataset landed (its ticket became Used): its pass runs
         now rather than at its next timer."""
-
-        async def wake() -> None:
-            try:
-                await self.reconcile(kind, account, name)
-            except Exception:  # the timer remains the safety net
-                log.exception(
-                    "reconciling %s %s/%s after its upload", kind.kind_name, account, name
-                )
-
-        self._in_background(wake())
-
-    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        what = f"reconciling {kind.kind_name} {account}/{name} after its upload"
+        self._in_background(self.reconcile(kind, account, name), what)
 
     def dependency_settled(self, kind: type[Entity], account: str, name: str) -> None:
         """A Model or Dataset became Ready or Failed: the evaluations that wait for it (of
         its account, and of any while it is public) go on now, not at their next timer."""
-        self._in_background(self._wake_dependents(kind, account, name))
+        what = f"waking the evaluations waiting for {kind.kind_name} {account}/{name}"
+        self._in_background(self._wake_dependents(kind, account, name), what)
 
     async def _wake_dependents(self, kind: type[Entity], account: str, name: str) -> None:
         assert kind is Model or kind is Dataset
-        try:
-            waiting = await self._call(waiting_for, self.records, kind, account, name)
-            for reader, evaluation in waiting:
-                await self.reconcile(Evaluation, reader, evaluation)
-        except Exception:
-            log.exception(
-                "waking the evaluations waiting for %s %s/%s", kind.kind_name, account, name
-            )
+        for reader, evaluation in await self._call(waiting_for, self.records, kind, account, name):
+            await self.reconcile(Evaluation, reader, evaluation)
+
+    def _in_background(self, work: Coroutine[Any, Any, Any], what: str) -> None:
+        """Run `work` beside the handlers; a failure is logged (the timers remain the
+        safety net)."""
+
+        async def logged() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("%s", what)
+
+        task = asyncio.create_task(logged())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def on_job(self, body: Mapping[str, Any]) -> None:
         """A Job of ours changed: run its owner's pass now rather than at the next timer."""

@@ -471,11 +471,11 @@ class RecordSync:
             polls.append(loop.run_in_executor(self._reader, tickets.poll))
         batch: dict[Key, Entity] = {}
         polled = await asyncio.gather(*polls)
-        for kind, entities in zip(self.kinds, polled, strict=False):
+        for kind, entities in zip(self.kinds, polled[: len(self.kinds)], strict=True):
             for entity in entities:
                 batch[(kind.kind_name, entity.account, entity.name)] = entity
         if self.on_upload is not None:
-            self._announce_uploads(polled[-1])
+            self._announce_uploads(polled[len(self.kinds)])
         now = time.monotonic()
         for key, (due, entity) in list(self._retry.items()):
             if due <= now:

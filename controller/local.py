@@ -104,20 +104,18 @@ class LocalDriver:
         """A pass over these objects, then over the evaluations waiting for any Model or
         Dataset among them that has settled (Ready or Failed); returns how many changed."""
         changed = 0
-        waited_for: set[tuple[str, str, str]] = set()
+        settled: list[tuple[type[Model] | type[Dataset], str, str]] = []
         for kind_name, account, name in sorted(keys):
             kind = KIND_BY_NAME[kind_name]
             result = self._reconcile(kind, account, name)
             if result is None:
                 continue
             changed += result.wrote_status or result.finalized
-            outcome = result.outcome
-            settled = outcome is not None and KINDS[kind].lifecycle.is_settled(outcome.status.phase)
-            if kind in (Model, Dataset) and settled:
-                waited_for.add((kind_name, account, name))
-        for kind_name, account, name in sorted(waited_for):
-            kind = Model if kind_name == Model.kind_name else Dataset
-            for reader, evaluation in waiting_for(self.records, kind, account, name):
+            phase = result.outcome.status.phase if result.outcome is not None else None
+            if (kind is Model or kind is Dataset) and KINDS[kind].lifecycle.is_settled(phase):
+                settled.append((kind, account, name))
+        for dependency, account, name in settled:
+            for reader, evaluation in waiting_for(self.records, dependency, account, name):
                 result = self._reconcile(Evaluation, reader, evaluation)
                 changed += result is not None and (result.wrote_status or result.finalized)
         return changed
